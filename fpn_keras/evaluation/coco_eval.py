@@ -1,0 +1,338 @@
+"""COCO-style bounding box evaluation with pycocotools.
+
+Boxes given to `CocoEvaluator.add` are `xyxy` absolute pixels; rows whose
+label is < 0 are padding and are ignored.
+"""
+
+import contextlib
+import io
+
+import numpy as np
+
+METRIC_NAMES = (
+    "AP", "AP50", "AP75", "APs", "APm", "APl",
+    "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
+)
+
+# Width/height written for images whose size is unknown (COCOeval does not
+# use them for bbox evaluation, but the dataset dict needs them).
+_UNKNOWN_SIZE = 100000
+
+
+def _check_shape(name, array, shape):
+    """Raises ValueError unless `array.shape` matches `shape` (None = any)."""
+    ok = array.ndim == len(shape) and all(
+        want is None or want == got for want, got in zip(shape, array.shape)
+    )
+    if not ok:
+        want = tuple("?" if s is None else s for s in shape)
+        raise ValueError(
+            f"`{name}` must have shape {want}, received shape {array.shape}."
+        )
+
+
+def _xywh(box):
+    """xyxy box -> COCO [x, y, w, h] list of python floats."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return [x1, y1, x2 - x1, y2 - y1]
+
+
+class CocoEvaluator:
+    """Accumulates detections and ground truth, then runs COCOeval (bbox).
+
+    Args:
+        class_names: optional list of K class names (label i -> name i).
+        category_ids: optional list mapping contiguous label -> original COCO
+            category id. Defaults to `label + 1`.
+    """
+
+    def __init__(self, class_names=None, category_ids=None):
+        if (
+            class_names is not None
+            and category_ids is not None
+            and len(class_names) != len(category_ids)
+        ):
+            raise ValueError(
+                "`class_names` and `category_ids` must have the same length, "
+                f"received {len(class_names)} and {len(category_ids)}."
+            )
+        self.class_names = None if class_names is None else list(class_names)
+        self.category_ids = (
+            None if category_ids is None else [int(c) for c in category_ids]
+        )
+        self.reset()
+
+    def reset(self):
+        """Forgets everything added so far."""
+        self._images = []  # COCO image dicts
+        self._gts = []  # COCO annotation dicts (without id)
+        self._dets = []  # COCO result dicts
+        self._labels_seen = set()
+
+    @property
+    def num_classes(self):
+        if self.category_ids is not None:
+            return len(self.category_ids)
+        if self.class_names is not None:
+            return len(self.class_names)
+        return None
+
+    def _category_id(self, label):
+        label = int(label)
+        self._labels_seen.add(label)
+        if self.category_ids is not None:
+            return self.category_ids[label]
+        return label + 1
+
+    def add(
+        self,
+        gt_boxes,
+        gt_labels,
+        det_boxes,
+        det_scores,
+        det_labels,
+        num_detections=None,
+        image_ids=None,
+        gt_ignore=None,
+        image_sizes=None,
+    ):
+        """Adds a batch of B images.
+
+        Args:
+            gt_boxes: [B, M, 4] xyxy pixels, padding rows -1.
+            gt_labels: [B, M] int, -1 = padding.
+            det_boxes: [B, K, 4] xyxy pixels.
+            det_scores: [B, K] float.
+            det_labels: [B, K] int, -1 = padding.
+            num_detections: optional [B] int; only the first n rows are used.
+            image_ids: optional [B] int ids (default: a running counter).
+            gt_ignore: optional [B, M] bool; True marks crowd/ignore regions
+                (given to COCO as `iscrowd=1`).
+            image_sizes: optional [B, 2] (height, width).
+        """
+        gt_boxes = np.asarray(gt_boxes, dtype=np.float64)
+        gt_labels = np.asarray(gt_labels)
+        det_boxes = np.asarray(det_boxes, dtype=np.float64)
+        det_scores = np.asarray(det_scores, dtype=np.float64)
+        det_labels = np.asarray(det_labels)
+        _check_shape("gt_boxes", gt_boxes, (None, None, 4))
+        batch, max_gt = gt_boxes.shape[:2]
+        _check_shape("gt_labels", gt_labels, (batch, max_gt))
+        _check_shape("det_boxes", det_boxes, (batch, None, 4))
+        max_det = det_boxes.shape[1]
+        _check_shape("det_scores", det_scores, (batch, max_det))
+        _check_shape("det_labels", det_labels, (batch, max_det))
+        if num_detections is not None:
+            num_detections = np.asarray(num_detections).astype(np.int64)
+            _check_shape("num_detections", num_detections, (batch,))
+        if gt_ignore is not None:
+            gt_ignore = np.asarray(gt_ignore).astype(bool)
+            _check_shape("gt_ignore", gt_ignore, (batch, max_gt))
+        if image_sizes is not None:
+            image_sizes = np.asarray(image_sizes)
+            _check_shape("image_sizes", image_sizes, (batch, 2))
+        if image_ids is None:
+            start = max((img["id"] for img in self._images), default=0) + 1
+            image_ids = np.arange(start, start + batch)
+        else:
+            image_ids = np.asarray(image_ids).reshape(-1)
+            _check_shape("image_ids", image_ids, (batch,))
+
+        image_ids = [int(i) for i in image_ids]
+        known_ids = {img["id"] for img in self._images}
+        repeated = sorted(
+            {i for i in image_ids if image_ids.count(i) > 1 or i in known_ids}
+        )
+        if repeated:
+            raise ValueError(
+                f"Image ids must be unique, received {image_ids}; "
+                f"repeated or already added: {repeated}."
+            )
+        n = self.num_classes
+        top = max(gt_labels.max(initial=-1), det_labels.max(initial=-1))
+        if n is not None and top >= n:
+            raise ValueError(f"Label {int(top)} is out of range for {n} classes.")
+
+        for b in range(batch):
+            image_id = image_ids[b]
+            if image_sizes is None:
+                height = width = _UNKNOWN_SIZE
+            else:
+                height, width = (int(v) for v in image_sizes[b])
+            self._images.append(
+                {"id": image_id, "height": height, "width": width}
+            )
+            for m in np.flatnonzero(gt_labels[b] >= 0):
+                bbox = _xywh(gt_boxes[b, m])
+                crowd = gt_ignore is not None and bool(gt_ignore[b, m])
+                self._gts.append({
+                    "image_id": image_id,
+                    "category_id": self._category_id(gt_labels[b, m]),
+                    "bbox": bbox,
+                    "area": bbox[2] * bbox[3],
+                    "iscrowd": int(crowd),
+                })
+            valid = det_labels[b] >= 0
+            if num_detections is not None:
+                valid &= np.arange(max_det) < num_detections[b]
+            for k in np.flatnonzero(valid):
+                self._dets.append({
+                    "image_id": image_id,
+                    "category_id": self._category_id(det_labels[b, k]),
+                    "bbox": _xywh(det_boxes[b, k]),
+                    "score": float(det_scores[b, k]),
+                })
+
+    def results_json(self):
+        """COCO-format detections: list of dicts with image_id, category_id,
+        bbox ([x, y, w, h] pixels) and score."""
+        return [dict(d) for d in self._dets]
+
+    def _categories(self):
+        if self.num_classes is not None:
+            labels = range(self.num_classes)
+        else:
+            labels = sorted(self._labels_seen)
+        categories = []
+        for label in labels:
+            if self.class_names is not None:
+                name = self.class_names[label]
+            else:
+                name = str(label)
+            cat_id = (
+                self.category_ids[label]
+                if self.category_ids is not None
+                else label + 1
+            )
+            categories.append({"id": cat_id, "name": name})
+        return categories
+
+    def evaluate(self, verbose=True):
+        """Runs COCOeval and returns a dict of python floats keyed by
+        METRIC_NAMES ("AP", "AP50", ..., "ARl").
+
+        As in COCO, a metric is -1 when no ground truth falls in its area
+        range. With no detections at all, the other metrics are 0.
+        """
+        if not self._gts:
+            raise ValueError(
+                "No ground truth boxes were added (all gt labels were < 0 or "
+                "`add` was never called); COCO metrics are undefined."
+            )
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        quiet = io.StringIO()
+        with contextlib.redirect_stdout(quiet):
+            coco_gt = COCO()
+            coco_gt.dataset = {
+                "images": [dict(img) for img in self._images],
+                "annotations": [
+                    dict(ann, id=i + 1) for i, ann in enumerate(self._gts)
+                ],
+                "categories": self._categories(),
+            }
+            coco_gt.createIndex()
+            if self._dets:
+                coco_dt = coco_gt.loadRes(self.results_json())
+            else:
+                # loadRes fails on an empty list: build an empty result set.
+                coco_dt = COCO()
+                coco_dt.dataset = {
+                    "images": coco_gt.dataset["images"],
+                    "annotations": [],
+                    "categories": coco_gt.dataset["categories"],
+                }
+                coco_dt.createIndex()
+            coco_eval = COCOeval(coco_gt, coco_dt, iouType="bbox")
+            coco_eval.evaluate()
+            coco_eval.accumulate()
+        if verbose:
+            coco_eval.summarize()
+        else:
+            with contextlib.redirect_stdout(quiet):
+                coco_eval.summarize()
+        return {
+            name: float(value)
+            for name, value in zip(METRIC_NAMES, coco_eval.stats)
+        }
+
+
+def _to_xyxy(boxes, labels, source, height, width):
+    """Converts [B, N, 4] boxes from `source` format to xyxy numpy, keeping
+    padding rows (label < 0) at -1."""
+    import keras
+
+    boxes = keras.ops.convert_to_numpy(boxes).astype("float32")
+    labels = keras.ops.convert_to_numpy(labels)
+    if source != "xyxy":
+        boxes = keras.ops.convert_to_numpy(
+            keras.utils.bounding_boxes.convert_format(
+                boxes, source=source, target="xyxy",
+                height=height, width=width,
+            )
+        )
+    return np.where((labels < 0)[..., None], -1.0, boxes).astype("float32")
+
+
+def evaluate_model(
+    model, dataset, class_names=None, max_batches=None, verbose=True
+):
+    """Runs `model.predict_on_batch` over `dataset` and returns COCO metrics.
+
+    Args:
+        model: object with `bounding_box_format` (keras format name) and
+            `predict_on_batch(images)` returning a dict with "boxes" [B,K,4]
+            in that format, "scores" [B,K], "labels" [B,K] (-1 padded) and
+            "num_detections" [B].
+        dataset: iterable of `(images, targets)`; images [B,H,W,C], targets a
+            dict with "boxes" [B,M,4] (model format), "labels" [B,M] (-1
+            padded) and optional "image_id" [B].
+        class_names: optional list of K class names.
+        max_batches: optional limit on the number of batches.
+        verbose: show a progress bar and print the COCO table.
+
+    Returns:
+        dict of metrics, see `CocoEvaluator.evaluate`.
+    """
+    import keras
+
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"`max_batches` must be >= 1, received {max_batches}.")
+    fmt = model.bounding_box_format
+    evaluator = CocoEvaluator(class_names=class_names)
+    target = max_batches
+    if target is None:
+        try:
+            target = len(dataset)
+        except TypeError:
+            target = None
+    progbar = keras.utils.Progbar(target) if verbose else None
+
+    for step, (images, targets) in enumerate(dataset):
+        if max_batches is not None and step >= max_batches:
+            break
+        height, width = int(images.shape[1]), int(images.shape[2])
+        preds = model.predict_on_batch(images)
+        gt_labels = keras.ops.convert_to_numpy(targets["labels"])
+        det_labels = keras.ops.convert_to_numpy(preds["labels"])
+        image_ids = targets.get("image_id")
+        if image_ids is not None:
+            image_ids = keras.ops.convert_to_numpy(image_ids)
+        num_detections = preds.get("num_detections")
+        if num_detections is not None:
+            num_detections = keras.ops.convert_to_numpy(num_detections)
+        batch = gt_labels.shape[0]
+        evaluator.add(
+            gt_boxes=_to_xyxy(targets["boxes"], gt_labels, fmt, height, width),
+            gt_labels=gt_labels,
+            det_boxes=_to_xyxy(preds["boxes"], det_labels, fmt, height, width),
+            det_scores=keras.ops.convert_to_numpy(preds["scores"]),
+            det_labels=det_labels,
+            num_detections=num_detections,
+            image_ids=image_ids,
+            image_sizes=np.tile([[height, width]], (batch, 1)),
+        )
+        if progbar is not None:
+            progbar.update(step + 1)
+    return evaluator.evaluate(verbose=verbose)

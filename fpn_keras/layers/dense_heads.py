@@ -1,0 +1,112 @@
+"""Dense (per-location) heads applied to every pyramid level with shared weights.
+
+Shapes: B batch, Hl x Wl the size of level l, A anchors per location, K classes.
+"""
+
+import math
+
+import keras
+from keras import layers, ops
+
+
+def _norm_layer(norm, channels, name):
+    if norm is None:
+        return None
+    if norm == "group":
+        return layers.GroupNormalization(groups=math.gcd(32, channels), name=name)
+    if norm == "batch":
+        return layers.BatchNormalization(name=name)
+    raise ValueError(f"norm must be None, 'group' or 'batch', received {norm!r}")
+
+
+@keras.saving.register_keras_serializable(package="fpn_keras")
+class RetinaNetHead(layers.Layer):
+    """RetinaNet class and box subnets (Lin et al., 2017, "Focal Loss", Figure 3).
+
+    Each subnet: `num_convs` x (3x3 conv, `channels` wide, optional norm, ReLU),
+    then a 3x3 conv to A*K class logits or A*4 box deltas. The class output bias
+    starts at -log((1 - pi) / pi) with prior pi = 0.01 (RetinaNet, Section 4.1),
+    so training starts with every anchor at ~0.01 foreground probability.
+
+    call({"P3": [B, H3, W3, C], ...}) -> ({"P3": [B, H3*W3*A, K], ...} class
+    logits, {"P3": [B, H3*W3*A, 4], ...} box deltas); anchor order per level is
+    row-major over (y, x), then the A anchors of a location (as AnchorGenerator).
+    """
+
+    def __init__(self, num_classes, num_anchors=9, channels=256, num_convs=4,
+                 norm=None, prior_probability=0.01, **kwargs):
+        super().__init__(**kwargs)
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, received {num_classes}")
+        self.num_classes = int(num_classes)
+        self.num_anchors = int(num_anchors)
+        self.channels = int(channels)
+        self.num_convs = int(num_convs)
+        self.norm = norm
+        self.prior_probability = float(prior_probability)
+        init = keras.initializers.RandomNormal(stddev=0.01)
+
+        def tower(prefix):
+            convs, norms = [], []
+            for i in range(self.num_convs):
+                convs.append(layers.Conv2D(self.channels, 3, padding="same",
+                                           kernel_initializer=init, name=f"{prefix}_conv{i}"))
+                norms.append(_norm_layer(norm, self.channels, f"{prefix}_norm{i}"))
+            return convs, [n for n in norms if n is not None]
+
+        self.cls_convs, self.cls_norms = tower("cls")
+        self.box_convs, self.box_norms = tower("box")
+        bias = -math.log((1.0 - self.prior_probability) / self.prior_probability)
+        self.cls_logits = layers.Conv2D(
+            self.num_anchors * self.num_classes, 3, padding="same",
+            kernel_initializer=init,
+            bias_initializer=keras.initializers.Constant(bias), name="cls_logits")
+        self.box_deltas = layers.Conv2D(
+            self.num_anchors * 4, 3, padding="same",
+            kernel_initializer=init, name="box_deltas")
+
+    def build(self, input_shape):
+        shape = next(iter(input_shape.values()))
+        shape = (None, None, None, shape[-1])
+        for convs, norms in ((self.cls_convs, self.cls_norms), (self.box_convs, self.box_norms)):
+            in_shape = shape
+            for i, conv in enumerate(convs):
+                conv.build(in_shape)
+                in_shape = in_shape[:-1] + (self.channels,)
+                if norms:
+                    norms[i].build(in_shape)
+        tower_shape = shape[:-1] + (self.channels if self.num_convs else shape[-1],)
+        self.cls_logits.build(tower_shape)
+        self.box_deltas.build(tower_shape)
+        self.built = True
+
+    def _tower(self, x, convs, norms, training):
+        for i, conv in enumerate(convs):
+            x = conv(x)
+            if norms:
+                x = norms[i](x, training=training)
+            x = ops.relu(x)
+        return x
+
+    def call(self, features, training=False):
+        cls_per_level, box_per_level = {}, {}
+        for name, x in features.items():
+            cls = self.cls_logits(self._tower(x, self.cls_convs, self.cls_norms, training))
+            box = self.box_deltas(self._tower(x, self.box_convs, self.box_norms, training))
+            batch = ops.shape(x)[0]
+            # [B, H, W, A*K] -> [B, H*W*A, K]; [B, H, W, A*4] -> [B, H*W*A, 4]
+            cls_per_level[name] = ops.reshape(cls, (batch, -1, self.num_classes))
+            box_per_level[name] = ops.reshape(box, (batch, -1, 4))
+        return cls_per_level, box_per_level
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "num_classes": self.num_classes,
+            "num_anchors": self.num_anchors,
+            "channels": self.channels,
+            "num_convs": self.num_convs,
+            "norm": self.norm,
+            "prior_probability": self.prior_probability,
+        })
+        return config

@@ -1,0 +1,160 @@
+"""Feature Pyramid Network neck (Lin et al., 2017, Section 3, Figure 3).
+
+Inputs {"C2".."C5"} (or a contiguous subset ending at C5) -> outputs
+{"P<min_level>".."P<max_level>"}, all with `channels` channels.
+
+  lateral_Cl: 1x1 conv of Cl                       (lateral connection)
+  M5 = lateral_C5;  Ml = lateral_Cl + up2(M(l+1))   (top-down, nearest 2x)
+  Pl = output_Pl(Ml): 3x3 conv                       (reduces upsampling aliasing)
+  P6, P7 (levels above the backbone's): stride-2 3x3 conv of C5 or P5, with a
+  ReLU before P7 (RetinaNet), or a 1x1 max-pool of P5 with stride 2 (Faster R-CNN).
+
+The upsampled map is cropped to the lateral's exact size (or, for backbones
+that round sizes down, resized to it, as torchvision does), so inputs whose side
+is not a multiple of 32 work.
+"""
+
+import keras
+from keras import layers, ops
+
+
+def top_down(coarse, lateral):
+    """Nearest-neighbour 2x upsampling of `coarse` [B, h, w, C] to `lateral`'s size [B, H, W, C]."""
+    height, width = ops.shape(lateral)[1], ops.shape(lateral)[2]
+    upsampled = ops.repeat(ops.repeat(coarse, 2, axis=1), 2, axis=2)
+    short = [isinstance(u, int) and isinstance(t, int) and u < t
+             for u, t in zip(upsampled.shape[1:3], (height, width))]
+    if any(short):
+        # Backbones that round sizes down (floor) leave 2x upsampling one short.
+        return ops.image.resize(coarse, (height, width), interpolation="nearest")
+    # Crop: a stride-2 'same' conv gives ceil(H / 2), so 2 * ceil(H / 2) >= H.
+    return upsampled[:, :height, :width, :]
+
+
+@keras.saving.register_keras_serializable(package="fpn_keras")
+class FeaturePyramid(layers.Layer):
+    """FPN neck.
+
+    Args:
+        min_level, max_level: output levels (2..5 from the backbone, higher
+            levels are extra). RetinaNet: 3..7. Faster R-CNN: 2..6.
+        channels: width of every P level (256 in the paper).
+        extra_levels_source: "C5" (RetinaNet paper) or "P5" (detectron2's
+            RetinaNet "P6P7 from P5").
+        extra_levels_type: "conv" (stride-2 3x3 conv) or "max_pool" (FPN paper's
+            P6 for the RPN: subsampling P5 by 2).
+        separable: depthwise-separable 3x3 output convs (FPN-lite for mobile).
+    """
+
+    def __init__(self, min_level=3, max_level=7, channels=256,
+                 extra_levels_source="C5", extra_levels_type="conv",
+                 separable=False, kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        if min_level > max_level:
+            raise ValueError(f"min_level ({min_level}) must be <= max_level ({max_level})")
+        if min_level < 2:
+            raise ValueError(f"min_level must be >= 2 (C2 is the finest backbone level), received {min_level}")
+        if extra_levels_source not in ("C5", "P5"):
+            raise ValueError(f"extra_levels_source must be 'C5' or 'P5', received {extra_levels_source!r}")
+        if extra_levels_type not in ("conv", "max_pool"):
+            raise ValueError(f"extra_levels_type must be 'conv' or 'max_pool', received {extra_levels_type!r}")
+        self.min_level = int(min_level)
+        self.max_level = int(max_level)
+        self.channels = int(channels)
+        self.extra_levels_source = extra_levels_source
+        self.extra_levels_type = extra_levels_type
+        self.separable = bool(separable)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.backbone_max_level = min(self.max_level, 5)
+
+        def conv(kernel_size, strides, name):
+            if separable and kernel_size > 1:
+                return layers.SeparableConv2D(
+                    self.channels, kernel_size, strides=strides, padding="same",
+                    depthwise_initializer=self.kernel_initializer,
+                    pointwise_initializer=self.kernel_initializer, name=name)
+            return layers.Conv2D(
+                self.channels, kernel_size, strides=strides, padding="same",
+                kernel_initializer=self.kernel_initializer, name=name)
+
+        # Laterals for every backbone level from min_level up to C5 (the
+        # top-down pathway starts at C5); output convs only for kept levels.
+        self.lateral = {f"C{l}": conv(1, 1, f"lateral_C{l}") for l in range(self.min_level, 6)}
+        self.output_convs = {
+            f"P{l}": conv(3, 1, f"output_P{l}")
+            for l in range(self.min_level, self.backbone_max_level + 1)
+        }
+        self.extra = {}
+        for l in range(max(6, self.min_level), self.max_level + 1):
+            if extra_levels_type == "max_pool":
+                self.extra[f"P{l}"] = layers.MaxPooling2D(1, strides=2, padding="same", name=f"P{l}_pool")
+            else:
+                self.extra[f"P{l}"] = conv(3, 2, f"P{l}_conv")
+
+    def build(self, input_shape):
+        for l in range(self.min_level, 6):
+            shape = input_shape[f"C{l}"]
+            self.lateral[f"C{l}"].build(shape)
+            if f"P{l}" in self.output_convs:
+                self.output_convs[f"P{l}"].build(tuple(shape[:-1]) + (self.channels,))
+        c5 = input_shape["C5"]
+        source_channels = c5[-1] if self.extra_levels_source == "C5" else self.channels
+        previous = source_channels
+        for name, layer in self.extra.items():
+            if isinstance(layer, layers.Layer) and not isinstance(layer, layers.MaxPooling2D):
+                layer.build((None, None, None, previous))
+            previous = self.channels
+        self.built = True
+
+    def call(self, features):
+        needed = [f"C{l}" for l in range(self.min_level, 6)]
+        missing = [n for n in needed if n not in features]
+        if missing:
+            raise ValueError(
+                f"FeaturePyramid(min_level={self.min_level}) needs backbone features "
+                f"{needed}; missing {missing} (received {sorted(features)})"
+            )
+        outputs = {}
+        # Top-down pathway from the coarsest backbone level.
+        merged = self.lateral["C5"](features["C5"])
+        if self.max_level >= 5:
+            outputs["P5"] = self.output_convs["P5"](merged)
+        for l in range(4, self.min_level - 1, -1):
+            lateral = self.lateral[f"C{l}"](features[f"C{l}"])
+            merged = lateral + top_down(merged, lateral)
+            if l <= self.max_level:
+                outputs[f"P{l}"] = self.output_convs[f"P{l}"](merged)
+        # Extra coarser levels.
+        previous = features["C5"] if self.extra_levels_source == "C5" else outputs.get("P5")
+        if self.extra_levels_type == "max_pool":
+            previous = outputs["P5"]
+        for l in range(6, self.max_level + 1):
+            layer = self.extra[f"P{l}"]
+            if l > 6 and self.extra_levels_type == "conv":
+                previous = ops.relu(previous)  # RetinaNet: ReLU before P7.
+            previous = layer(previous)
+            outputs[f"P{l}"] = previous
+        return {f"P{l}": outputs[f"P{l}"] for l in range(self.min_level, self.max_level + 1)}
+
+    def compute_output_shape(self, input_shape):
+        shapes = {}
+        for l in range(self.min_level, self.max_level + 1):
+            if l <= 5:
+                s = input_shape[f"C{l}"]
+                shapes[f"P{l}"] = (s[0], s[1], s[2], self.channels)
+            else:
+                shapes[f"P{l}"] = (None, None, None, self.channels)
+        return shapes
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "min_level": self.min_level,
+            "max_level": self.max_level,
+            "channels": self.channels,
+            "extra_levels_source": self.extra_levels_source,
+            "extra_levels_type": self.extra_levels_type,
+            "separable": self.separable,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+        })
+        return config

@@ -1,0 +1,191 @@
+"""FPNDetector: backbone -> feature pyramid -> head (FPN paper, Figure 3).
+
+Shapes: B batch, H x W input size, M ground-truth boxes (padded), D detections.
+Inputs are RGB images [B, H, W, 3] with values 0..255 (any dtype). Targets and
+detections use the model's `bounding_box_format`, in input-image pixels.
+"""
+
+import keras
+from keras import ops
+
+from fpn_keras.boxes.convert import check_format, clip_boxes, from_xyxy, to_xyxy
+from fpn_keras.layers.fpn import FeaturePyramid
+from fpn_keras.models.backbones import build_backbone
+from fpn_keras.models.retinanet import RetinaNet
+
+HEADS = {"retinanet": RetinaNet}
+
+COCO_CLASS_NAMES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
+    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack",
+    "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball",
+    "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket",
+    "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair",
+    "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse",
+    "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier",
+    "toothbrush",
+)
+
+
+def _deserialize(value):
+    if isinstance(value, dict):
+        return keras.saving.deserialize_keras_object(value)
+    return value
+
+
+@keras.saving.register_keras_serializable(package="fpn_keras")
+class FPNDetector(keras.Model):
+    """An FPN object detector.
+
+    Args:
+        num_classes: number of foreground classes (default 80, COCO); may be
+            None when `head` is a built head (taken from it).
+        backbone: a name from `fpn_keras.models.backbones.BACKBONES` or a built
+            Keras model mapping images to {"C2".."C5"}.
+        head: "retinanet" or a built head (e.g. `RetinaNet(num_classes=..., ...)`).
+        bounding_box_format: format of target and predicted boxes (keras names:
+            "xyxy", "yxyx", "xywh", "center_xywh", "rel_xyxy", ...).
+        neck: a built `FeaturePyramid`; by default one covering the head's levels.
+        fpn_channels: channels of the default neck (256 in the paper).
+        backbone_weights: None, "imagenet" or a local weights path, for a named backbone.
+        class_names: optional names of the classes, stored with the model.
+    """
+
+    def __init__(self, num_classes=80, backbone="resnet50", head="retinanet",
+                 bounding_box_format="xyxy", neck=None, fpn_channels=256,
+                 backbone_weights=None, class_names=None, **kwargs):
+        super().__init__(**kwargs)
+        self.bounding_box_format = check_format(bounding_box_format)
+        backbone, head, neck = _deserialize(backbone), _deserialize(head), _deserialize(neck)
+
+        self._backbone_name = backbone if isinstance(backbone, str) else None
+        self.backbone = (build_backbone(backbone, weights=backbone_weights)
+                         if isinstance(backbone, str) else backbone)
+
+        if isinstance(head, str):
+            if head not in HEADS:
+                raise ValueError(f"head must be one of {sorted(HEADS)} or a built head, received {head!r}")
+            if num_classes is None:
+                raise ValueError("num_classes is required when head is given by name")
+            head = HEADS[head](num_classes=num_classes, name="head")
+        elif num_classes is not None and head.num_classes != num_classes:
+            raise ValueError(
+                f"num_classes ({num_classes}) differs from the head's num_classes ({head.num_classes})")
+        self.head = head
+        self.num_classes = head.num_classes
+
+        if neck is None:
+            neck = FeaturePyramid(head.min_level, head.max_level, fpn_channels, name="neck")
+        elif neck.min_level > head.min_level or neck.max_level < head.max_level:
+            raise ValueError(
+                f"the neck gives P{neck.min_level}-P{neck.max_level} but the head needs "
+                f"P{head.min_level}-P{head.max_level}")
+        self.neck = neck
+        if class_names is not None and len(class_names) != self.num_classes:
+            raise ValueError(
+                f"class_names has {len(class_names)} names for num_classes={self.num_classes}")
+        if class_names is None and self.num_classes == 80:
+            class_names = COCO_CLASS_NAMES
+        self.class_names = list(class_names) if class_names is not None else [
+            str(i) for i in range(self.num_classes)]
+        self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in head.loss_names}
+
+    # ------------------------------------------------------------------ flow
+    def call(self, images, training=False):
+        """images [B, H, W, 3] (0..255) -> the head's raw outputs."""
+        images = self._check_images(images)
+        features = self.backbone(images, training=training)  # {"C2".."C5"}
+        pyramid = self.neck(features)  # {"P<min>".."P<max>"}
+        return self.head(pyramid, training=training)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Matches anchors to `y` and returns the total loss (per-term losses are tracked)."""
+        gt_boxes, gt_labels = self._prepare_targets(y, ops.shape(x)[1], ops.shape(x)[2])
+        losses = self.head.compute_losses(y_pred, gt_boxes, gt_labels)
+        for name, value in losses.items():
+            self.loss_trackers[name].update_state(value)
+        total = ops.sum(ops.stack(list(losses.values())))
+        if self.losses:  # weight regularisers
+            total = total + ops.sum(ops.stack(self.losses))
+        return total
+
+    def predict_step(self, data):
+        """images -> {"boxes" [B, D, 4] in bounding_box_format, "scores" [B, D],
+        "labels" [B, D] (-1 padding), "num_detections" [B]}."""
+        images = data[0] if isinstance(data, (tuple, list)) else data
+        raw = self(images, training=False)
+        height, width = ops.shape(images)[1], ops.shape(images)[2]
+        detections = self.head.detect(raw, (height, width))
+        boxes = from_xyxy(detections["boxes"], self.bounding_box_format, height, width)
+        detections["boxes"] = ops.where(detections["labels"][..., None] >= 0, boxes, -1.0)
+        return detections
+
+    # -------------------------------------------------------------- helpers
+    @property
+    def metrics(self):
+        metrics = super().metrics
+        return metrics + [t for t in self.loss_trackers.values() if t not in metrics]
+
+    def compile(self, optimizer="adam", jit_compile=False, **kwargs):
+        """Like keras.Model.compile; losses are built in (no `loss` argument needed).
+
+        jit_compile defaults to False: XLA did not speed up the CPU forward pass
+        and TF's NMS kernel is not XLA-compilable (pass True for GPU training).
+        """
+        if kwargs.pop("loss", None) is not None:
+            raise ValueError("FPNDetector computes its own losses; do not pass loss= to compile")
+        super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
+
+    def compile_from_config(self, config):
+        """Restores compile() settings (optimizer included) when a .keras file is loaded."""
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def _check_images(self, images):
+        shape = tuple(images.shape)
+        if len(shape) != 4 or shape[-1] != 3:
+            raise ValueError(
+                f"images must be [batch, height, width, 3] RGB; received shape {shape}")
+        return ops.cast(images, self.compute_dtype)
+
+    def _prepare_targets(self, y, height, width):
+        if not isinstance(y, dict) or "boxes" not in y or "labels" not in y:
+            raise ValueError(
+                "targets must be a dict with 'boxes' [B, M, 4] and 'labels' [B, M]; received "
+                f"{type(y).__name__}" + (f" with keys {sorted(y)}" if isinstance(y, dict) else ""))
+        boxes, labels = y["boxes"], y["labels"]
+        if hasattr(boxes, "to_tensor"):  # tf.RaggedTensor -> padded with -1
+            boxes = boxes.to_tensor(default_value=-1.0)
+        if hasattr(labels, "to_tensor"):
+            labels = labels.to_tensor(default_value=-1)
+        if len(boxes.shape) != 3 or boxes.shape[-1] != 4:
+            raise ValueError(f"target boxes must be [batch, max_boxes, 4]; received shape {tuple(boxes.shape)}")
+        labels = ops.cast(labels, "int32")
+        boxes = to_xyxy(ops.cast(boxes, "float32"), self.bounding_box_format, height, width)
+        boxes = clip_boxes(boxes, height, width)
+        # Padding rows stay padding whatever the format conversion made of them.
+        boxes = ops.where(labels[..., None] >= 0, boxes, -1.0)
+        return boxes, labels
+
+    # ---------------------------------------------------------- serialising
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "num_classes": self.num_classes,
+            # A named backbone is rebuilt by name (its weights come from the saved file).
+            "backbone": self._backbone_name or keras.saving.serialize_keras_object(self.backbone),
+            "head": keras.saving.serialize_keras_object(self.head),
+            "neck": keras.saving.serialize_keras_object(self.neck),
+            "bounding_box_format": self.bounding_box_format,
+            "class_names": list(self.class_names),
+        })
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

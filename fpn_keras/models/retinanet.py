@@ -1,0 +1,203 @@
+"""The RetinaNet head bundle: dense head + anchors + matching + losses + decoding.
+
+Shapes: B batch, N anchors (all levels), M ground truths, K classes,
+D = max_detections. Boxes are `xyxy` in input-image pixels.
+
+Like every head, it offers three methods used by `FPNDetector`:
+  call(pyramid)                     -> raw outputs
+  compute_losses(raw, gt_boxes, gt_labels) -> {"cls_loss": ..., "box_loss": ...}
+  detect(raw, image_shape)           -> padded detections
+"""
+
+import keras
+from keras import layers, ops
+
+from fpn_keras.anchors import AnchorGenerator
+from fpn_keras.boxes.coder import BoxCoder
+from fpn_keras.boxes.convert import clip_boxes
+from fpn_keras.boxes.nms import batched_nms
+from fpn_keras.layers.dense_heads import RetinaNetHead
+from fpn_keras.losses import giou_loss, sigmoid_focal_loss, smooth_l1_loss
+from fpn_keras.matching import Matcher
+from fpn_keras.targets import check_labels, label_anchors
+
+
+@keras.saving.register_keras_serializable(package="fpn_keras")
+class RetinaNet(layers.Layer):
+    """RetinaNet (Lin et al., 2017, "Focal Loss for Dense Object Detection") on P3-P7.
+
+    Args:
+        num_classes: K foreground classes (no background class: sigmoid outputs).
+        min_level, max_level: pyramid levels the head runs on.
+        anchor_scale, anchor_scales, aspect_ratios: see `AnchorGenerator`.
+        channels, num_convs, norm: the class/box subnets (see `RetinaNetHead`).
+        positive_threshold, negative_threshold: IoU matching (0.5 / 0.4).
+        alpha, gamma: focal loss. box_loss: "smooth_l1" (beta `smooth_l1_beta`) or "giou".
+        box_loss_weight: weight of the box loss in the total.
+        pre_nms_topk, score_threshold, nms_iou_threshold, max_detections: inference.
+    """
+
+    loss_names = ("cls_loss", "box_loss")
+
+    def __init__(self, num_classes=80, min_level=3, max_level=7, anchor_scale=4.0,
+                 anchor_scales=(1.0, 2 ** (1 / 3), 2 ** (2 / 3)), aspect_ratios=(0.5, 1.0, 2.0),
+                 channels=256, num_convs=4, norm=None, prior_probability=0.01,
+                 positive_threshold=0.5, negative_threshold=0.4, allow_low_quality_matches=True,
+                 alpha=0.25, gamma=2.0, box_loss="smooth_l1", smooth_l1_beta=0.1,
+                 box_loss_weight=1.0, pre_nms_topk=1000, score_threshold=0.05,
+                 nms_iou_threshold=0.5, max_detections=100, **kwargs):
+        super().__init__(**kwargs)
+        if box_loss not in ("smooth_l1", "giou"):
+            raise ValueError(f"box_loss must be 'smooth_l1' or 'giou', received {box_loss!r}")
+        self.num_classes = int(num_classes)
+        self.min_level = int(min_level)
+        self.max_level = int(max_level)
+        self.anchor_generator = AnchorGenerator(
+            min_level, max_level, anchor_scale, anchor_scales, aspect_ratios)
+        self.matcher = Matcher(positive_threshold, negative_threshold, allow_low_quality_matches)
+        self.box_coder = BoxCoder()
+        self.head = RetinaNetHead(
+            num_classes, self.anchor_generator.num_anchors_per_location, channels,
+            num_convs, norm, prior_probability, name="head")
+        self.channels = int(channels)
+        self.num_convs = int(num_convs)
+        self.norm = norm
+        self.prior_probability = float(prior_probability)
+        self.alpha = float(alpha)
+        self.gamma = float(gamma)
+        self.box_loss = box_loss
+        self.smooth_l1_beta = float(smooth_l1_beta)
+        self.box_loss_weight = float(box_loss_weight)
+        self.pre_nms_topk = int(pre_nms_topk)
+        self.score_threshold = float(score_threshold)
+        self.nms_iou_threshold = float(nms_iou_threshold)
+        self.max_detections = int(max_detections)
+
+    def build(self, input_shape):
+        self.head.build(input_shape)
+        self.built = True
+
+    def call(self, pyramid, training=False):
+        """pyramid {"P3".."P7"} -> raw outputs, per level:
+        {"cls_logits": {"P3": [B, N3, K], ...}, "box_deltas": {..: [B, Nl, 4]},
+         "anchors": {..: [Nl, 4]}}."""
+        levels = {f"P{l}": pyramid[f"P{l}"] for l in range(self.min_level, self.max_level + 1)}
+        cls_logits, box_deltas = self.head(levels, training=training)
+        shapes = {name: (ops.shape(x)[1], ops.shape(x)[2]) for name, x in levels.items()}
+        anchors = self.anchor_generator(shapes)
+        return {"cls_logits": cls_logits, "box_deltas": box_deltas, "anchors": anchors}
+
+    def _concat(self, per_level):
+        return ops.concatenate([per_level[f"P{l}"] for l in range(self.min_level, self.max_level + 1)],
+                               axis=-2)
+
+    def compute_losses(self, raw, gt_boxes, gt_labels):
+        """Focal + box loss, each summed and divided by the number of positive anchors.
+
+        gt_boxes [B, M, 4] xyxy clipped to the image; gt_labels [B, M] (-1 padding).
+        Returns {"cls_loss": scalar, "box_loss": scalar}.
+        """
+        cls_logits = ops.cast(self._concat(raw["cls_logits"]), "float32")  # [B, N, K]
+        box_deltas = ops.cast(self._concat(raw["box_deltas"]), "float32")  # [B, N, 4]
+        anchors = self._concat(raw["anchors"])  # [N, 4]
+        gt_labels = check_labels(gt_labels, self.num_classes)
+        cls_targets, matched_boxes = label_anchors(anchors, gt_boxes, gt_labels, self.matcher)
+
+        positive = cls_targets >= 0  # [B, N]
+        not_ignored = cls_targets != -2
+        # Normaliser: positives in the whole batch, at least 1 (images without objects).
+        num_positives = ops.maximum(ops.sum(ops.cast(positive, "float32")), 1.0)
+
+        one_hot = ops.one_hot(ops.maximum(cls_targets, 0), self.num_classes)
+        one_hot = one_hot * ops.cast(positive, "float32")[..., None]
+        focal = ops.sum(sigmoid_focal_loss(one_hot, cls_logits, self.alpha, self.gamma), axis=-1)
+        cls_loss = ops.sum(ops.where(not_ignored, focal, 0.0)) / num_positives
+
+        if self.box_loss == "giou":
+            predicted = self.box_coder.decode(box_deltas, anchors[None])
+            per_anchor = giou_loss(matched_boxes, predicted)
+        else:
+            box_targets = self.box_coder.encode(matched_boxes, anchors[None])
+            per_anchor = ops.sum(smooth_l1_loss(box_targets, box_deltas, self.smooth_l1_beta), axis=-1)
+        box_loss = ops.sum(ops.where(positive, per_anchor, 0.0)) / num_positives
+        return {"cls_loss": cls_loss, "box_loss": self.box_loss_weight * box_loss}
+
+    def detect(self, raw, image_shape):
+        """Raw outputs -> detections, padded to D = max_detections.
+
+        Per level: the top `pre_nms_topk` (anchor, class) scores, decoded and
+        clipped to `image_shape` (height, width); then class-aware NMS over all
+        levels and the D best. Returns {"boxes": [B, D, 4] xyxy, "scores": [B, D],
+        "labels": [B, D] int32 (-1 padding), "num_detections": [B] int32}.
+        """
+        all_boxes, all_scores, all_classes = [], [], []
+        for l in range(self.min_level, self.max_level + 1):
+            name = f"P{l}"
+            logits = ops.cast(raw["cls_logits"][name], "float32")  # [B, Nl, K]
+            batch = ops.shape(logits)[0]
+            flat = ops.reshape(logits, (batch, -1))  # [B, Nl * K]
+            k = self.pre_nms_topk
+            if isinstance(flat.shape[1], int):
+                k = min(k, flat.shape[1])
+            # Top-k on logits: sigmoid is monotonic, so only k sigmoids are needed.
+            top_logits, top_idx = ops.top_k(flat, k=k)
+            anchor_idx = top_idx // self.num_classes
+            classes = top_idx % self.num_classes
+            deltas = ops.take_along_axis(
+                ops.cast(raw["box_deltas"][name], "float32"), anchor_idx[..., None], axis=1)
+            anchors = ops.take(raw["anchors"][name], anchor_idx, axis=0)  # [B, k, 4]
+            boxes = clip_boxes(self.box_coder.decode(deltas, anchors), *image_shape)
+            all_boxes.append(boxes)
+            all_scores.append(ops.sigmoid(top_logits))
+            all_classes.append(classes)
+        boxes = ops.concatenate(all_boxes, axis=1)
+        scores = ops.concatenate(all_scores, axis=1)
+        classes = ops.concatenate(all_classes, axis=1)
+        return select_detections(boxes, scores, classes, self.nms_iou_threshold,
+                                 self.max_detections, self.score_threshold)
+
+    def get_config(self):
+        config = super().get_config()
+        anchors = self.anchor_generator.get_config()
+        matcher = self.matcher.get_config()
+        config.update({
+            "num_classes": self.num_classes,
+            "min_level": self.min_level,
+            "max_level": self.max_level,
+            "anchor_scale": anchors["anchor_scale"],
+            "anchor_scales": anchors["scales"],
+            "aspect_ratios": anchors["aspect_ratios"],
+            "channels": self.channels,
+            "num_convs": self.num_convs,
+            "norm": self.norm,
+            "prior_probability": self.prior_probability,
+            "positive_threshold": matcher["positive_threshold"],
+            "negative_threshold": matcher["negative_threshold"],
+            "allow_low_quality_matches": matcher["allow_low_quality_matches"],
+            "alpha": self.alpha,
+            "gamma": self.gamma,
+            "box_loss": self.box_loss,
+            "smooth_l1_beta": self.smooth_l1_beta,
+            "box_loss_weight": self.box_loss_weight,
+            "pre_nms_topk": self.pre_nms_topk,
+            "score_threshold": self.score_threshold,
+            "nms_iou_threshold": self.nms_iou_threshold,
+            "max_detections": self.max_detections,
+        })
+        return config
+
+
+def select_detections(boxes, scores, classes, iou_threshold, max_detections, score_threshold):
+    """Class-aware NMS and padding: [B, C, 4], [B, C], [B, C] -> detections dict (see detect)."""
+    indices, num_detections = batched_nms(
+        boxes, scores, classes, iou_threshold=iou_threshold,
+        max_output_size=max_detections, score_threshold=score_threshold)
+    valid = indices >= 0  # [B, D]
+    safe = ops.maximum(indices, 0)
+    boxes = ops.take_along_axis(boxes, safe[..., None], axis=1)
+    return {
+        "boxes": ops.where(valid[..., None], boxes, -1.0),
+        "scores": ops.where(valid, ops.take_along_axis(scores, safe, axis=1), 0.0),
+        "labels": ops.where(valid, ops.cast(ops.take_along_axis(classes, safe, axis=1), "int32"), -1),
+        "num_detections": num_detections,
+    }

@@ -1,0 +1,86 @@
+"""Training targets as pure functions on padded tensors.
+
+Shapes: B batch, N anchors, M ground-truth boxes (padded with label -1).
+"""
+
+import keras
+from keras import ops
+
+from fpn_keras.boxes.convert import box_area
+from fpn_keras.boxes.iou import pairwise_iou
+from fpn_keras.matching import IGNORE, POSITIVE
+
+BACKGROUND = -1  # class target of a negative anchor
+IGNORED = -2  # class target of an anchor in the ignore band
+
+
+def valid_ground_truth(gt_boxes, gt_labels):
+    """[B, M] bool: real (label >= 0) boxes with positive area."""
+    return (gt_labels >= 0) & (box_area(gt_boxes) > 0.0)
+
+
+def label_anchors(anchors, gt_boxes, gt_labels, matcher):
+    """Match anchors to ground truth.
+
+    Args:
+        anchors: [N, 4] xyxy.
+        gt_boxes: [B, M, 4] xyxy; gt_labels: [B, M] int, -1 = padding.
+        matcher: a `Matcher`.
+
+    Returns:
+        cls_targets [B, N] int32: class id of positives, BACKGROUND (-1) for
+            negatives, IGNORED (-2) in the ignore band.
+        matched_boxes [B, N, 4]: the matched ground-truth box of every anchor
+            (meaningful only where cls_targets >= 0).
+    """
+    gt_labels = ops.cast(gt_labels, "int32")
+    gt_valid = valid_ground_truth(gt_boxes, gt_labels)
+    iou = pairwise_iou(anchors[None], gt_boxes)  # [B, N, M]
+    matched_idx, match_labels = matcher(iou, gt_valid)
+    matched_boxes = ops.take_along_axis(gt_boxes, matched_idx[..., None], axis=1)
+    matched_labels = ops.take_along_axis(gt_labels, matched_idx, axis=1)
+    cls_targets = ops.where(
+        match_labels == POSITIVE,
+        matched_labels,
+        ops.where(match_labels == IGNORE, IGNORED, BACKGROUND),
+    )
+    return ops.cast(cls_targets, "int32"), matched_boxes
+
+
+def check_labels(gt_labels, num_classes):
+    """Fails the step if any label >= num_classes (or < -1); returns the labels.
+
+    Under TensorFlow this is a graph assertion, so it also fires inside
+    `model.fit`; the message names the offending value and `num_classes`.
+    """
+    message = (
+        f"ground-truth labels must be in [0, num_classes) = [0, {num_classes}) "
+        "(or -1 for padding); received label value"
+    )
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        labels = tf.convert_to_tensor(gt_labels)
+        bad = tf.logical_or(labels >= num_classes, labels < -1)
+        first_bad = tf.reduce_max(tf.where(bad, tf.abs(labels), -1))
+        check = tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [message, first_bad])
+        with tf.control_dependencies([check]):
+            return tf.identity(labels)
+    if backend == "jax":
+        import jax
+        import numpy as np
+
+        def _raise_if_bad(labels):
+            labels = np.asarray(labels)
+            bad = labels[(labels >= num_classes) | (labels < -1)]
+            if bad.size:
+                raise ValueError(f"{message} {int(bad.flat[0])}")
+
+        jax.debug.callback(_raise_if_bad, gt_labels)
+        return gt_labels
+    labels = ops.convert_to_numpy(gt_labels)
+    bad = labels[(labels >= num_classes) | (labels < -1)]
+    if bad.size:
+        raise ValueError(f"{message} {int(bad.flat[0])}")
+    return gt_labels

@@ -1,0 +1,182 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fpn_keras.data import pipeline, synthetic
+
+
+def test_resize_and_pad_hand_computed():
+    image = np.full((50, 100, 3), 200, np.uint8)
+    boxes = np.array([[10.0, 5.0, 60.0, 45.0], [0.0, 0.0, 100.0, 50.0]], np.float32)
+    out, out_boxes, scale = pipeline.resize_and_pad(image, boxes, (128, 128))
+    assert out.dtype == tf.float32 and out.shape == (128, 128, 3)
+    assert scale.dtype == tf.float32 and scale.shape == ()
+    np.testing.assert_allclose(scale.numpy(), 1.28, rtol=1e-6)
+    # 128 / 100 = 1.28 (width limits); 50 * 1.28 = 64 rows of content
+    np.testing.assert_allclose(
+        out_boxes.numpy(),
+        [[12.8, 6.4, 76.8, 57.6], [0.0, 0.0, 128.0, 64.0]],
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(out.numpy()[:64], 200.0, atol=1e-3)
+    np.testing.assert_array_equal(out.numpy()[64:], 0.0)
+
+
+def test_resize_and_pad_in_graph_mode_and_upscale():
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+    def fn(image):
+        return pipeline.resize_and_pad(image, tf.constant([[4.0, 2.0, 8.0, 6.0]]), (256, 128))
+
+    out, out_boxes, scale = fn(tf.fill([32, 64, 3], tf.constant(9, tf.uint8)))
+    assert out.shape == (256, 128, 3)
+    assert scale.numpy() == 2.0  # min(256 / 32, 128 / 64)
+    np.testing.assert_array_equal(out_boxes.numpy(), [[8.0, 4.0, 16.0, 12.0]])
+    np.testing.assert_allclose(out.numpy()[:64], 9.0, atol=1e-4)
+    np.testing.assert_array_equal(out.numpy()[64:], 0.0)
+
+
+def test_resize_and_pad_rejects_non_multiple_of_stride():
+    image = np.zeros((10, 10, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"\(100, 128\)"):
+        pipeline.resize_and_pad(image, np.zeros((0, 4), np.float32), (100, 128))
+    out, _, _ = pipeline.resize_and_pad(image, np.zeros((0, 4), np.float32), (96, 64), stride=32)
+    assert out.shape == (96, 64, 3)
+
+
+def test_random_horizontal_flip_known_box():
+    image = np.tile(np.arange(100, dtype=np.uint8)[None, :, None], (20, 1, 3))
+    boxes = np.array([[10.0, 2.0, 30.0, 12.0]], np.float32)
+    outcomes = set()
+    for i in range(30):
+        out, out_boxes = pipeline.random_horizontal_flip(tf.constant(image), boxes, seed=None)
+        if out.numpy()[0, 0, 0] == 99:  # flipped
+            np.testing.assert_array_equal(out.numpy(), image[:, ::-1])
+            np.testing.assert_array_equal(out_boxes.numpy(), [[70.0, 2.0, 90.0, 12.0]])
+            outcomes.add("flipped")
+        else:
+            np.testing.assert_array_equal(out.numpy(), image)
+            np.testing.assert_array_equal(out_boxes.numpy(), boxes)
+            outcomes.add("kept")
+    assert outcomes == {"flipped", "kept"}
+
+
+def test_clip_and_filter():
+    boxes = tf.constant(
+        [[10.0, 10.0, 10.0, 20.0], [-5.0, 20.0, 130.0, 140.0], [5.0, 5.0, 15.0, 15.0], [3.0, 4.0, 3.5, 9.0]]
+    )
+    labels = tf.constant([0, 1, 2, 3], tf.int32)
+    out_boxes, out_labels = pipeline.clip_and_filter(boxes, labels, height=100, width=120)
+    np.testing.assert_array_equal(out_boxes.numpy(), [[0.0, 20.0, 120.0, 100.0], [5.0, 5.0, 15.0, 15.0]])
+    np.testing.assert_array_equal(out_labels.numpy(), [1, 2])
+    # a box entirely outside the image clips to zero area and is dropped
+    out_boxes, out_labels = pipeline.clip_and_filter(
+        tf.constant([[130.0, 10.0, 150.0, 20.0]]), tf.constant([4]), 100, 120
+    )
+    assert out_boxes.shape == (0, 4) and out_labels.shape == (0,)
+
+
+def _raw(num_images, **kwargs):
+    return synthetic.generate(num_images, seed=1_000_003, max_objects=3, **kwargs)
+
+
+def test_prepare_eval_spec_padding_and_values():
+    ds = pipeline.prepare(synthetic.load("val", num_images=10, max_objects=3), batch_size=4)
+    images_spec, targets_spec = ds.element_spec
+    assert images_spec.shape.as_list() == [None, 128, 128, 3] and images_spec.dtype == tf.float32
+    assert targets_spec["boxes"].shape.as_list() == [None, 100, 4]
+    assert targets_spec["boxes"].dtype == tf.float32
+    assert targets_spec["labels"].shape.as_list() == [None, 100]
+    assert targets_spec["labels"].dtype == tf.int32
+    assert targets_spec["image_id"].shape.as_list() == [None]
+    assert targets_spec["image_id"].dtype == tf.int64
+    assert targets_spec["image_scale"].shape.as_list() == [None]
+    assert targets_spec["image_scale"].dtype == tf.float32
+
+    raw = _raw(10)
+    batches = list(ds.as_numpy_iterator())
+    assert [b[0].shape[0] for b in batches] == [4, 4, 2]
+    images = np.concatenate([b[0] for b in batches])
+    boxes = np.concatenate([b[1]["boxes"] for b in batches])
+    labels = np.concatenate([b[1]["labels"] for b in batches])
+    np.testing.assert_array_equal(np.concatenate([b[1]["image_id"] for b in batches]), np.arange(10))
+    np.testing.assert_array_equal(np.concatenate([b[1]["image_scale"] for b in batches]), 1.0)
+    np.testing.assert_allclose(images, raw["images"].astype(np.float32), atol=1e-3)
+    np.testing.assert_array_equal(boxes[:, :3], raw["boxes"])
+    np.testing.assert_array_equal(labels[:, :3], raw["labels"])
+    assert np.all(boxes[:, 3:] == -1.0) and np.all(labels[:, 3:] == -1)
+
+
+def test_prepare_rescales_and_truncates():
+    ds = pipeline.prepare(
+        synthetic.load("val", num_images=3, min_objects=3, max_objects=3),
+        batch_size=3,
+        image_size=(256, 256),
+        max_boxes=2,
+    )
+    images, targets = next(iter(ds))
+    raw = _raw(3, min_objects=3)
+    assert np.all(raw["labels"] >= 0)  # 3 objects each, truncated to 2 below
+    assert images.shape == (3, 256, 256, 3)
+    np.testing.assert_array_equal(targets["image_scale"].numpy(), [2.0, 2.0, 2.0])
+    assert targets["boxes"].shape == (3, 2, 4) and targets["labels"].shape == (3, 2)
+    expected = np.where(raw["boxes"][:, :2] >= 0, raw["boxes"][:, :2] * 2.0, -1.0)
+    np.testing.assert_array_equal(targets["boxes"].numpy(), expected)
+    np.testing.assert_array_equal(targets["labels"].numpy(), raw["labels"][:, :2])
+
+
+def test_prepare_training_static_batch_shuffle_and_flip():
+    ds = pipeline.prepare(
+        synthetic.load("val", num_images=10, max_objects=3), batch_size=4, training=True, seed=1, cache=True
+    )
+    images_spec, targets_spec = ds.element_spec
+    assert images_spec.shape.as_list() == [4, 128, 128, 3]
+    assert targets_spec["boxes"].shape.as_list() == [4, 100, 4]
+    assert targets_spec["labels"].shape.as_list() == [4, 100]
+    raw = _raw(10)
+    batches = list(ds.as_numpy_iterator())
+    assert len(batches) == 2  # drop_remainder defaults to training
+    ids = np.concatenate([b[1]["image_id"] for b in batches])
+    assert len(set(ids.tolist())) == 8
+    outcomes = []
+    for images, targets in batches:
+        for j, image_id in enumerate(targets["image_id"]):
+            raw_boxes = raw["boxes"][image_id]
+            flipped = raw_boxes.copy()
+            flipped[:, [0, 2]] = np.where(raw_boxes[:, [0, 2]] >= 0, 128.0 - raw_boxes[:, [2, 0]], -1.0)
+            raw_image = raw["images"][image_id].astype(np.float32)
+            outcomes.append(not np.allclose(images[j], raw_image, atol=1e-3))
+            if not outcomes[-1]:
+                np.testing.assert_array_equal(targets["boxes"][j, :3], raw_boxes)
+            else:
+                np.testing.assert_allclose(images[j], raw_image[:, ::-1], atol=1e-3)
+                np.testing.assert_array_equal(targets["boxes"][j, :3], flipped)
+            np.testing.assert_array_equal(targets["labels"][j, :3], raw["labels"][image_id])
+    assert set(outcomes) == {True, False}  # seeded: both flipped and unflipped images occur
+    assert ids.tolist() != list(range(8))  # shuffled
+
+
+def test_prepare_accepts_arbitrary_image_sizes():
+    element = {
+        "image": np.full((50, 100, 3), 7, np.uint8),
+        "image_id": np.int64(42),
+        "boxes": np.array([[10.0, 5.0, 60.0, 45.0]], np.float32),
+        "labels": np.array([2], np.int32),
+    }
+    ds = tf.data.Dataset.from_tensors(element)
+    images, targets = next(iter(pipeline.prepare(ds, batch_size=1, max_boxes=3)))
+    assert images.shape == (1, 128, 128, 3)
+    np.testing.assert_allclose(targets["image_scale"].numpy(), [1.28], rtol=1e-6)
+    np.testing.assert_allclose(
+        targets["boxes"].numpy()[0], [[12.8, 6.4, 76.8, 57.6], [-1, -1, -1, -1], [-1, -1, -1, -1]], rtol=1e-6
+    )
+    np.testing.assert_array_equal(targets["labels"].numpy(), [[2, -1, -1]])
+    np.testing.assert_array_equal(targets["image_id"].numpy(), [42])
+    np.testing.assert_array_equal(images.numpy()[0, 64:], 0.0)
+
+
+def test_prepare_invalid_arguments():
+    ds = synthetic.load("val", num_images=1)
+    with pytest.raises(ValueError, match="100"):
+        pipeline.prepare(ds, batch_size=1, image_size=(100, 128))
+    with pytest.raises(ValueError, match="batch_size"):
+        pipeline.prepare(ds, batch_size=0)
