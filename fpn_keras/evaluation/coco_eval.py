@@ -276,7 +276,7 @@ def _to_xyxy(boxes, labels, source, height, width):
 
 
 def evaluate_model(
-    model, dataset, class_names=None, max_batches=None, verbose=True
+    model, dataset, class_names=None, max_batches=None, verbose=True, evaluator=None
 ):
     """Runs `model.predict_on_batch` over `dataset` and returns COCO metrics.
 
@@ -291,6 +291,8 @@ def evaluate_model(
         class_names: optional list of K class names.
         max_batches: optional limit on the number of batches.
         verbose: show a progress bar and print the COCO table.
+        evaluator: optional `CocoEvaluator` to fill (e.g. to read
+            `results_json()` afterwards); a new one by default.
 
     Returns:
         dict of metrics, see `CocoEvaluator.evaluate`.
@@ -300,7 +302,8 @@ def evaluate_model(
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"`max_batches` must be >= 1, received {max_batches}.")
     fmt = model.bounding_box_format
-    evaluator = CocoEvaluator(class_names=class_names)
+    if evaluator is None:
+        evaluator = CocoEvaluator(class_names=class_names)
     target = max_batches
     if target is None:
         try:
@@ -336,3 +339,28 @@ def evaluate_model(
         if progbar is not None:
             progbar.update(step + 1)
     return evaluator.evaluate(verbose=verbose)
+
+
+_DESCRIPTIONS = {
+    "AP": "AP @[IoU=0.50:0.95 | area=all | maxDets=100]",
+    "AP50": "AP @[IoU=0.50      | area=all | maxDets=100]",
+    "AP75": "AP @[IoU=0.75      | area=all | maxDets=100]",
+    "APs": "AP @[IoU=0.50:0.95 | area=small | maxDets=100]",
+    "APm": "AP @[IoU=0.50:0.95 | area=medium | maxDets=100]",
+    "APl": "AP @[IoU=0.50:0.95 | area=large | maxDets=100]",
+    "AR1": "AR @[IoU=0.50:0.95 | area=all | maxDets=1]",
+    "AR10": "AR @[IoU=0.50:0.95 | area=all | maxDets=10]",
+    "AR100": "AR @[IoU=0.50:0.95 | area=all | maxDets=100]",
+    "ARs": "AR @[IoU=0.50:0.95 | area=small | maxDets=100]",
+    "ARm": "AR @[IoU=0.50:0.95 | area=medium | maxDets=100]",
+    "ARl": "AR @[IoU=0.50:0.95 | area=large | maxDets=100]",
+}
+
+
+def format_metrics(metrics, title="COCO metrics"):
+    """A COCO-style table of the metrics dict returned by `evaluate`."""
+    lines = [title]
+    for name in METRIC_NAMES:
+        if name in metrics:
+            lines.append(f"  {name:<6} {_DESCRIPTIONS[name]:<45} = {metrics[name]:.3f}")
+    return "\n".join(lines)

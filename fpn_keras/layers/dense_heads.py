@@ -93,10 +93,14 @@ class RetinaNetHead(layers.Layer):
         for name, x in features.items():
             cls = self.cls_logits(self._tower(x, self.cls_convs, self.cls_norms, training))
             box = self.box_deltas(self._tower(x, self.box_convs, self.box_norms, training))
-            batch = ops.shape(x)[0]
+            height, width = x.shape[1], x.shape[2]
+            # Keep the anchor count static when the level's size is known.
+            num = height * width * self.num_anchors if isinstance(height, int) and isinstance(width, int) else -1
             # [B, H, W, A*K] -> [B, H*W*A, K]; [B, H, W, A*4] -> [B, H*W*A, 4]
-            cls_per_level[name] = ops.reshape(cls, (batch, -1, self.num_classes))
-            box_per_level[name] = ops.reshape(box, (batch, -1, 4))
+            cls_per_level[name] = ops.reshape(cls, (-1, num, self.num_classes)) if num != -1 else \
+                ops.reshape(cls, (ops.shape(x)[0], -1, self.num_classes))
+            box_per_level[name] = ops.reshape(box, (-1, num, 4)) if num != -1 else \
+                ops.reshape(box, (ops.shape(x)[0], -1, 4))
         return cls_per_level, box_per_level
 
     def get_config(self):

@@ -137,8 +137,8 @@ class RetinaNet(layers.Layer):
             batch = ops.shape(logits)[0]
             flat = ops.reshape(logits, (batch, -1))  # [B, Nl * K]
             k = self.pre_nms_topk
-            if isinstance(flat.shape[1], int):
-                k = min(k, flat.shape[1])
+            if isinstance(logits.shape[1], int):  # static anchor count of this level
+                k = min(k, logits.shape[1] * self.num_classes)
             # Top-k on logits: sigmoid is monotonic, so only k sigmoids are needed.
             top_logits, top_idx = ops.top_k(flat, k=k)
             anchor_idx = top_idx // self.num_classes

@@ -1,0 +1,38 @@
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from fpn_keras.layers.dense_heads import RetinaNetHead
+
+
+def test_shapes_and_shared_weights_across_levels():
+    head = RetinaNetHead(num_classes=3, num_anchors=9, channels=8, num_convs=2)
+    pyramid = {"P3": np.zeros((2, 8, 8, 8), "float32"), "P4": np.zeros((2, 4, 4, 8), "float32")}
+    cls, box = head(pyramid)
+    assert tuple(cls["P3"].shape) == (2, 8 * 8 * 9, 3)
+    assert tuple(box["P4"].shape) == (2, 4 * 4 * 9, 4)
+    # 2 towers x 2 convs + 2 outputs, one set of weights for every level.
+    assert len(head.trainable_weights) == 2 * (2 * 2 + 2)
+
+
+def test_prior_probability_bias_on_the_class_output_only():
+    head = RetinaNetHead(num_classes=2, num_anchors=1, channels=4, num_convs=1, prior_probability=0.05)
+    cls, box = head({"P3": np.zeros((1, 2, 2, 4), "float32")})
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(head.cls_logits.bias),
+                               -math.log(0.95 / 0.05), rtol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(head.box_deltas.bias), 0.0)
+    # Zero features: every class probability equals the prior.
+    probs = 1 / (1 + np.exp(-keras.ops.convert_to_numpy(cls["P3"])))
+    np.testing.assert_allclose(probs, 0.05, rtol=1e-5)
+
+
+def test_group_norm_and_config_round_trip():
+    head = RetinaNetHead(num_classes=5, num_anchors=3, channels=16, num_convs=3, norm="group")
+    clone = RetinaNetHead.from_config(head.get_config())
+    assert len(clone.cls_convs) == 3 and len(clone.cls_norms) == 3
+    assert isinstance(clone.cls_norms[0], keras.layers.GroupNormalization)
+    assert clone.cls_logits.filters == 3 * 5 and clone.box_deltas.filters == 3 * 4
+    with pytest.raises(ValueError, match="norm must be"):
+        RetinaNetHead(num_classes=2, norm="layer")

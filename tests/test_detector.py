@@ -1,0 +1,175 @@
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fpn_keras.data import pipeline, synthetic
+from fpn_keras.evaluation import evaluate_model
+from fpn_keras.models.backbones import small_resnet
+from fpn_keras.models.detector import FPNDetector
+from fpn_keras.models.retinanet import RetinaNet
+
+
+def tiny_detector(num_classes=3, bounding_box_format="xyxy", **head_args):
+    head_args = {"min_level": 3, "max_level": 5, "anchor_scale": 2.0, "channels": 16,
+                 "num_convs": 1, **head_args}
+    return FPNDetector(
+        num_classes=num_classes,
+        backbone=small_resnet((8, 16, 32, 64)),
+        head=RetinaNet(num_classes=num_classes, name="head", **head_args),
+        fpn_channels=16,
+        bounding_box_format=bounding_box_format,
+    )
+
+
+def batch(boxes, labels, size=64, n=2, seed=0):
+    images = np.random.default_rng(seed).uniform(0, 255, (n, size, size, 3)).astype("float32")
+    y = {"boxes": np.array([boxes] * n, "float32"), "labels": np.array([labels] * n, "int32")}
+    return images, y
+
+
+def fit_history(model, images, y, epochs, steps=5, lr=1e-3):
+    model.compile(optimizer=keras.optimizers.Adam(lr))
+    ds = tf.data.Dataset.from_tensors((images, y)).repeat()
+    return model.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=0).history
+
+
+def test_logged_losses_are_real_and_fall():
+    keras.utils.set_random_seed(1)
+    model = tiny_detector()
+    images, y = batch([[8, 8, 40, 30], [30, 20, 60, 60]], [0, 2])
+    history = fit_history(model, images, y, epochs=4)
+    for name in ("loss", "cls_loss", "box_loss"):
+        assert all(v > 0 for v in history[name]), (name, history[name])
+    assert history["loss"][-1] < 0.7 * history["loss"][0], history["loss"]
+    np.testing.assert_allclose(np.add(history["cls_loss"], history["box_loss"]), history["loss"], rtol=1e-4)
+
+
+def test_overfits_one_small_batch_to_ap50_above_0_9():
+    keras.utils.set_random_seed(0)
+    ds = synthetic.load("train", num_images=4, image_size=(128, 128), seed=3, max_objects=3, min_size=16)
+    data = pipeline.prepare(ds, batch_size=4, image_size=(128, 128), max_boxes=8)
+    images, y = next(iter(data))
+    model = FPNDetector(
+        num_classes=4, backbone=small_resnet((16, 32, 64, 128)),
+        head=RetinaNet(num_classes=4, min_level=3, max_level=6, anchor_scale=2.0, channels=32,
+                       num_convs=2, norm="group", name="head"),
+        fpn_channels=32)
+    fit_history(model, images, {"boxes": y["boxes"], "labels": y["labels"]}, epochs=1, steps=250, lr=2e-3)
+    metrics = evaluate_model(model, data, verbose=False)
+    assert metrics["AP50"] > 0.9, metrics
+
+
+def test_save_load_round_trip_gives_identical_predictions(tmp_path):
+    model = tiny_detector(bounding_box_format="yxyx", num_convs=2, norm="group", prior_probability=0.2)
+    images, _ = batch([[0, 0, 1, 1]], [0])
+    before = model.predict(images, verbose=0)
+    assert before["num_detections"].min() > 0  # prior 0.2 > score threshold: real boxes compared
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)  # safe_mode=True by default
+    after = loaded.predict(images, verbose=0)
+    for key in before:
+        np.testing.assert_array_equal(before[key], after[key])
+    assert loaded.bounding_box_format == "yxyx"
+    assert len(loaded.head.head.cls_convs) == 2 and loaded.head.prior_probability == 0.2
+
+
+def test_config_arguments_reach_the_sublayers():
+    model = tiny_detector(num_classes=5, num_convs=3, channels=24, score_threshold=0.3,
+                          max_detections=7, box_loss="giou")
+    clone = FPNDetector.from_config(model.get_config())
+    head = clone.head
+    assert head.num_classes == 5 and head.box_loss == "giou"
+    assert len(head.head.cls_convs) == 3 and head.head.cls_convs[0].filters == 24
+    assert head.head.cls_logits.filters == 9 * 5
+    assert clone.neck.channels == 16 and clone.neck.min_level == 3 and clone.neck.max_level == 5
+    images, _ = batch([[0, 0, 1, 1]], [0])
+    assert clone.predict(images, verbose=0)["boxes"].shape == (2, 7, 4)
+
+
+def test_box_format_is_applied_to_targets_and_predictions():
+    keras.utils.set_random_seed(2)
+    xyxy = tiny_detector(prior_probability=0.3)
+    images, _ = batch([[0, 0, 1, 1]], [0])
+    xyxy.predict(images, verbose=0)
+    config = xyxy.get_config()
+    config["bounding_box_format"] = "yxyx"
+    yxyx = FPNDetector.from_config(config)
+    yxyx.predict(images, verbose=0)
+    yxyx.set_weights(xyxy.get_weights())
+    a = xyxy.predict(images, verbose=0)
+    b = yxyx.predict(images, verbose=0)
+    valid = a["labels"] >= 0
+    np.testing.assert_allclose(b["boxes"][valid], a["boxes"][valid][:, [1, 0, 3, 2]], atol=1e-5)
+    # Targets: the same boxes in both formats give the same loss.
+    boxes = np.array([[[5, 8, 30, 40]]], "float32")
+    y_xyxy = {"boxes": boxes, "labels": np.array([[1]], "int32")}
+    y_yxyx = {"boxes": boxes[..., [1, 0, 3, 2]], "labels": np.array([[1]], "int32")}
+    raw = xyxy(images[:1])
+    loss_a = xyxy.compute_loss(images[:1], y_xyxy, raw)
+    loss_b = yxyx.compute_loss(images[:1], y_yxyx, yxyx(images[:1]))
+    np.testing.assert_allclose(float(loss_a), float(loss_b), rtol=1e-5)
+
+
+def test_images_without_objects_and_degenerate_boxes_train_without_nan():
+    keras.utils.set_random_seed(3)
+    model = tiny_detector()
+    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    y = {"boxes": np.array([[[-1, -1, -1, -1], [-1, -1, -1, -1]],
+                            [[10, 10, 10, 30], [20, 20, 20, 20]]], "float32"),  # zero-area boxes
+         "labels": np.array([[-1, -1], [1, 2]], "int32")}
+    history = fit_history(model, images, y, epochs=2, steps=3)
+    assert all(math.isfinite(v) for v in history["loss"])
+    assert all(v == 0.0 for v in history["box_loss"])  # nothing positive to regress
+
+
+def test_boxes_outside_the_image_are_clipped():
+    model = tiny_detector()
+    boxes, labels = model._prepare_targets(
+        {"boxes": np.array([[[-10, 5, 80, 70]]], "float32"), "labels": np.array([[1]], "int32")}, 64, 64)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(boxes), [[[0, 5, 64, 64]]])
+
+
+def test_ragged_targets_are_accepted():
+    keras.utils.set_random_seed(4)
+    model = tiny_detector()
+    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    y = {"boxes": tf.ragged.constant([[[8, 8, 40, 30]], [[30, 20, 60, 60], [1, 1, 20, 20]]],
+                                     ragged_rank=1, dtype=tf.float32),
+         "labels": tf.ragged.constant([[0], [2, 1]], dtype=tf.int32)}
+    model.compile(optimizer="adam")
+    ds = tf.data.Dataset.from_tensors((images, y)).repeat(2)
+    history = model.fit(ds, epochs=1, verbose=0).history
+    assert history["loss"][0] > 0
+
+
+def test_label_out_of_range_fails_the_step_with_a_clear_error():
+    model = tiny_detector(num_classes=3)
+    images, y = batch([[8, 8, 40, 30]], [7])
+    model.compile(optimizer="adam")
+    with pytest.raises(Exception, match=r"num_classes\) = \[0, 3\)[\s\S]*7"):
+        model.fit(tf.data.Dataset.from_tensors((images, y)), epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("shape", [(2, 64, 64, 1), (64, 64, 3), (2, 64, 64, 4)])
+def test_wrong_image_shape_names_the_shape(shape):
+    model = tiny_detector()
+    with pytest.raises(ValueError, match=r"received shape \(.*" + str(shape[-1])):
+        model.predict(np.zeros(shape, "float32"), verbose=0)
+
+
+def test_target_dict_errors():
+    model = tiny_detector()
+    with pytest.raises(ValueError, match="targets must be a dict"):
+        model._prepare_targets({"bbox": np.zeros((1, 1, 4))}, 64, 64)
+
+
+def test_default_detector_is_resnet50_retinanet_coco():
+    model = FPNDetector()
+    assert model.num_classes == 80 and model.class_names[0] == "person"
+    assert model.backbone.name == "resnet50_backbone"
+    out = model.predict(np.zeros((1, 128, 128, 3), "uint8"), verbose=0)
+    assert out["boxes"].shape == (1, 100, 4) and out["labels"].shape == (1, 100)

@@ -1,0 +1,81 @@
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from fpn_keras.layers.fpn import FeaturePyramid
+from fpn_keras.models.backbones import small_resnet
+
+
+def features(height, width):
+    backbone = small_resnet((8, 16, 32, 64))
+    return backbone(np.zeros((1, height, width, 3), "float32"))
+
+
+@pytest.mark.parametrize("height,width", [(128, 128), (200, 150), (97, 61)])
+def test_retinanet_levels_for_odd_sizes(height, width):
+    feats = features(height, width)
+    pyramid = FeaturePyramid(3, 7, channels=32)(feats)
+    assert sorted(pyramid) == ["P3", "P4", "P5", "P6", "P7"]
+    for level in range(3, 8):
+        expected_h, expected_w = height, width
+        for _ in range(level):  # stride-2 'same' convolutions round up
+            expected_h, expected_w = math.ceil(expected_h / 2), math.ceil(expected_w / 2)
+        assert tuple(pyramid[f"P{level}"].shape) == (1, expected_h, expected_w, 32)
+
+
+def test_two_stage_levels_with_max_pool_p6():
+    feats = features(96, 160)
+    pyramid = FeaturePyramid(2, 6, channels=16, extra_levels_type="max_pool")(feats)
+    assert [tuple(pyramid[f"P{l}"].shape[1:3]) for l in range(2, 7)] == [
+        (24, 40), (12, 20), (6, 10), (3, 5), (2, 3)]
+
+
+def test_top_down_adds_upsampled_coarser_level():
+    # With identity 1x1 laterals and identity 3x3 outputs, P4 = C4 + up2(C5).
+    fpn = FeaturePyramid(4, 5, channels=1)
+    c4 = np.arange(16, dtype="float32").reshape(1, 4, 4, 1)
+    c5 = np.array([[1.0, 2.0], [3.0, 4.0]], "float32").reshape(1, 2, 2, 1)
+    fpn.build({"C4": c4.shape, "C5": c5.shape})
+    for layer in list(fpn.lateral.values()):
+        layer.set_weights([np.ones((1, 1, 1, 1), "float32"), np.zeros(1, "float32")])
+    identity = np.zeros((3, 3, 1, 1), "float32")
+    identity[1, 1] = 1.0
+    for layer in list(fpn.output_convs.values()):
+        layer.set_weights([identity, np.zeros(1, "float32")])
+    out = fpn({"C4": c4, "C5": c5})
+    expected = c4[0, :, :, 0] + np.kron(c5[0, :, :, 0], np.ones((2, 2)))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out["P4"])[0, :, :, 0], expected)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out["P5"]), c5)
+
+
+def test_resnet50_two_stage_neck_has_the_papers_parameter_count():
+    shapes = {"C2": (None, None, None, 256), "C3": (None, None, None, 512),
+              "C4": (None, None, None, 1024), "C5": (None, None, None, 2048)}
+    fpn = FeaturePyramid(2, 6, 256, extra_levels_type="max_pool")
+    fpn.build(shapes)
+    # 4 laterals (C*256 + 256) + 4 output 3x3 convs (9*256*256 + 256); max-pool P6 has none.
+    assert fpn.count_params() == 3_344_384
+
+
+def test_config_round_trip_reaches_sublayers():
+    fpn = FeaturePyramid(2, 6, channels=48, extra_levels_source="P5", separable=True, name="neck")
+    clone = FeaturePyramid.from_config(fpn.get_config())
+    assert clone.get_config() == fpn.get_config()
+    assert clone.output_convs["P3"].filters == 48
+    assert isinstance(clone.output_convs["P3"], keras.layers.SeparableConv2D)
+    assert clone.extra_levels_source == "P5"
+    feats = features(64, 64)
+    assert tuple(clone(feats)["P6"].shape) == (1, 1, 1, 48)
+
+
+def test_bad_arguments_and_missing_levels():
+    with pytest.raises(ValueError, match=r"min_level \(5\) must be <= max_level \(3\)"):
+        FeaturePyramid(5, 3)
+    with pytest.raises(ValueError, match="extra_levels_type"):
+        FeaturePyramid(extra_levels_type="avg_pool")
+    fpn = FeaturePyramid(3, 5, channels=8)
+    feats = features(64, 64)
+    with pytest.raises(ValueError, match="missing"):
+        fpn({"C4": feats["C4"], "C5": feats["C5"]})
