@@ -92,6 +92,7 @@ class FeaturePyramid(layers.Layer):
                 self.extra[f"P{l}"] = conv(3, 2, f"P{l}_conv")
 
     def build(self, input_shape):
+        self._check_levels(input_shape)
         for l in range(self.min_level, 6):
             shape = input_shape[f"C{l}"]
             self.lateral[f"C{l}"].build(shape)
@@ -106,7 +107,7 @@ class FeaturePyramid(layers.Layer):
             previous = self.channels
         self.built = True
 
-    def call(self, features):
+    def _check_levels(self, features):
         needed = [f"C{l}" for l in range(self.min_level, 6)]
         missing = [n for n in needed if n not in features]
         if missing:
@@ -114,6 +115,9 @@ class FeaturePyramid(layers.Layer):
                 f"FeaturePyramid(min_level={self.min_level}) needs backbone features "
                 f"{needed}; missing {missing} (received {sorted(features)})"
             )
+
+    def call(self, features):
+        self._check_levels(features)
         outputs = {}
         # Top-down pathway from the coarsest backbone level.
         merged = self.lateral["C5"](features["C5"])
