@@ -1,9 +1,23 @@
-"""fpn_keras: Feature Pyramid Network detectors for Keras 3."""
+"""fpn_keras: Feature Pyramid Network detectors for Keras 3.
+
+The top-level names are imported lazily, so `fpn-keras --help` answers without
+starting TensorFlow.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-from fpn_keras.layers.fpn import FeaturePyramid  # noqa: E402
-from fpn_keras.models.detector import FPNDetector  # noqa: E402
-from fpn_keras.models.retinanet import RetinaNet  # noqa: E402
+_LAZY = {
+    "FPNDetector": "fpn_keras.models.detector",
+    "FeaturePyramid": "fpn_keras.layers.fpn",
+    "RetinaNet": "fpn_keras.models.retinanet",
+}
 
-__all__ = ["FPNDetector", "FeaturePyramid", "RetinaNet", "__version__"]
+__all__ = [*_LAZY, "__version__"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fpn_keras' has no attribute {name!r}")

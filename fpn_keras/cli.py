@@ -10,6 +10,9 @@ import os
 import sys
 import traceback
 
+# Quiet TensorFlow's C++ start-up logging unless the user asked otherwise.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 
 def _add_train(sub):
     p = sub.add_parser("train", help="train a recipe", description=(
@@ -21,6 +24,8 @@ def _add_train(sub):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set train.batch_size=8 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
+    p.add_argument("--export", default=None, metavar="DIR",
+                   help="also write a TF Serving SavedModel here, e.g. saved_models/NAME/1")
 
 
 def _add_evaluate(sub):
@@ -46,13 +51,17 @@ def _train(args):
     recipe = load_recipe(args.recipe, overrides)
     name = os.path.splitext(os.path.basename(args.recipe))[0]
     out = args.out or os.path.join("runs", name)
-    train(recipe, out, verbose=2 if args.quiet else 1)
+    model, _ = train(recipe, out, verbose=2 if args.quiet else 1)
     print(f"Wrote {out}/model.keras, metrics.json, predictions.png")
+    if args.export:
+        from fpn_keras.export import saved_model
+
+        saved_model(model, args.export, image_size=recipe.data.image_size)
+        print(f"Exported SavedModel (signatures serving_default, serve_image_bytes) to {args.export}")
 
 
 def _evaluate(args):
     import keras
-    import yaml
 
     from fpn_keras import data as data_lib
     from fpn_keras.evaluation.coco_eval import CocoEvaluator, evaluate_model, format_metrics
@@ -60,12 +69,7 @@ def _evaluate(args):
     if not os.path.isfile(args.model):
         raise FileNotFoundError(f"no model file {args.model!r}")
     model = keras.saving.load_model(args.model)
-    size = args.image_size
-    recipe_path = os.path.join(os.path.dirname(args.model), "recipe.yaml")
-    if size is None and os.path.isfile(recipe_path):
-        with open(recipe_path) as f:
-            size = (yaml.safe_load(f) or {}).get("data", {}).get("image_size")
-    size = tuple(size or (128, 128))
+    size = _model_image_size(args.model, args.image_size)
     extra = {"image_size": size} if args.data == "synthetic" else {}
     elements, class_names = data_lib.load(args.data, args.split, **extra)
     batches = data_lib.pipeline.prepare(elements, args.batch_size, size, training=False)
@@ -79,6 +83,39 @@ def _evaluate(args):
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(evaluator.results_json(), f)
     print(f"Wrote {out}/metrics.json and {out}/results.json")
+
+
+def _add_export(sub):
+    p = sub.add_parser("export", help="export a saved model for serving", description=(
+        "Export a .keras model. saved_model: TF Serving layout with decoding and NMS inside; "
+        "signatures serving_default (uint8 images, any size) and serve_image_bytes."))
+    p.add_argument("--model", required=True, help="path to a .keras file written by train")
+    p.add_argument("--format", default="saved_model", choices=["saved_model"], help="export format")
+    p.add_argument("--out", required=True, help="output folder, e.g. saved_models/NAME/1")
+    p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="size the model runs at (default: from recipe.yaml next to the model, else 128 128)")
+
+
+def _model_image_size(model_path, size):
+    import yaml
+
+    recipe_path = os.path.join(os.path.dirname(model_path), "recipe.yaml")
+    if size is None and os.path.isfile(recipe_path):
+        with open(recipe_path) as f:
+            size = (yaml.safe_load(f) or {}).get("data", {}).get("image_size")
+    return tuple(size or (128, 128))
+
+
+def _export(args):
+    import keras
+
+    from fpn_keras.export import saved_model
+
+    if not os.path.isfile(args.model):
+        raise FileNotFoundError(f"no model file {args.model!r}")
+    model = keras.saving.load_model(args.model)
+    saved_model(model, args.out, image_size=_model_image_size(args.model, args.image_size))
+    print(f"Exported {args.model} to {args.out}")
 
 
 def _recipes(args):
@@ -98,12 +135,12 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_export(sub)
     sub.add_parser("recipes", help="list the recipes", description="List the recipes with one line each.")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from fpn_keras.config import RecipeError
 
-    commands = {"train": _train, "evaluate": _evaluate, "recipes": _recipes}
+    commands = {"train": _train, "evaluate": _evaluate, "export": _export, "recipes": _recipes}
     try:
         commands[args.command](args)
     except (RecipeError, FileNotFoundError) as error:

@@ -39,10 +39,13 @@ def save_predictions_picture(model, dataset, path, num_images=8, score_threshold
         boxes = keras.utils.bounding_boxes.convert_format(
             detections["boxes"], source=model.bounding_box_format, target="xyxy",
             height=images.shape[1], width=images.shape[2])
-        boxes = keras.ops.convert_to_numpy(boxes)
+        # Small images are drawn 2x (or more) larger so the labels stay readable.
+        zoom = max(1, 256 // int(images.shape[1]))
+        boxes = keras.ops.convert_to_numpy(boxes) * zoom
         for i in range(images.shape[0]):
+            image = np.asarray(images[i]).repeat(zoom, axis=0).repeat(zoom, axis=1)
             drawn.append(visualization.draw_detections(
-                np.asarray(images[i]), boxes[i], np.asarray(detections["labels"][i]),
+                image, boxes[i], np.asarray(detections["labels"][i]),
                 np.asarray(detections["scores"][i]), class_names=model.class_names,
                 score_threshold=score_threshold))
             if len(drawn) == num_images:
@@ -75,7 +78,7 @@ def train(recipe: Recipe, out_dir, verbose=1):
         keras.callbacks.CSVLogger(os.path.join(out_dir, "history.csv")),
         keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), write_graph=False),
     ]
-    model.fit(train_ds, epochs=recipe.train.epochs, callbacks=callbacks, verbose=verbose)
+    model.fit(train_ds, epochs=recipe.train.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
     train_seconds = time.time() - start
 
     metrics = coco.history[-1][1] if coco.history else evaluate_model(model, val_ds, verbose=False)

@@ -118,6 +118,11 @@ def _nms_tensorflow(boxes, scores, iou_threshold, max_output_size, score_thresho
 
     # The TF kernel keeps boxes with score > threshold; -inf is not accepted.
     score_threshold = max(float(score_threshold), -3.0e38)
+    batch = boxes.shape[0]
+    if isinstance(batch, int) and batch <= 8:
+        # Static batch (TFLite, fixed-size exports): unrolled, no TensorList ops.
+        results = [one_image((boxes[i], scores[i])) for i in range(batch)]
+        return tf.stack([r[0] for r in results]), tf.stack([r[1] for r in results])
     indices, num_valid = tf.map_fn(
         one_image,
         (boxes, scores),

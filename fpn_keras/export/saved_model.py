@@ -1,0 +1,101 @@
+"""SavedModel export for TF Serving, with the whole inference path inside.
+
+`keras.Model.export` traces `call()` only, which would drop anchor decoding and
+NMS; we build the serving endpoints ourselves around `head.detect`.
+
+Layout: `<out>/saved_model.pb`, `<out>/variables/`, `<out>/assets/labels.txt`
+and a copy of `labels.txt` beside the model; point TF Serving's
+`--model_base_path` at the folder that holds the numbered version folders.
+
+Signatures:
+  serving_default:   images uint8 [N, H, W, 3], any H and W
+  serve_image_bytes: image_bytes string [N] (encoded JPEG/PNG/BMP/GIF)
+Outputs: detection_boxes float32 [N, D, 4] (the model's bounding_box_format,
+in the input image's pixels), detection_scores [N, D], detection_classes int32
+[N, D] (-1 padding), num_detections int32 [N].
+"""
+
+import os
+
+import keras
+import tensorflow as tf
+
+from fpn_keras.boxes.convert import from_xyxy
+
+
+def _fit_into(image, size):
+    """uint8 [H, W, 3] -> (float32 [size_h, size_w, 3] resized keeping aspect and
+    zero-padded bottom/right, scale, original (H, W))."""
+    height = tf.cast(tf.shape(image)[0], tf.float32)
+    width = tf.cast(tf.shape(image)[1], tf.float32)
+    scale = tf.minimum(size[0] / height, size[1] / width)
+    new_h = tf.cast(tf.round(height * scale), tf.int32)
+    new_w = tf.cast(tf.round(width * scale), tf.int32)
+    resized = tf.image.resize(tf.cast(image, tf.float32), tf.stack([new_h, new_w]))
+    padded = tf.image.pad_to_bounding_box(resized, 0, 0, size[0], size[1])
+    return padded, scale, tf.stack([height, width])
+
+
+def serving_functions(model, image_size):
+    """Builds the two tf.functions that a SavedModel exports."""
+    size = (int(image_size[0]), int(image_size[1]))
+
+    def detect(images, scales, original_sizes):
+        raw = model(images, training=False)
+        detections = model.head.detect(raw, size)
+        # Back to the input image's pixels: undo the resize, clip to the original size.
+        boxes = detections["boxes"] / scales[:, None, None]
+        limits = tf.concat([original_sizes[:, ::-1], original_sizes[:, ::-1]], -1)[:, None, :]
+        boxes = tf.minimum(tf.maximum(boxes, 0.0), limits)
+        boxes = from_xyxy(boxes, model.bounding_box_format,
+                          original_sizes[:, 0:1, None], original_sizes[:, 1:2, None])
+        valid = detections["labels"][..., None] >= 0
+        return {
+            "detection_boxes": tf.where(valid, tf.cast(boxes, tf.float32), -1.0),
+            "detection_scores": detections["scores"],
+            "detection_classes": tf.cast(detections["labels"], tf.int32),
+            "num_detections": tf.cast(detections["num_detections"], tf.int32),
+        }
+
+    def prepare(image):
+        return _fit_into(image, size)
+
+    signature = (tf.TensorSpec([size[0], size[1], 3], tf.float32), tf.TensorSpec([], tf.float32),
+                 tf.TensorSpec([2], tf.float32))
+
+    def from_images(images):
+        padded, scales, sizes = tf.map_fn(prepare, images, fn_output_signature=signature)
+        return detect(padded, scales, sizes)
+
+    def from_bytes(image_bytes):
+        def decode(data):
+            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+            image.set_shape([None, None, 3])
+            return prepare(image)
+
+        padded, scales, sizes = tf.map_fn(decode, image_bytes, fn_output_signature=signature)
+        return detect(padded, scales, sizes)
+
+    return from_images, from_bytes
+
+
+def saved_model(model, path, image_size):
+    """Writes `model` as a SavedModel at `path` (e.g. saved_models/<name>/<version>).
+
+    image_size: (height, width) the model runs at; inputs of any size are
+    resized (keeping aspect ratio) and padded to it inside the graph.
+    """
+    from_images, from_bytes = serving_functions(model, image_size)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", from_images,
+                         input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    archive.add_endpoint("serve_image_bytes", from_bytes,
+                         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    os.makedirs(path, exist_ok=True)
+    labels_path = os.path.join(path, "labels.txt")
+    with open(labels_path, "w") as f:
+        f.write("\n".join(model.class_names) + "\n")
+    archive.labels = tf.saved_model.Asset(labels_path)
+    archive.write_out(path, verbose=False)
+    return path

@@ -1,0 +1,47 @@
+import io
+import os
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from fpn_keras.export import saved_model
+from fpn_keras.models.backbones import small_resnet
+from fpn_keras.models.detector import FPNDetector
+from fpn_keras.models.retinanet import RetinaNet
+
+
+def test_saved_model_signatures_match_keras_predictions(tmp_path):
+    model = FPNDetector(
+        num_classes=3, backbone=small_resnet((8, 16, 32, 64)),
+        head=RetinaNet(num_classes=3, min_level=3, max_level=5, anchor_scale=2.0, channels=16,
+                       num_convs=1, prior_probability=0.3, max_detections=20, name="head"),
+        fpn_channels=16, bounding_box_format="xywh", class_names=["a", "b", "c"])
+    image = np.random.default_rng(0).integers(0, 255, (1, 64, 64, 3)).astype("uint8")
+    expected = model.predict(image.astype("float32"), verbose=0)
+    assert expected["num_detections"][0] > 0
+
+    path = saved_model(model, str(tmp_path / "tiny" / "1"), image_size=(64, 64))
+    assert os.path.isfile(os.path.join(path, "saved_model.pb"))
+    assert open(os.path.join(path, "labels.txt")).read().split() == ["a", "b", "c"]
+    loaded = tf.saved_model.load(path)
+    assert set(loaded.signatures) == {"serving_default", "serve_image_bytes"}
+
+    out = loaded.signatures["serving_default"](images=tf.constant(image))
+    n = int(expected["num_detections"][0])
+    assert int(out["num_detections"][0]) == n
+    np.testing.assert_allclose(out["detection_boxes"].numpy()[0, :n], expected["boxes"][0, :n], atol=1e-3)
+    np.testing.assert_allclose(out["detection_scores"].numpy()[0, :n], expected["scores"][0, :n], atol=1e-5)
+    np.testing.assert_array_equal(out["detection_classes"].numpy()[0, :n], expected["labels"][0, :n])
+
+    # A 2x larger input (nearest-upsampled) is resized back inside: boxes come out 2x, in its pixels.
+    big = np.repeat(np.repeat(image, 2, axis=1), 2, axis=2)
+    out_big = loaded.signatures["serving_default"](images=tf.constant(big))
+    np.testing.assert_allclose(out_big["detection_boxes"].numpy()[0, :n], 2 * expected["boxes"][0, :n],
+                               atol=2e-3)
+
+    buffer = io.BytesIO()
+    Image.fromarray(image[0]).save(buffer, format="PNG")
+    out_bytes = loaded.signatures["serve_image_bytes"](image_bytes=tf.constant([buffer.getvalue()]))
+    np.testing.assert_allclose(out_bytes["detection_boxes"].numpy()[0, :n], expected["boxes"][0, :n],
+                               atol=1e-3)
