@@ -53,3 +53,37 @@ class Matcher:
             "negative_threshold": self.negative_threshold,
             "allow_low_quality_matches": self.allow_low_quality_matches,
         }
+
+
+def _select_random(mask, priority, max_count, quota=None):
+    """Up to min(sum(mask), max_count, quota) random True entries of mask [B, N] per row."""
+    num = mask.shape[1]
+    k = min(max_count, num) if isinstance(num, int) else max_count
+    ranked = ops.where(mask, priority, -1.0)
+    top_values, _ = ops.top_k(ranked, k=k)  # [B, k], descending
+    count = ops.minimum(ops.sum(ops.cast(mask, "int32"), axis=1), k)
+    if quota is not None:
+        count = ops.minimum(count, ops.cast(quota, "int32"))
+    # The count-th largest priority is the cut-off (priorities are distinct a.s.).
+    cutoff = ops.take_along_axis(top_values, ops.maximum(count - 1, 0)[:, None], axis=1)
+    return mask & (ranked >= cutoff) & (count[:, None] > 0)
+
+
+def sample_balanced(labels, num_samples, positive_fraction, seed=None):
+    """Random balanced sample of positives and negatives per image (detectron2's
+    `subsample_labels`), with static shapes.
+
+    labels [B, N] (1 positive, 0 negative, -1 ignored) -> (positive_mask,
+    negative_mask), both [B, N] bool: at most num_samples * positive_fraction
+    positives, then negatives up to num_samples in total (fewer when there
+    are not enough). `seed`: an int or `keras.random.SeedGenerator`.
+    """
+    import keras
+
+    priority = keras.random.uniform(ops.shape(labels), seed=seed)
+    max_positives = int(num_samples * positive_fraction)
+    positives = _select_random(labels == POSITIVE, priority, max_positives)
+    num_positives = ops.sum(ops.cast(positives, "int32"), axis=1)
+    negatives = _select_random(labels == NEGATIVE, priority, num_samples,
+                               quota=num_samples - num_positives)
+    return positives, negatives

@@ -84,3 +84,46 @@ def check_labels(gt_labels, num_classes):
     if bad.size:
         raise ValueError(f"{message} {int(bad.flat[0])}")
     return gt_labels
+
+
+def sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, matcher, num_classes,
+                num_samples=512, positive_fraction=0.25, seed=None):
+    """Fast R-CNN training RoIs (detectron2's `label_and_sample_proposals`), static shapes.
+
+    The ground-truth boxes are added to the proposals, every candidate is matched
+    (IoU >= 0.5 foreground, below background), and `num_samples` RoIs are drawn with
+    at most `positive_fraction` foreground.
+
+    Args:
+        proposals [B, P, 4] xyxy, proposal_valid [B, P] bool, gt_boxes [B, M, 4],
+        gt_labels [B, M] (-1 padding).
+
+    Returns:
+        rois [B, S, 4]; cls_targets [B, S] int32 (class id, `num_classes` for
+        background, -1 for unused slots); matched_boxes [B, S, 4].
+    """
+    from fpn_keras.matching import sample_balanced
+
+    gt_labels = ops.cast(gt_labels, "int32")
+    gt_valid = valid_ground_truth(gt_boxes, gt_labels)
+    candidates = ops.concatenate([proposals, gt_boxes], axis=1)  # [B, P + M, 4]
+    candidate_valid = ops.concatenate([proposal_valid, gt_valid], axis=1)
+    iou = pairwise_iou(candidates, gt_boxes)  # [B, P + M, M]
+    matched_idx, match_labels = matcher(iou, gt_valid)
+    match_labels = ops.where(candidate_valid, match_labels, IGNORE)
+    foreground, background = sample_balanced(match_labels, num_samples, positive_fraction, seed)
+
+    total = candidates.shape[1]
+    k = min(num_samples, total) if isinstance(total, int) else num_samples
+    # Sampled foreground first, then sampled background, then unused slots.
+    order = ops.cast(ops.arange(total), "float32") / (2.0 * total)
+    priority = ops.where(foreground, 2.0, ops.where(background, 1.0, 0.0)) - order
+    _, picked = ops.top_k(priority, k=k)  # [B, S]
+    picked_fg = ops.take_along_axis(foreground, picked, axis=1)
+    picked_bg = ops.take_along_axis(background, picked, axis=1)
+    rois = ops.take_along_axis(candidates, picked[..., None], axis=1)
+    matched = ops.take_along_axis(matched_idx, picked, axis=1)
+    matched_boxes = ops.take_along_axis(gt_boxes, matched[..., None], axis=1)
+    matched_labels = ops.take_along_axis(gt_labels, matched, axis=1)
+    cls_targets = ops.where(picked_fg, matched_labels, ops.where(picked_bg, num_classes, -1))
+    return rois, ops.cast(cls_targets, "int32"), matched_boxes

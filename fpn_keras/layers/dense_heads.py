@@ -114,3 +114,48 @@ class RetinaNetHead(layers.Layer):
             "prior_probability": self.prior_probability,
         })
         return config
+
+
+@keras.saving.register_keras_serializable(package="fpn_keras")
+class RPNHead(layers.Layer):
+    """Region Proposal Network head (Faster R-CNN; FPN paper Section 4.1), shared by all levels.
+
+    3x3 conv (`channels`, ReLU), then 1x1 convs to A objectness logits and 4A deltas.
+    call({"P2": [B, H2, W2, C], ...}) -> ({"P2": [B, H2*W2*A], ...} objectness
+    logits, {"P2": [B, H2*W2*A, 4], ...} deltas); same anchor order as RetinaNetHead.
+    """
+
+    def __init__(self, num_anchors=3, channels=256, **kwargs):
+        super().__init__(**kwargs)
+        self.num_anchors = int(num_anchors)
+        self.channels = int(channels)
+        init = keras.initializers.RandomNormal(stddev=0.01)
+        self.conv = layers.Conv2D(self.channels, 3, padding="same", kernel_initializer=init, name="conv")
+        self.objectness = layers.Conv2D(self.num_anchors, 1, kernel_initializer=init, name="objectness")
+        self.deltas = layers.Conv2D(self.num_anchors * 4, 1, kernel_initializer=init, name="deltas")
+
+    def build(self, input_shape):
+        shape = next(iter(input_shape.values()))
+        self.conv.build((None, None, None, shape[-1]))
+        self.objectness.build((None, None, None, self.channels))
+        self.deltas.build((None, None, None, self.channels))
+        self.built = True
+
+    def call(self, features):
+        objectness, deltas = {}, {}
+        for name, x in features.items():
+            x = ops.relu(self.conv(x))
+            logits, box = self.objectness(x), self.deltas(x)
+            height, width = x.shape[1], x.shape[2]
+            static = isinstance(height, int) and isinstance(width, int)
+            num = height * width * self.num_anchors if static else -1
+            batch = -1 if static else ops.shape(x)[0]
+            # [B, H, W, A] -> [B, H*W*A]; [B, H, W, 4A] -> [B, H*W*A, 4]
+            objectness[name] = ops.reshape(logits, (batch, num) if static else (batch, -1))
+            deltas[name] = ops.reshape(box, (batch, num, 4) if static else (batch, -1, 4))
+        return objectness, deltas
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"num_anchors": self.num_anchors, "channels": self.channels})
+        return config

@@ -11,9 +11,11 @@ from keras import ops
 from fpn_keras.boxes.convert import check_format, clip_boxes, from_xyxy, to_xyxy
 from fpn_keras.layers.fpn import FeaturePyramid
 from fpn_keras.models.backbones import build_backbone
+from fpn_keras.models.faster_rcnn import FasterRCNN
 from fpn_keras.models.retinanet import RetinaNet
+from fpn_keras.models.rpn import RPN
 
-HEADS = {"retinanet": RetinaNet}
+HEADS = {"retinanet": RetinaNet, "faster_rcnn": FasterRCNN, "rpn": RPN}
 
 COCO_CLASS_NAMES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
@@ -41,11 +43,12 @@ class FPNDetector(keras.Model):
     """An FPN object detector.
 
     Args:
-        num_classes: number of foreground classes (default 80, COCO); may be
-            None when `head` is a built head (taken from it).
+        num_classes: number of foreground classes (default: the head's, or 80,
+            COCO, for a head given by name; "rpn" has one class, "object").
         backbone: a name from `fpn_keras.models.backbones.BACKBONES` or a built
             Keras model mapping images to {"C2".."C5"}.
-        head: "retinanet" or a built head (e.g. `RetinaNet(num_classes=..., ...)`).
+        head: "retinanet", "faster_rcnn", "rpn", or a built head (e.g.
+            `RetinaNet(num_classes=..., ...)`, `FasterRCNN(...)`, `RPN(...)`).
         bounding_box_format: format of target and predicted boxes (keras names:
             "xyxy", "yxyx", "xywh", "center_xywh", "rel_xyxy", ...).
         neck: a built `FeaturePyramid`; by default one covering the head's levels.
@@ -54,7 +57,7 @@ class FPNDetector(keras.Model):
         class_names: optional names of the classes, stored with the model.
     """
 
-    def __init__(self, num_classes=80, backbone="resnet50", head="retinanet",
+    def __init__(self, num_classes=None, backbone="resnet50", head="retinanet",
                  bounding_box_format="xyxy", neck=None, fpn_channels=256,
                  backbone_weights=None, class_names=None, **kwargs):
         super().__init__(**kwargs)
@@ -68,9 +71,13 @@ class FPNDetector(keras.Model):
         if isinstance(head, str):
             if head not in HEADS:
                 raise ValueError(f"head must be one of {sorted(HEADS)} or a built head, received {head!r}")
-            if num_classes is None:
-                raise ValueError("num_classes is required when head is given by name")
-            head = HEADS[head](num_classes=num_classes, name="head")
+            if head == "rpn":
+                if num_classes not in (None, 1):
+                    raise ValueError(f"head='rpn' has one class ('object'); received num_classes={num_classes}")
+                head = RPN(name="head")
+                class_names = class_names or ["object"]
+            else:
+                head = HEADS[head](num_classes=80 if num_classes is None else num_classes, name="head")
         elif num_classes is not None and head.num_classes != num_classes:
             raise ValueError(
                 f"num_classes ({num_classes}) differs from the head's num_classes ({head.num_classes})")
@@ -78,7 +85,8 @@ class FPNDetector(keras.Model):
         self.num_classes = head.num_classes
 
         if neck is None:
-            neck = FeaturePyramid(head.min_level, head.max_level, fpn_channels, name="neck")
+            neck = FeaturePyramid(head.min_level, head.max_level, fpn_channels, name="neck",
+                                  **getattr(head, "neck_args", {}))
         elif neck.min_level > head.min_level or neck.max_level < head.max_level:
             raise ValueError(
                 f"the neck gives P{neck.min_level}-P{neck.max_level} but the head needs "
@@ -103,8 +111,9 @@ class FPNDetector(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Matches anchors to `y` and returns the total loss (per-term losses are tracked)."""
-        gt_boxes, gt_labels = self._prepare_targets(y, ops.shape(x)[1], ops.shape(x)[2])
-        losses = self.head.compute_losses(y_pred, gt_boxes, gt_labels)
+        height, width = ops.shape(x)[1], ops.shape(x)[2]
+        gt_boxes, gt_labels = self._prepare_targets(y, height, width)
+        losses = self.head.compute_losses(y_pred, gt_boxes, gt_labels, (height, width))
         for name, value in losses.items():
             self.loss_trackers[name].update_state(value)
         total = ops.sum(ops.stack(list(losses.values())))

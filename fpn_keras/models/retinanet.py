@@ -91,7 +91,7 @@ class RetinaNet(layers.Layer):
         return ops.concatenate([per_level[f"P{l}"] for l in range(self.min_level, self.max_level + 1)],
                                axis=-2)
 
-    def compute_losses(self, raw, gt_boxes, gt_labels):
+    def compute_losses(self, raw, gt_boxes, gt_labels, image_shape=None):
         """Focal + box loss, each summed and divided by the number of positive anchors.
 
         gt_boxes [B, M, 4] xyxy clipped to the image; gt_labels [B, M] (-1 padding).

@@ -1,0 +1,49 @@
+"""Region proposals from RPN outputs (Faster R-CNN; FPN paper Section 4.1).
+
+Shapes: B batch, Nl anchors of level l, P = post_nms_topk proposals.
+"""
+
+from keras import ops
+
+from fpn_keras.boxes.convert import clip_boxes
+from fpn_keras.boxes.nms import batched_nms
+
+_DROPPED = -1e9  # logit given to boxes too small to keep
+
+
+def generate_proposals(objectness, deltas, anchors, image_shape, box_coder, pre_nms_topk,
+                       post_nms_topk, nms_threshold=0.7, min_size=0.0):
+    """Per level: top `pre_nms_topk` objectness logits, decode, clip, drop boxes smaller
+    than `min_size`; then NMS within each level (detectron2) and the best `post_nms_topk`
+    over all levels.
+
+    objectness {"P2": [B, N2], ...}, deltas {"P2": [B, N2, 4]}, anchors {"P2": [N2, 4]}.
+    Returns (proposals [B, P, 4] xyxy, logits [B, P], valid [B, P] bool), in
+    descending objectness; the gradient is stopped (no gradient through proposals).
+    """
+    all_boxes, all_logits, all_levels = [], [], []
+    for i, name in enumerate(sorted(objectness, key=lambda n: int(n[1:]))):
+        logits = ops.stop_gradient(ops.cast(objectness[name], "float32"))
+        num = logits.shape[1]
+        k = min(pre_nms_topk, num) if isinstance(num, int) else pre_nms_topk
+        top_logits, top_idx = ops.top_k(logits, k=k)
+        level_deltas = ops.take_along_axis(
+            ops.stop_gradient(ops.cast(deltas[name], "float32")), top_idx[..., None], axis=1)
+        boxes = box_coder.decode(level_deltas, ops.take(anchors[name], top_idx, axis=0))
+        boxes = clip_boxes(boxes, *image_shape)
+        wide = (boxes[..., 2] - boxes[..., 0]) > min_size
+        tall = (boxes[..., 3] - boxes[..., 1]) > min_size
+        all_boxes.append(boxes)
+        all_logits.append(ops.where(wide & tall, top_logits, _DROPPED))
+        all_levels.append(ops.full(ops.shape(top_logits), i, "int32"))
+    boxes = ops.concatenate(all_boxes, axis=1)
+    logits = ops.concatenate(all_logits, axis=1)
+    levels = ops.concatenate(all_levels, axis=1)
+    indices, _ = batched_nms(boxes, logits, levels, iou_threshold=nms_threshold,
+                             max_output_size=post_nms_topk, score_threshold=_DROPPED / 2)
+    valid = indices >= 0
+    safe = ops.maximum(indices, 0)
+    proposals = ops.take_along_axis(boxes, safe[..., None], axis=1)
+    proposals = ops.where(valid[..., None], proposals, 0.0)
+    logits = ops.where(valid, ops.take_along_axis(logits, safe, axis=1), _DROPPED)
+    return ops.stop_gradient(proposals), logits, valid

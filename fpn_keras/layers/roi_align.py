@@ -1,0 +1,105 @@
+"""Multi-level RoIAlign (Mask R-CNN, He et al. 2017; "aligned" half-pixel version).
+
+Shapes: B batch, R RoIs per image, S = pooled size, C channels.
+
+Each RoI is pooled from one pyramid level, chosen by Eq. (1) of the FPN paper:
+k = floor(k0 + log2(sqrt(w * h) / 224)), k0 = 4, clamped to [min_level, max_level].
+In that level, the RoI is split into S x S bins; each bin averages
+sampling_ratio^2 bilinear samples at regular points. With aligned=True the RoI
+is shifted by -0.5 pixel (detectron2's ROIAlign(aligned=True)). Samples more than
+one pixel outside the map are 0; others are clamped to the border (as detectron2).
+
+Written with gathers in `keras.ops`, so it runs on every backend and converts
+to TFLite builtins; it materialises the 4 neighbours of every sample.
+"""
+
+from keras import ops
+
+
+def assign_levels(boxes, min_level=2, max_level=5, canonical_level=4, canonical_size=224.0):
+    """FPN level of each `xyxy` box [..., 4] -> int32 [...] (Eq. 1 of the FPN paper)."""
+    widths = boxes[..., 2] - boxes[..., 0]
+    heights = boxes[..., 3] - boxes[..., 1]
+    sizes = ops.sqrt(ops.maximum(widths * heights, 0.0))
+    # 1e-8 (detectron2) keeps log2 finite for empty boxes.
+    levels = ops.floor(canonical_level + ops.log2(sizes / canonical_size + 1e-8))
+    return ops.cast(ops.clip(levels, min_level, max_level), "int32")
+
+
+def _axis_samples(start, bin_size, pooled_size, sampling_ratio, limit):
+    """Sample coordinates along one axis and their bilinear terms.
+
+    start, bin_size: [B, R]; limit: [B, R] map size along this axis.
+    Returns (low, high int32, w_low, w_high float) each [B, R, S * sr].
+    """
+    steps = ops.arange(pooled_size * sampling_ratio, dtype="float32")
+    coords = start[..., None] + (steps + 0.5) * (bin_size[..., None] / sampling_ratio)
+    limit = limit[..., None]
+    outside = (coords < -1.0) | (coords > limit)
+    coords = ops.maximum(coords, 0.0)
+    low = ops.floor(coords)
+    at_edge = low >= limit - 1.0
+    low = ops.where(at_edge, limit - 1.0, low)
+    high = ops.where(at_edge, limit - 1.0, low + 1.0)
+    coords = ops.where(at_edge, low, coords)
+    frac = coords - low
+    inside = ops.cast(ops.logical_not(outside), "float32")
+    return (ops.cast(low, "int32"), ops.cast(high, "int32"),
+            (1.0 - frac) * inside, frac * inside)
+
+
+def multilevel_roi_align(features, boxes, min_level=2, max_level=5, pooled_size=7,
+                         sampling_ratio=2, aligned=True, canonical_level=4, canonical_size=224.0):
+    """Pools `xyxy` boxes [B, R, 4] (input pixels) from {"P2": [B, H2, W2, C], ...}.
+
+    Returns [B, R, pooled_size, pooled_size, C].
+    """
+    names = [f"P{l}" for l in range(min_level, max_level + 1)]
+    batch = ops.shape(boxes)[0]
+    num_rois = boxes.shape[1]
+    channels = features[names[0]].shape[-1]
+    # All levels flattened into one table [B, sum(Hl * Wl), C]; a RoI indexes its level's part.
+    flat, heights, widths, offsets = [], [], [], []
+    offset = 0
+    for name in names:
+        h, w = features[name].shape[1], features[name].shape[2]
+        flat.append(ops.reshape(features[name], (batch, h * w, channels)))
+        heights.append(float(h))
+        widths.append(float(w))
+        offsets.append(offset)
+        offset += h * w
+    table = ops.concatenate(flat, axis=1)
+
+    levels = assign_levels(boxes, min_level, max_level, canonical_level, canonical_size)
+    index = levels - min_level  # [B, R]
+    scale = ops.take(ops.convert_to_tensor([2.0 ** -l for l in range(min_level, max_level + 1)]), index)
+    height = ops.take(ops.convert_to_tensor(heights), index)
+    width = ops.take(ops.convert_to_tensor(widths), index)
+    base = ops.take(ops.convert_to_tensor(offsets, "int32"), index)
+
+    shift = 0.5 if aligned else 0.0
+    x1 = boxes[..., 0] * scale - shift
+    y1 = boxes[..., 1] * scale - shift
+    x2 = boxes[..., 2] * scale - shift
+    y2 = boxes[..., 3] * scale - shift
+    roi_w, roi_h = x2 - x1, y2 - y1
+    if not aligned:  # legacy RoIAlign forces RoIs to at least 1x1
+        roi_w, roi_h = ops.maximum(roi_w, 1.0), ops.maximum(roi_h, 1.0)
+    y_lo, y_hi, wy_lo, wy_hi = _axis_samples(y1, roi_h / pooled_size, pooled_size, sampling_ratio, height)
+    x_lo, x_hi, wx_lo, wx_hi = _axis_samples(x1, roi_w / pooled_size, pooled_size, sampling_ratio, width)
+
+    n = pooled_size * sampling_ratio
+    row_width = ops.cast(width, "int32")[..., None, None]
+    base = base[..., None, None]
+    result = 0.0
+    for ys, wy in ((y_lo, wy_lo), (y_hi, wy_hi)):
+        for xs, wx in ((x_lo, wx_lo), (x_hi, wx_hi)):
+            # [B, R, n, n] flat indices into the table.
+            idx = base + ys[..., :, None] * row_width + xs[..., None, :]
+            values = ops.take_along_axis(table, ops.reshape(idx, (batch, -1, 1)), axis=1)
+            values = ops.reshape(values, (batch, num_rois, n, n, channels))
+            result = result + values * (wy[..., :, None] * wx[..., None, :])[..., None]
+    # Average the sampling_ratio x sampling_ratio samples of every bin.
+    result = ops.reshape(result, (batch, num_rois, pooled_size, sampling_ratio,
+                                  pooled_size, sampling_ratio, channels))
+    return ops.mean(result, axis=(3, 5))

@@ -1,0 +1,157 @@
+"""Faster R-CNN with FPN (FPN paper Section 4.2): RPN proposals -> multi-level
+RoIAlign -> 2fc box head.
+
+Shapes: B batch, P proposals, S sampled RoIs, M ground truths, K classes,
+D = max_detections. Boxes are `xyxy` in input-image pixels.
+"""
+
+import keras
+from keras import layers, ops
+
+from fpn_keras.boxes.coder import BoxCoder
+from fpn_keras.boxes.convert import clip_boxes
+from fpn_keras.layers.box_head import BoxHead
+from fpn_keras.layers.roi_align import multilevel_roi_align
+from fpn_keras.losses import smooth_l1_loss
+from fpn_keras.matching import Matcher
+from fpn_keras.models.retinanet import select_detections
+from fpn_keras.models.rpn import RPN
+from fpn_keras.targets import check_labels, sample_rois
+
+
+def _deserialize(value):
+    return keras.saving.deserialize_keras_object(value) if isinstance(value, dict) else value
+
+
+@keras.saving.register_keras_serializable(package="fpn_keras")
+class FasterRCNN(layers.Layer):
+    """Faster R-CNN head bundle.
+
+    Args:
+        num_classes: K foreground classes (softmax over K + 1, background last).
+        rpn: a built `RPN` (default: the paper's, P2-P6).
+        roi_min_level, roi_max_level: levels RoIs are pooled from (P2-P5).
+        pooled_size, sampling_ratio, canonical_level, canonical_size: RoIAlign and Eq. (1).
+        fc_dim, num_fc: the box head.
+        batch_size_per_image, positive_fraction, positive_threshold: RoI sampling
+            (512, 25 %, IoU 0.5).
+        box_coder_weights: (10, 10, 5, 5). smooth_l1_beta: 0 (L1), as detectron2.
+        score_threshold, nms_iou_threshold, max_detections: inference (0.05, 0.5, 100).
+        pre_nms_topk: (proposal, class) candidates kept before NMS (a static bound).
+    """
+
+    neck_args = RPN.neck_args
+
+    def __init__(self, num_classes=80, rpn=None, roi_min_level=2, roi_max_level=5, pooled_size=7,
+                 sampling_ratio=2, canonical_level=4, canonical_size=224.0, fc_dim=1024, num_fc=2,
+                 batch_size_per_image=512, positive_fraction=0.25, positive_threshold=0.5,
+                 box_coder_weights=(10.0, 10.0, 5.0, 5.0), smooth_l1_beta=0.0,
+                 score_threshold=0.05, nms_iou_threshold=0.5, max_detections=100,
+                 pre_nms_topk=5000, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        rpn = _deserialize(rpn)
+        self.rpn = rpn if rpn is not None else RPN(seed=seed, name="rpn")
+        self.num_classes = int(num_classes)
+        self.min_level, self.max_level = self.rpn.min_level, self.rpn.max_level
+        if roi_min_level < self.min_level or roi_max_level > self.max_level:
+            raise ValueError(
+                f"RoI levels P{roi_min_level}-P{roi_max_level} must lie within the RPN's "
+                f"P{self.min_level}-P{self.max_level}")
+        self.roi_min_level, self.roi_max_level = int(roi_min_level), int(roi_max_level)
+        self.pooled_size, self.sampling_ratio = int(pooled_size), int(sampling_ratio)
+        self.canonical_level, self.canonical_size = int(canonical_level), float(canonical_size)
+        self.batch_size_per_image = int(batch_size_per_image)
+        self.positive_fraction = float(positive_fraction)
+        self.matcher = Matcher(positive_threshold, positive_threshold, allow_low_quality_matches=False)
+        self.box_coder = BoxCoder(box_coder_weights)
+        self.smooth_l1_beta = float(smooth_l1_beta)
+        self.score_threshold = float(score_threshold)
+        self.nms_iou_threshold = float(nms_iou_threshold)
+        self.max_detections = int(max_detections)
+        self.pre_nms_topk = int(pre_nms_topk)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.box_head = BoxHead(num_classes, fc_dim, num_fc, name="box_head")
+        self.loss_names = self.rpn.loss_names + ("cls_loss", "box_loss")
+
+    def build(self, input_shape):
+        if not self.rpn.built:  # a deserialised RPN arrives built
+            self.rpn.build(input_shape)
+        channels = input_shape[f"P{self.roi_min_level}"][-1]
+        self.box_head.build((None, None, self.pooled_size, self.pooled_size, channels))
+        self.built = True
+
+    def call(self, pyramid, training=False):
+        """-> {"rpn": the RPN's raw outputs, "features": {"P2".."P5"} for RoIAlign}."""
+        features = {f"P{l}": pyramid[f"P{l}"] for l in range(self.roi_min_level, self.roi_max_level + 1)}
+        return {"rpn": self.rpn(pyramid, training=training), "features": features}
+
+    def _pool(self, features, rois):
+        return multilevel_roi_align(features, rois, self.roi_min_level, self.roi_max_level,
+                                    self.pooled_size, self.sampling_ratio, True,
+                                    self.canonical_level, self.canonical_size)
+
+    def compute_losses(self, raw, gt_boxes, gt_labels, image_shape):
+        """RPN losses + Fast R-CNN softmax cross-entropy and L1 on foreground RoIs,
+        both divided by the number of sampled RoIs."""
+        losses = self.rpn.compute_losses(raw["rpn"], gt_boxes, gt_labels)
+        gt_labels = check_labels(gt_labels, self.num_classes)
+        proposals, _, valid = self.rpn.propose(raw["rpn"], image_shape, training=True)
+        rois, cls_targets, matched_boxes = sample_rois(
+            proposals, valid, gt_boxes, gt_labels, self.matcher, self.num_classes,
+            self.batch_size_per_image, self.positive_fraction, self.seed_generator)
+        cls_logits, box_deltas = self.box_head(self._pool(raw["features"], rois))
+        cls_logits = ops.cast(cls_logits, "float32")
+        sampled = cls_targets >= 0
+        normaliser = ops.maximum(ops.sum(ops.cast(sampled, "float32")), 1.0)
+        ce = ops.sparse_categorical_crossentropy(ops.maximum(cls_targets, 0), cls_logits, from_logits=True)
+        losses["cls_loss"] = ops.sum(ops.where(sampled, ce, 0.0)) / normaliser
+
+        foreground = sampled & (cls_targets < self.num_classes)
+        class_index = ops.clip(cls_targets, 0, self.num_classes - 1)
+        # The deltas of each RoI's ground-truth class: [B, S, K, 4] -> [B, S, 4].
+        deltas = ops.take_along_axis(ops.cast(box_deltas, "float32"),
+                                     class_index[..., None, None], axis=2)[:, :, 0, :]
+        targets = self.box_coder.encode(matched_boxes, rois)
+        per_roi = ops.sum(smooth_l1_loss(targets, deltas, self.smooth_l1_beta), axis=-1)
+        losses["box_loss"] = ops.sum(ops.where(foreground, per_roi, 0.0)) / normaliser
+        return losses
+
+    def detect(self, raw, image_shape):
+        """-> {"boxes" [B, D, 4], "scores" [B, D], "labels" [B, D], "num_detections" [B]}."""
+        proposals, _, valid = self.rpn.propose(raw["rpn"], image_shape, training=False)
+        cls_logits, box_deltas = self.box_head(self._pool(raw["features"], proposals))
+        probs = ops.softmax(ops.cast(cls_logits, "float32"), axis=-1)[..., : self.num_classes]
+        probs = ops.where(valid[..., None], probs, 0.0)  # [B, P, K]
+        boxes = self.box_coder.decode(box_deltas, proposals[:, :, None, :])  # [B, P, K, 4]
+        boxes = clip_boxes(boxes, *image_shape)
+        num_proposals = proposals.shape[1]
+        # [B, P, K] -> [B, P * K] candidates, each with its class.
+        scores = ops.reshape(probs, (-1, num_proposals * self.num_classes))
+        boxes = ops.reshape(boxes, (-1, num_proposals * self.num_classes, 4))
+        classes = ops.tile(ops.arange(self.num_classes, dtype="int32")[None], (1, num_proposals))
+        k = min(self.pre_nms_topk, num_proposals * self.num_classes)
+        scores, top = ops.top_k(scores, k=k)
+        boxes = ops.take_along_axis(boxes, top[..., None], axis=1)
+        classes = ops.take(classes[0], top, axis=0)
+        return select_detections(boxes, scores, classes, self.nms_iou_threshold,
+                                 self.max_detections, self.score_threshold)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "num_classes": self.num_classes,
+            "rpn": keras.saving.serialize_keras_object(self.rpn),
+            "roi_min_level": self.roi_min_level, "roi_max_level": self.roi_max_level,
+            "pooled_size": self.pooled_size, "sampling_ratio": self.sampling_ratio,
+            "canonical_level": self.canonical_level, "canonical_size": self.canonical_size,
+            "fc_dim": self.box_head.fc_dim, "num_fc": self.box_head.num_fc,
+            "batch_size_per_image": self.batch_size_per_image,
+            "positive_fraction": self.positive_fraction,
+            "positive_threshold": self.matcher.positive_threshold,
+            "box_coder_weights": list(self.box_coder.weights),
+            "smooth_l1_beta": self.smooth_l1_beta, "score_threshold": self.score_threshold,
+            "nms_iou_threshold": self.nms_iou_threshold, "max_detections": self.max_detections,
+            "pre_nms_topk": self.pre_nms_topk, "seed": self.seed,
+        })
+        return config

@@ -1,0 +1,79 @@
+import math
+
+import numpy as np
+import pytest
+from keras import ops
+
+from fpn_keras.layers.roi_align import assign_levels, multilevel_roi_align
+
+
+def reference_roi_align(feature, box, pooled_size, sampling_ratio, stride):
+    """Aligned RoIAlign of one box on one map, in plain Python loops (detectron2 semantics)."""
+    height, width, channels = feature.shape
+    x1, y1, x2, y2 = [c / stride - 0.5 for c in box]
+    bin_h, bin_w = (y2 - y1) / pooled_size, (x2 - x1) / pooled_size
+
+    def bilinear(y, x):
+        if y < -1.0 or y > height or x < -1.0 or x > width:
+            return np.zeros(channels)
+        y, x = max(y, 0.0), max(x, 0.0)
+        y0, x0 = int(math.floor(y)), int(math.floor(x))
+        if y0 >= height - 1:
+            y0 = y1_ = height - 1
+            y = float(y0)
+        else:
+            y1_ = y0 + 1
+        if x0 >= width - 1:
+            x0 = x1_ = width - 1
+            x = float(x0)
+        else:
+            x1_ = x0 + 1
+        ly, lx = y - y0, x - x0
+        return ((1 - ly) * (1 - lx) * feature[y0, x0] + (1 - ly) * lx * feature[y0, x1_]
+                + ly * (1 - lx) * feature[y1_, x0] + ly * lx * feature[y1_, x1_])
+
+    out = np.zeros((pooled_size, pooled_size, channels))
+    for i in range(pooled_size):
+        for j in range(pooled_size):
+            for iy in range(sampling_ratio):
+                for ix in range(sampling_ratio):
+                    y = y1 + i * bin_h + (iy + 0.5) * bin_h / sampling_ratio
+                    x = x1 + j * bin_w + (ix + 0.5) * bin_w / sampling_ratio
+                    out[i, j] += bilinear(y, x) / sampling_ratio**2
+    return out
+
+
+def test_level_assignment_eq1():
+    sides = np.array([32, 112, 224, 448, 1000], "float32")
+    boxes = np.stack([np.zeros(5), np.zeros(5), sides, sides], -1).astype("float32")
+    assert ops.convert_to_numpy(assign_levels(boxes)).tolist() == [2, 3, 4, 5, 5]
+
+
+def test_matches_numpy_reference_inside_across_border_and_subpixel():
+    rng = np.random.default_rng(0)
+    features = {f"P{l}": rng.normal(size=(2, 256 // 2**l, 256 // 2**l, 3)).astype("float32")
+                for l in range(2, 6)}
+    boxes = np.array([[
+        [10.0, 12.0, 50.0, 40.0],      # inside, P2
+        [-20.0, -8.0, 60.0, 30.0],     # crosses the top-left border
+        [200.0, 180.0, 300.0, 270.0],  # crosses the bottom-right border
+        [33.3, 44.4, 33.9, 44.6],      # sub-pixel box
+        [0.0, 0.0, 256.0, 256.0],      # large: P4
+        [5.0, 100.0, 250.0, 250.0],    # P4/P3
+    ]] * 2, "float32")
+    boxes[1] += 1.7
+    got = ops.convert_to_numpy(multilevel_roi_align(features, boxes, 2, 5, pooled_size=7, sampling_ratio=2))
+    levels = ops.convert_to_numpy(assign_levels(boxes))
+    assert got.shape == (2, 6, 7, 7, 3)
+    for b in range(2):
+        for r in range(6):
+            level = int(levels[b, r])
+            expected = reference_roi_align(features[f"P{level}"][b], boxes[b, r], 7, 2, 2.0**level)
+            np.testing.assert_allclose(got[b, r], expected, atol=1e-4)
+
+
+def test_constant_map_pools_to_the_constant_inside_the_image():
+    features = {f"P{l}": np.full((1, 64 // 2**l, 64 // 2**l, 2), 3.0, "float32") for l in range(2, 6)}
+    boxes = np.array([[[8.0, 8.0, 40.0, 30.0]]], "float32")
+    got = ops.convert_to_numpy(multilevel_roi_align(features, boxes, pooled_size=4, sampling_ratio=2))
+    np.testing.assert_allclose(got, 3.0, atol=1e-6)
