@@ -5,19 +5,30 @@ import math
 import keras
 
 from fpn_keras.config import Recipe
+from fpn_keras.layers.fpn import FeaturePyramid
 from fpn_keras.models.backbones import build_backbone
 from fpn_keras.models.detector import HEADS, FPNDetector
+from fpn_keras.models.rpn import RPN
 
 
 def build_model(recipe: Recipe, class_names=None):
     cfg = recipe.model
     backbone = build_backbone(cfg.backbone, weights=cfg.backbone_weights, **cfg.backbone_args)
-    head = HEADS[cfg.head](num_classes=cfg.num_classes, name="head", **cfg.head_args)
+    head_args = dict(cfg.head_args)
+    if cfg.head == "rpn":
+        head = RPN(name="head", **head_args)
+    else:
+        if cfg.head == "faster_rcnn" and isinstance(head_args.get("rpn"), dict):
+            # The RPN's settings form their own sub-section of head_args.
+            head_args["rpn"] = RPN(name="rpn", **head_args["rpn"])
+        head = HEADS[cfg.head](num_classes=cfg.num_classes, name="head", **head_args)
+    neck = FeaturePyramid(head.min_level, head.max_level, cfg.fpn_channels, separable=cfg.fpn_separable,
+                          name="neck", **getattr(head, "neck_args", {}))
     return FPNDetector(
-        num_classes=cfg.num_classes,
+        num_classes=head.num_classes,
         backbone=backbone,
         head=head,
-        fpn_channels=cfg.fpn_channels,
+        neck=neck,
         bounding_box_format=cfg.bounding_box_format,
         class_names=class_names,
     )

@@ -24,6 +24,7 @@ class ModelConfig:
     backbone_weights: typing.Optional[str] = None
     backbone_args: dict = dataclasses.field(default_factory=dict)
     fpn_channels: int = 256
+    fpn_separable: bool = False
     head: str = "retinanet"
     head_args: dict = dataclasses.field(default_factory=dict)
     bounding_box_format: str = "xyxy"
@@ -70,7 +71,7 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 CHOICES = {
     ("train", "optimizer"): ("sgd", "adamw", "adam"),
     ("train", "schedule"): ("cosine", "step", "constant"),
-    ("model", "head"): ("retinanet",),
+    ("model", "head"): ("retinanet", "faster_rcnn", "rpn"),
 }
 
 

@@ -49,7 +49,8 @@ def test_level_assignment_eq1():
     assert ops.convert_to_numpy(assign_levels(boxes)).tolist() == [2, 3, 4, 5, 5]
 
 
-def test_matches_numpy_reference_inside_across_border_and_subpixel():
+@pytest.mark.parametrize("implementation", ["generic", "tf"])
+def test_matches_numpy_reference_inside_across_border_and_subpixel(implementation):
     rng = np.random.default_rng(0)
     features = {f"P{l}": rng.normal(size=(2, 256 // 2**l, 256 // 2**l, 3)).astype("float32")
                 for l in range(2, 6)}
@@ -62,7 +63,8 @@ def test_matches_numpy_reference_inside_across_border_and_subpixel():
         [5.0, 100.0, 250.0, 250.0],    # P4/P3
     ]] * 2, "float32")
     boxes[1] += 1.7
-    got = ops.convert_to_numpy(multilevel_roi_align(features, boxes, 2, 5, pooled_size=7, sampling_ratio=2))
+    got = ops.convert_to_numpy(multilevel_roi_align(features, boxes, 2, 5, pooled_size=7, sampling_ratio=2,
+                                                    implementation=implementation))
     levels = ops.convert_to_numpy(assign_levels(boxes))
     assert got.shape == (2, 6, 7, 7, 3)
     for b in range(2):
@@ -70,6 +72,25 @@ def test_matches_numpy_reference_inside_across_border_and_subpixel():
             level = int(levels[b, r])
             expected = reference_roi_align(features[f"P{level}"][b], boxes[b, r], 7, 2, 2.0**level)
             np.testing.assert_allclose(got[b, r], expected, atol=1e-4)
+
+
+def test_tf_kernel_path_has_the_same_gradient_as_the_generic_path():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    features = {f"P{l}": tf.constant(rng.normal(size=(1, 128 // 2**l, 128 // 2**l, 2)).astype("float32"))
+                for l in range(2, 6)}
+    boxes = np.array([[[3.0, 4.0, 60.0, 50.0], [-10.0, 90.0, 40.0, 140.0], [20.0, 20.0, 120.0, 126.0]]],
+                     "float32")
+    grads = []
+    for implementation in ("generic", "tf"):
+        with tf.GradientTape() as tape:
+            tape.watch(features)
+            out = multilevel_roi_align(features, boxes, implementation=implementation)
+            loss = tf.reduce_sum(out * np.arange(out.shape[-1], dtype="float32"))
+        grads.append(tape.gradient(loss, features))
+    for name in features:
+        np.testing.assert_allclose(grads[1][name].numpy(), grads[0][name].numpy(), atol=1e-4)
 
 
 def test_constant_map_pools_to_the_constant_inside_the_image():

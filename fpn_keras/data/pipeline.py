@@ -1,12 +1,17 @@
 """tf.data input pipeline: detection elements -> fixed-shape training batches.
 
 Input elements are dicts ``{"image": uint8 [H, W, 3], "image_id": int64 [],
-"boxes": float32 [n, 4] xyxy absolute pixels, "labels": int32 [n]}`` (the
-format of ``fpn_keras.data.synthetic.load``). All functions use tf ops and
-work inside ``tf.data`` (graph mode).
+"boxes": float32 [n, 4] xyxy absolute pixels, "labels": int32 [n]}`` plus an
+optional ``"ignore": bool [n]`` (COCO iscrowd / VOC difficult boxes), the
+format of every ``fpn_keras.data`` loader. All functions use tf ops and work
+inside ``tf.data`` (graph mode). Augmentations live in
+``fpn_keras.data.transforms``.
 """
 
 import tensorflow as tf
+
+from fpn_keras.data import transforms
+from fpn_keras.data.transforms import Augment, random_horizontal_flip  # noqa: F401 (re-export)
 
 
 def _output_hw(output_size, stride):
@@ -21,73 +26,103 @@ def _output_hw(output_size, stride):
     return height, width
 
 
-def resize_and_pad(image, boxes, output_size, stride=128):
+def _fit_scale(image, out_h, out_w):
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    return tf.minimum(out_h / shape[0], out_w / shape[1])
+
+
+def _resize_within(image, boxes, scale, out_h, out_w):
+    """Resize by ``scale`` (rounded size, clamped to the canvas) -> unpadded float32 image."""
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    new_h = tf.minimum(tf.maximum(tf.cast(tf.round(shape[0] * scale), tf.int32), 1), out_h)
+    new_w = tf.minimum(tf.maximum(tf.cast(tf.round(shape[1] * scale), tf.int32), 1), out_w)
+    resized = tf.image.resize(tf.cast(image, tf.float32), tf.stack([new_h, new_w]))
+    resized = tf.clip_by_value(resized, 0.0, 255.0)
+    return resized, tf.cast(boxes, tf.float32) * scale
+
+
+def _pad(image, out_h, out_w):
+    padded = tf.image.pad_to_bounding_box(image, 0, 0, out_h, out_w)
+    return tf.ensure_shape(padded, [out_h, out_w, 3])
+
+
+def resize_and_pad(image, boxes, output_size, stride=128, scale=None):
     """Resize keeping aspect ratio to fit ``output_size``, pad bottom/right with zeros.
 
     Args:
         image: [h, w, 3] image (any numeric dtype).
         boxes: float [n, 4] xyxy absolute pixels of ``image``.
         output_size: (height, width), each a multiple of ``stride``.
+        scale: optional resize factor (e.g. from ``transforms.short_side_scale``);
+            it is capped so the image still fits ``output_size``. Default: the
+            largest factor that fits.
 
     Returns:
         (image float32 [height, width, 3] in 0..255, boxes float32 [n, 4]
         xyxy scaled by the same factor, scale float32 scalar).
     """
     out_h, out_w = _output_hw(output_size, stride)
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = tf.minimum(out_h / shape[0], out_w / shape[1])
-    new_h = tf.minimum(tf.cast(tf.round(shape[0] * scale), tf.int32), out_h)
-    new_w = tf.minimum(tf.cast(tf.round(shape[1] * scale), tf.int32), out_w)
-    resized = tf.image.resize(tf.cast(image, tf.float32), tf.stack([new_h, new_w]))
-    resized = tf.clip_by_value(resized, 0.0, 255.0)
-    padded = tf.image.pad_to_bounding_box(resized, 0, 0, out_h, out_w)
-    padded = tf.ensure_shape(padded, [out_h, out_w, 3])
-    boxes = tf.cast(boxes, tf.float32) * scale
-    return padded, boxes, scale
+    fit = _fit_scale(image, out_h, out_w)
+    scale = fit if scale is None else tf.minimum(tf.cast(scale, tf.float32), fit)
+    resized, boxes = _resize_within(image, boxes, scale, out_h, out_w)
+    return _pad(resized, out_h, out_w), boxes, scale
 
 
-def random_horizontal_flip(image, boxes, seed=None):
-    """With probability 0.5 flip ``image`` [H, W, C] and xyxy ``boxes`` [n, 4] left-right.
-
-    A flipped box is (W - x_max, y_min, W - x_min, y_max). Returns (image, boxes).
-    """
-    boxes = tf.cast(boxes, tf.float32)
-    width = tf.cast(tf.shape(image)[1], tf.float32)
-
-    def flip():
-        x_min, y_min, x_max, y_max = tf.unstack(boxes, axis=-1)
-        flipped = tf.stack([width - x_max, y_min, width - x_min, y_max], axis=-1)
-        return tf.reverse(image, axis=[1]), flipped
-
-    do_flip = tf.random.uniform([], seed=seed) < 0.5
-    return tf.cond(do_flip, flip, lambda: (image, boxes))
-
-
-def clip_and_filter(boxes, labels, height, width, min_size=1.0):
+def clip_and_filter(boxes, labels, height, width, min_size=1.0, ignore=None):
     """Clip xyxy ``boxes`` [n, 4] to the image; drop those narrower or shorter than ``min_size``.
 
-    Returns (boxes float32 [k, 4], labels [k]) with k <= n.
+    Returns (boxes float32 [k, 4], labels [k]) with k <= n, or
+    (boxes, labels, ignore) when ``ignore`` [n] is given.
     """
     boxes = tf.cast(boxes, tf.float32)
     height = tf.cast(height, tf.float32)
     width = tf.cast(width, tf.float32)
-    x_min, y_min, x_max, y_max = tf.unstack(boxes, axis=-1)
+    x_min, y_min, x_max, y_max = tf.unstack(boxes, num=4, axis=-1)
     x_min = tf.clip_by_value(x_min, 0.0, width)
     x_max = tf.clip_by_value(x_max, 0.0, width)
     y_min = tf.clip_by_value(y_min, 0.0, height)
     y_max = tf.clip_by_value(y_max, 0.0, height)
     clipped = tf.stack([x_min, y_min, x_max, y_max], axis=-1)
     keep = tf.logical_and(x_max - x_min >= min_size, y_max - y_min >= min_size)
-    return tf.boolean_mask(clipped, keep), tf.boolean_mask(labels, keep)
+    if ignore is None:
+        return tf.boolean_mask(clipped, keep), tf.boolean_mask(labels, keep)
+    return tf.boolean_mask(clipped, keep), tf.boolean_mask(labels, keep), tf.boolean_mask(ignore, keep)
 
 
 def _decode(element):
+    labels = tf.reshape(tf.cast(element["labels"], tf.int32), [-1])
+    if "ignore" in element:
+        ignore = tf.reshape(tf.cast(element["ignore"], tf.bool), [-1])
+    else:
+        ignore = tf.zeros_like(labels, dtype=tf.bool)
     return {
         "image": tf.cast(element["image"], tf.uint8),
         "image_id": tf.cast(element["image_id"], tf.int64),
         "boxes": tf.reshape(tf.cast(element["boxes"], tf.float32), [-1, 4]),
-        "labels": tf.cast(element["labels"], tf.int32),
+        "labels": labels,
+        "ignore": ignore,
     }
+
+
+def _geometry(image, boxes, height, width, training, augment, resize, seed):
+    """Resize (+ training geometry) -> (unpadded float32 image, boxes, keep or None, scale)."""
+    if training and augment.scale_range is not None:
+        return transforms.random_scale_crop(
+            image, boxes, (height, width), augment.scale_range, augment.min_area_fraction, seed=seed
+        )
+    fit = _fit_scale(image, height, width)
+    shape = tf.shape(image)
+    if training and augment.short_sides is not None:
+        scale = transforms.random_short_side_scale(
+            shape[0], shape[1], augment.short_sides, augment.max_size, seed=seed
+        )
+        scale = tf.minimum(scale, fit)
+    elif resize is not None:
+        scale = tf.minimum(transforms.short_side_scale(shape[0], shape[1], *resize), fit)
+    else:
+        scale = fit
+    image, boxes = _resize_within(image, boxes, scale, height, width)
+    return image, boxes, None, scale
 
 
 def prepare(
@@ -100,45 +135,92 @@ def prepare(
     seed=None,
     cache=False,
     drop_remainder=None,
+    augment=None,
+    resize=None,
 ):
     """Turn a dataset of detection elements into batches for ``FPNDetector.fit``.
 
-    Training adds shuffling and random horizontal flips (applied before the
-    resize, so padding stays bottom/right); ``drop_remainder`` defaults to
-    ``training``. ``cache=True`` caches the decoded elements.
+    Training adds shuffling and the ``augment`` options (a
+    ``transforms.Augment``, a dict of its fields, or None = random horizontal
+    flips only; flips are applied before the resize, so padding stays
+    bottom/right); ``drop_remainder`` defaults to ``training``.
+    ``cache=True`` caches the decoded elements (in memory: small datasets).
+    ``resize=(short_side, max_size)`` resizes like detectron2's test-time
+    ``ResizeShortestEdge`` (capped to fit ``image_size``) instead of filling
+    the canvas; multi-scale / scale-jitter training ignore it.
+
+    ``seed`` makes the pipeline deterministic: same seed, same batches, same
+    augmentations (per-element stateless random seeds; the parallel maps keep
+    their order). Without a seed the maps may return elements out of order.
+
+    Ignore boxes (element ``"ignore"`` True: COCO iscrowd, VOC difficult) are
+    sorted after the others (so ``max_boxes`` truncation drops them first);
+    in training batches their label is -1 (never matched as positives; they
+    count as background), in evaluation batches they keep their label and
+    ``"ignore"`` marks them for ``CocoEvaluator`` (``iscrowd``).
 
     Returns:
         ``tf.data.Dataset`` of ``(images float32 [B, H, W, 3] in 0..255,
         {"boxes": float32 [B, max_boxes, 4] xyxy padded with -1,
         "labels": int32 [B, max_boxes] padded with -1,
+        "ignore": bool [B, max_boxes] padded with False,
         "image_id": int64 [B], "image_scale": float32 [B]})``, (H, W) = image_size
-        (multiples of 128, see ``resize_and_pad``).
+        (multiples of 128, see ``resize_and_pad``). Boxes / image_scale refer to
+        the resized image: original pixels = boxes / image_scale (for
+        evaluation batches; crops shift training boxes).
     """
     height, width = _output_hw(image_size, 128)
     if int(batch_size) <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size!r}")
     if int(max_boxes) <= 0:
         raise ValueError(f"max_boxes must be positive, got {max_boxes!r}")
+    if resize is not None:
+        resize = (float(resize[0]), None if resize[1] is None else float(resize[1]))
+    augment = transforms.Augment.from_config(augment)
     if drop_remainder is None:
         drop_remainder = bool(training)
     deterministic = True if seed is not None else None
     autotune = tf.data.AUTOTUNE
+    colour = training and (augment.brightness or augment.contrast or augment.saturation)
 
     dataset = dataset.map(_decode, num_parallel_calls=autotune, deterministic=deterministic)
     if cache:
         dataset = dataset.cache()
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        # one stateless [2] seed per element, fresh each epoch, reproducible with `seed`
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip((dataset, seeds))
+    else:
+        dataset = dataset.map(lambda element: (element, tf.zeros([2], tf.int64)))
 
-    def transform(element):
+    def transform(element, element_seed):
         image, boxes = element["image"], element["boxes"]
+        labels, ignore = element["labels"], element["ignore"]
+        seed_flip, seed_colour, seed_geometry = transforms.split_seed(element_seed, 3)
+        if training and augment.flip:
+            image, boxes = transforms.random_horizontal_flip(image, boxes, seed=seed_flip)
+        image, boxes, keep, scale = _geometry(
+            image, boxes, height, width, training, augment, resize, seed_geometry
+        )
+        if keep is not None:
+            boxes = tf.boolean_mask(boxes, keep)
+            labels = tf.boolean_mask(labels, keep)
+            ignore = tf.boolean_mask(ignore, keep)
+        if colour:
+            image = transforms.color_jitter(
+                image, augment.brightness, augment.contrast, augment.saturation, seed=seed_colour
+            )
+        image = _pad(image, height, width)
+        boxes, labels, ignore = clip_and_filter(boxes, labels, height, width, ignore=ignore)
+        order = tf.argsort(tf.cast(ignore, tf.int32), stable=True)
+        boxes, labels, ignore = (tf.gather(t, order) for t in (boxes, labels, ignore))
         if training:
-            image, boxes = random_horizontal_flip(image, boxes, seed=seed)
-        image, boxes, scale = resize_and_pad(image, boxes, (height, width))
-        boxes, labels = clip_and_filter(boxes, element["labels"], height, width)
+            labels = tf.where(ignore, tf.constant(-1, tf.int32), labels)
         targets = {
             "boxes": boxes[:max_boxes],
             "labels": labels[:max_boxes],
+            "ignore": ignore[:max_boxes],
             "image_id": element["image_id"],
             "image_scale": scale,
         }
@@ -149,13 +231,15 @@ def prepare(
         int(batch_size),
         padded_shapes=(
             [height, width, 3],
-            {"boxes": [max_boxes, 4], "labels": [max_boxes], "image_id": [], "image_scale": []},
+            {"boxes": [max_boxes, 4], "labels": [max_boxes], "ignore": [max_boxes],
+             "image_id": [], "image_scale": []},
         ),
         padding_values=(
             tf.constant(0.0, tf.float32),
             {
                 "boxes": tf.constant(-1.0, tf.float32),
                 "labels": tf.constant(-1, tf.int32),
+                "ignore": tf.constant(False),
                 "image_id": tf.constant(0, tf.int64),
                 "image_scale": tf.constant(0.0, tf.float32),
             },

@@ -207,9 +207,14 @@ class CocoEvaluator:
             categories.append({"id": cat_id, "name": name})
         return categories
 
-    def evaluate(self, verbose=True):
+    def evaluate(self, verbose=True, max_dets=(1, 10, 100), class_agnostic=False):
         """Runs COCOeval and returns a dict of python floats keyed by
         METRIC_NAMES ("AP", "AP50", ..., "ARl").
+
+        max_dets: the three detection limits of COCO's recall metrics; the AR
+        keys follow them (e.g. (10, 100, 1000) gives "AR10", "AR100",
+        "AR1000", with AP and ARs/ARm/ARl at the last). class_agnostic: ignore
+        categories (proposal recall, as in the FPN paper's Table 1).
 
         As in COCO, a metric is -1 when no ground truth falls in its area
         range. With no detections at all, the other metrics are 0.
@@ -245,6 +250,9 @@ class CocoEvaluator:
                 }
                 coco_dt.createIndex()
             coco_eval = COCOeval(coco_gt, coco_dt, iouType="bbox")
+            coco_eval.params.maxDets = [int(m) for m in max_dets]
+            if class_agnostic:
+                coco_eval.params.useCats = 0
             coco_eval.evaluate()
             coco_eval.accumulate()
         if verbose:
@@ -252,10 +260,9 @@ class CocoEvaluator:
         else:
             with contextlib.redirect_stdout(quiet):
                 coco_eval.summarize()
-        return {
-            name: float(value)
-            for name, value in zip(METRIC_NAMES, coco_eval.stats)
-        }
+        names = list(METRIC_NAMES)
+        names[6:9] = [f"AR{int(m)}" for m in max_dets]
+        return {name: float(value) for name, value in zip(names, coco_eval.stats)}
 
 
 def _to_xyxy(boxes, labels, source, height, width):
@@ -287,8 +294,13 @@ def evaluate_model(
             "num_detections" [B].
         dataset: iterable of `(images, targets)`; images [B,H,W,C], targets a
             dict with "boxes" [B,M,4] (model format), "labels" [B,M] (-1
-            padded) and optional "image_id" [B].
-        class_names: optional list of K class names.
+            padded) and optional "image_id" [B], "ignore" [B,M] (crowd /
+            difficult boxes, given to COCO as iscrowd) and "image_scale" [B]
+            (resize factor of `fpn_keras.data.pipeline.prepare`: boxes are
+            divided by it, so results are in original image pixels).
+        class_names: optional list of K class names; its `category_ids`
+            attribute (`fpn_keras.data.ClassNames`), if any, gives the
+            original category ids of a new evaluator.
         max_batches: optional limit on the number of batches.
         verbose: show a progress bar and print the COCO table.
         evaluator: optional `CocoEvaluator` to fill (e.g. to read
@@ -303,7 +315,9 @@ def evaluate_model(
         raise ValueError(f"`max_batches` must be >= 1, received {max_batches}.")
     fmt = model.bounding_box_format
     if evaluator is None:
-        evaluator = CocoEvaluator(class_names=class_names)
+        evaluator = CocoEvaluator(
+            class_names=class_names, category_ids=getattr(class_names, "category_ids", None)
+        )
     target = max_batches
     if target is None:
         try:
@@ -326,19 +340,35 @@ def evaluate_model(
         if num_detections is not None:
             num_detections = keras.ops.convert_to_numpy(num_detections)
         batch = gt_labels.shape[0]
+        gt_boxes = _to_xyxy(targets["boxes"], gt_labels, fmt, height, width)
+        det_boxes = _to_xyxy(preds["boxes"], det_labels, fmt, height, width)
+        image_sizes = np.tile([[height, width]], (batch, 1))
+        gt_ignore = targets.get("ignore")
+        if gt_ignore is not None:
+            gt_ignore = keras.ops.convert_to_numpy(gt_ignore).astype(bool)
+        scale = targets.get("image_scale")
+        if scale is not None:
+            # back to original image pixels (padding rows stay -1)
+            scale = keras.ops.convert_to_numpy(scale).astype("float32").reshape(-1)
+            scale = np.where(scale > 0, scale, 1.0)
+            gt_boxes = np.where((gt_labels < 0)[..., None], -1.0, gt_boxes / scale[:, None, None])
+            det_boxes = np.where((det_labels < 0)[..., None], -1.0, det_boxes / scale[:, None, None])
+            image_sizes = np.round(image_sizes / scale[:, None]).astype("int64")
         evaluator.add(
-            gt_boxes=_to_xyxy(targets["boxes"], gt_labels, fmt, height, width),
+            gt_boxes=gt_boxes.astype("float32"),
             gt_labels=gt_labels,
-            det_boxes=_to_xyxy(preds["boxes"], det_labels, fmt, height, width),
+            det_boxes=det_boxes.astype("float32"),
             det_scores=keras.ops.convert_to_numpy(preds["scores"]),
             det_labels=det_labels,
             num_detections=num_detections,
             image_ids=image_ids,
-            image_sizes=np.tile([[height, width]], (batch, 1)),
+            gt_ignore=gt_ignore,
+            image_sizes=image_sizes,
         )
         if progbar is not None:
             progbar.update(step + 1)
-    return evaluator.evaluate(verbose=verbose)
+    # Models may ask for other recall limits / class-agnostic scoring (the RPN does).
+    return evaluator.evaluate(verbose=verbose, **getattr(model, "evaluation_settings", {}))
 
 
 _DESCRIPTIONS = {
@@ -360,7 +390,9 @@ _DESCRIPTIONS = {
 def format_metrics(metrics, title="COCO metrics"):
     """A COCO-style table of the metrics dict returned by `evaluate`."""
     lines = [title]
-    for name in METRIC_NAMES:
-        if name in metrics:
-            lines.append(f"  {name:<6} {_DESCRIPTIONS[name]:<45} = {metrics[name]:.3f}")
+    for name, value in metrics.items():
+        description = _DESCRIPTIONS.get(name)
+        if description is None and name.startswith("AR"):
+            description = f"AR @[IoU=0.50:0.95 | area=all | maxDets={name[2:]}]"
+        lines.append(f"  {name:<6} {description or '':<45} = {value:.3f}")
     return "\n".join(lines)

@@ -134,6 +134,14 @@ class FPNDetector(keras.Model):
 
     # -------------------------------------------------------------- helpers
     @property
+    def evaluation_settings(self):
+        """How COCO evaluation should score this model: proposals (head="rpn")
+        are scored class-agnostically with AR@10/100/1000, as in the FPN paper's Table 1."""
+        if isinstance(self.head, RPN):
+            return {"max_dets": (10, 100, 1000), "class_agnostic": True}
+        return {}
+
+    @property
     def metrics(self):
         metrics = super().metrics
         return metrics + [t for t in self.loss_trackers.values() if t not in metrics]

@@ -1,0 +1,191 @@
+"""TFLite export: builtins only, NMS inside, and the same detections as Keras.
+
+One tiny RetinaNet (random weights) is converted in each mode and run with the
+LiteRT interpreter. Its classification weights are scaled x10 so that scores
+spread over ~0.7-0.9 like a trained model's: with the raw initialisation every
+score is 0.305 +- 0.002, and any quantization noise reorders such near-ties,
+which would test tie-breaking rather than the export.
+"""
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
+Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
+
+from fpn_keras.export import tflite  # noqa: E402
+from fpn_keras.export.tflite import OUTPUT_ORDER, convert, op_names  # noqa: E402
+from fpn_keras.models.backbones import small_resnet  # noqa: E402
+from fpn_keras.models.detector import FPNDetector  # noqa: E402
+from fpn_keras.models.retinanet import RetinaNet  # noqa: E402
+
+SIZE = (64, 64)
+
+
+def _tiny_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    return FPNDetector(
+        num_classes=3, backbone=small_resnet((8, 16, 32, 64)),
+        head=RetinaNet(num_classes=3, min_level=3, max_level=5, anchor_scale=2.0, channels=16,
+                       num_convs=1, prior_probability=0.3, max_detections=20, name="head"),
+        fpn_channels=16, bounding_box_format="xywh", class_names=["a", "b", "c"])
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = _tiny_model()
+    image = np.random.default_rng(0).integers(0, 255, (1, *SIZE, 3)).astype("float32")
+    model.predict(image, verbose=0)  # builds
+    head = model.head.head
+    for layer in list(head.cls_convs) + [head.cls_logits]:
+        layer.kernel.assign(layer.kernel * 10.0)
+    expected = model.predict(image, verbose=0)
+    assert expected["num_detections"][0] > 0
+    rng = np.random.default_rng(1)
+    calibration = [rng.integers(0, 255, (1, *SIZE, 3)).astype("float32") for _ in range(8)] + [image]
+    return model, image, expected, calibration
+
+
+def _run(content, image):
+    interpreter = Interpreter(model_content=content, num_threads=2)
+    return interpreter, interpreter.get_signature_runner("serving_default")(images=image)
+
+
+def _xyxy(xywh):
+    return np.concatenate([xywh[..., :2], xywh[..., :2] + xywh[..., 2:]], -1)
+
+
+def _match(expected, out):
+    """For each Keras detection: the best IoU with a same-class TFLite detection, and
+    the score difference to that detection."""
+    n, m = int(expected["num_detections"][0]), int(out["num_detections"][0])
+    a, b = _xyxy(expected["boxes"][0, :n]), _xyxy(out["detection_boxes"][0, :m])
+    wh = np.clip(np.minimum(a[:, None, 2:], b[None, :, 2:]) - np.maximum(a[:, None, :2], b[None, :, :2]),
+                 0, None)
+    inter = wh.prod(-1)
+    area = lambda x: (x[:, 2:] - x[:, :2]).prod(-1)  # noqa: E731
+    iou = inter / (area(a)[:, None] + area(b)[None] - inter)
+    iou = np.where(expected["labels"][0, :n, None] == out["detection_classes"][0, None, :m], iou, 0.0)
+    best = iou.argmax(1)
+    score_diff = np.abs(expected["scores"][0, :n] - out["detection_scores"][0, best])
+    return iou.max(1), score_diff
+
+
+def _assert_builtins_only(content):
+    ops = op_names(content)
+    assert "NON_MAX_SUPPRESSION_V5" in ops, ops
+    assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"], ops
+    # The Analyzer reports the same builtins-only graph (no "Flex"/custom op text).
+    return ops
+
+
+def test_float32_tflite_matches_keras(setup, tmp_path):
+    model, image, expected, _ = setup
+    path = tflite(model, str(tmp_path / "tiny.tflite"), image_size=SIZE)
+    content = open(path, "rb").read()
+    _assert_builtins_only(content)
+
+    interpreter, out = _run(content, image)
+    assert interpreter.get_signature_list()["serving_default"] == {
+        "inputs": ["images"],
+        "outputs": ["detection_boxes", "detection_classes", "detection_scores", "num_detections"]}
+    (inp,) = interpreter.get_input_details()
+    assert list(inp["shape"]) == [1, *SIZE, 3] and inp["dtype"] == np.float32
+    n = int(expected["num_detections"][0])
+    assert out["num_detections"].shape == (1,) and out["num_detections"].dtype == np.int32
+    assert int(out["num_detections"][0]) == n
+    assert out["detection_boxes"].shape == (1, 20, 4)
+    assert out["detection_classes"].dtype == np.int32
+    np.testing.assert_allclose(out["detection_boxes"][0, :n], expected["boxes"][0, :n], atol=1e-3)
+    np.testing.assert_allclose(out["detection_scores"][0, :n], expected["scores"][0, :n], atol=1e-4)
+    np.testing.assert_array_equal(out["detection_classes"][0, :n], expected["labels"][0, :n])
+
+    # Raw tensors: "StatefulPartitionedCall:<i>" holds OUTPUT_ORDER[i] (sorted names).
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], image)
+    interpreter.invoke()
+    for detail in interpreter.get_output_details():
+        name = OUTPUT_ORDER[int(detail["name"].split(":")[1])]
+        np.testing.assert_array_equal(interpreter.get_tensor(detail["index"]), out[name])
+
+
+def test_uint8_input(setup):
+    model, image, expected, _ = setup
+    content = convert(model, SIZE, input_type="uint8")
+    interpreter, out = _run(content, image.astype("uint8"))
+    assert interpreter.get_input_details()[0]["dtype"] == np.uint8
+    n = int(expected["num_detections"][0])
+    np.testing.assert_allclose(out["detection_boxes"][0, :n], expected["boxes"][0, :n], atol=1e-3)
+
+
+# float16 weights: relative weight error ~5e-4 -> boxes move by hundredths of a pixel
+# on this 64 px input and scores by ~1e-4. dynamic_range: int8 weights (per-channel)
+# with float activations -> ~1-2% relative error in the outputs: boxes keep IoU > 0.9,
+# scores within ~5e-3. Near-equal scores can swap ranks, so detections are matched by
+# class and IoU rather than compared slot by slot.
+@pytest.mark.parametrize("quantize,min_iou,score_atol", [("float16", 0.99, 1e-3),
+                                                         ("dynamic_range", 0.9, 1e-2)])
+def test_weight_quantized_tflite_close_to_keras(setup, quantize, min_iou, score_atol):
+    model, image, expected, _ = setup
+    content = convert(model, SIZE, quantize=quantize)
+    _assert_builtins_only(content)
+    _, out = _run(content, image)
+    n = int(expected["num_detections"][0])
+    assert int(out["num_detections"][0]) == n
+    ious, score_diff = _match(expected, out)
+    # When the D slots are full, a detection near the last score may swap with the first
+    # one left out; those clear of the cut by 2 x score_atol must all be there.
+    scores = expected["scores"][0, :n]
+    sure = scores > scores[-1] + 2 * score_atol if n == 20 else np.ones(n, bool)
+    assert sure[:3].all(), scores
+    assert ious[sure].min() >= min_iou, (ious, scores)
+    assert score_diff[sure].max() <= score_atol, score_diff
+    assert int(out["detection_classes"][0, 0]) == int(expected["labels"][0, 0])
+
+
+@pytest.mark.parametrize("input_type", ["float32", "uint8"])
+def test_int8_tflite_converts_runs_and_roughly_agrees(setup, input_type):
+    model, image, expected, calibration = setup
+    content = convert(model, SIZE, quantize="int8", representative_data=calibration,
+                      input_type=input_type)
+    ops = _assert_builtins_only(content)
+    assert "QUANTIZE" in ops or "DEQUANTIZE" in ops
+    interpreter, out = _run(content, image.astype(input_type))
+    assert interpreter.get_input_details()[0]["dtype"] == np.dtype(input_type)
+
+    # The convolutions run in int8; decoding and NMS stay float32. (A fresh interpreter:
+    # after the first run XNNPACK has folded ops into DELEGATE nodes.)
+    fresh = Interpreter(model_content=content)
+    tensors = {t["index"]: t for t in fresh.get_tensor_details()}
+    kinds = {}
+    for op in fresh._get_ops_details():
+        kinds.setdefault(op["op_name"], set()).update(
+            tensors[i]["dtype"] for i in op["inputs"] if i >= 0)
+    assert np.int8 in kinds["CONV_2D"]
+    assert kinds["NON_MAX_SUPPRESSION_V5"] <= {np.float32, np.int32}, kinds["NON_MAX_SUPPRESSION_V5"]
+    assert kinds["EXP"] == {np.float32}  # box decoding
+    for op in fresh._get_ops_details():
+        outputs = [tensors[i] for i in op["outputs"]]
+        if any("postprocess/" in t["name"] for t in outputs):
+            assert all(t["dtype"] != np.int8 for t in outputs), (op["op_name"], outputs[0]["name"])
+
+    # Int8 activations: the top box still overlaps Keras' top box of the same class, and
+    # most detections find their match (measured here: top IoU ~0.98, ~90% matched).
+    assert int(out["num_detections"][0]) > 0
+    ious, score_diff = _match(expected, out)
+    assert ious[0] > 0.5, ious
+    assert (ious > 0.5).mean() >= 0.5, ious
+    assert score_diff[0] < 0.05, score_diff
+
+
+def test_bad_arguments_give_clear_errors(setup):
+    model, *_ = setup
+    with pytest.raises(ValueError, match="representative_data"):
+        convert(model, SIZE, quantize="int8")
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        convert(model, SIZE, quantize="int4")
+    with pytest.raises(ValueError, match="input_type"):
+        convert(model, SIZE, input_type="float16")
+    with pytest.raises(ValueError, match="not built"):
+        convert(_tiny_model(), SIZE)
