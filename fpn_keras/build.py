@@ -4,7 +4,9 @@ import math
 
 import keras
 
+from fpn_keras import config as config_lib
 from fpn_keras.config import Recipe
+from fpn_keras.schedules import WarmupStepDecay
 from fpn_keras.layers.fpn import FeaturePyramid
 from fpn_keras.models.backbones import build_backbone
 from fpn_keras.models.detector import HEADS, FPNDetector
@@ -34,24 +36,56 @@ def build_model(recipe: Recipe, class_names=None):
     )
 
 
-def build_optimizer(recipe: Recipe, steps_per_epoch):
+def base_learning_rate(recipe: Recipe):
+    """The recipe's learning rate, scaled linearly with the global batch when asked
+    (train.scale_lr_with_batch: learning_rate is for reference_batch_size images)."""
     cfg = recipe.train
-    total_steps = max(1, cfg.epochs * steps_per_epoch)
+    if getattr(cfg, "scale_lr_with_batch", False):
+        return cfg.learning_rate * cfg.batch_size / cfg.reference_batch_size
+    return cfg.learning_rate
+
+
+def build_schedule(recipe: Recipe, total_steps):
+    """The learning rate (a schedule or a float) for `total_steps` optimizer updates."""
+    cfg = recipe.train
+    lr = base_learning_rate(recipe)
+    total_steps = max(1, int(total_steps))
     warmup = min(cfg.warmup_steps, total_steps // 2)
+    factor = getattr(cfg, "warmup_factor", 0.0)
     if cfg.schedule == "cosine":
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            0.0 if warmup else cfg.learning_rate, max(1, total_steps - warmup), alpha=0.01,
-            warmup_target=cfg.learning_rate if warmup else None, warmup_steps=warmup)
-    elif cfg.schedule == "step":
-        # The FPN paper's schedule: divide by 10 at 2/3 and 8/9 of training.
-        boundaries = [math.floor(total_steps * 2 / 3), math.floor(total_steps * 8 / 9)]
-        learning_rate = keras.optimizers.schedules.PiecewiseConstantDecay(
-            boundaries, [cfg.learning_rate, cfg.learning_rate / 10, cfg.learning_rate / 100])
-    else:
-        learning_rate = cfg.learning_rate
-    common = {"learning_rate": learning_rate, "clipnorm": cfg.clipnorm}
+        return keras.optimizers.schedules.CosineDecay(
+            lr * factor if warmup else lr, max(1, total_steps - warmup), alpha=0.01,
+            warmup_target=lr if warmup else None, warmup_steps=warmup)
+    if cfg.schedule == "step":
+        # The FPN paper's schedule: linear warmup, divide by 10 at 2/3 and 8/9 of training
+        # (or at train.lr_steps).
+        if hasattr(config_lib, "lr_boundaries"):
+            boundaries = config_lib.lr_boundaries(cfg, total_steps)
+        else:
+            boundaries = [math.floor(total_steps * 2 / 3), math.floor(total_steps * 8 / 9)]
+        return WarmupStepDecay(lr, boundaries, warmup, factor)
+    if warmup:  # constant after a linear warmup
+        return WarmupStepDecay(lr, [], warmup, factor)
+    return lr
+
+
+def total_training_steps(recipe: Recipe, steps_per_epoch):
+    if hasattr(config_lib, "schedule_steps"):
+        return config_lib.schedule_steps(recipe.train, steps_per_epoch)[2]
+    return max(1, recipe.train.epochs * steps_per_epoch)
+
+
+def build_optimizer(recipe: Recipe, steps_per_epoch):
+    """SGD (momentum) / AdamW / Adam with the recipe's schedule; weight decay not on
+    biases and normalisation parameters; clipping per variable (clipnorm) or by the
+    global norm (global_clipnorm); wrapped in a LossScaleOptimizer for mixed_float16."""
+    cfg = recipe.train
+    learning_rate = build_schedule(recipe, total_training_steps(recipe, steps_per_epoch))
+    common = {"learning_rate": learning_rate, "clipnorm": cfg.clipnorm,
+              "global_clipnorm": getattr(cfg, "global_clipnorm", None)}
     if cfg.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(momentum=cfg.momentum, weight_decay=cfg.weight_decay, **common)
+        optimizer = keras.optimizers.SGD(momentum=cfg.momentum, weight_decay=cfg.weight_decay or None,
+                                         **common)
     elif cfg.optimizer == "adamw":
         optimizer = keras.optimizers.AdamW(weight_decay=cfg.weight_decay, **common)
     else:
@@ -59,4 +93,7 @@ def build_optimizer(recipe: Recipe, steps_per_epoch):
     if cfg.weight_decay:
         # No weight decay on biases and normalisation parameters (detectron2's default).
         optimizer.exclude_from_weight_decay(var_names=["bias", "beta", "gamma"])
+    if getattr(cfg, "mixed_precision", None) == "mixed_float16":
+        # Dynamic loss scaling keeps float16 gradients from underflowing.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer

@@ -1,10 +1,21 @@
 """The `fpn-keras` command line (also `python -m fpn_keras`).
 
-Exit codes: 0 success, 2 usage or configuration error, 1 runtime failure.
-Errors print as one line; `--verbose` adds the traceback.
+Subcommands: train, evaluate, predict, export, recipes, benchmark (`fpn-keras CMD --help`).
+
+Exit codes:
+  0  success;
+  2  usage or configuration error: bad arguments, an invalid recipe or `--set`
+     override (unknown key, wrong type, missing required key), an unknown dataset
+     spec, or a file / folder named on the command line or in the recipe that does
+     not exist (e.g. a missing --model file or data path). Nothing has run yet.
+  1  runtime failure while working on valid inputs (e.g. a model file that exists
+     but cannot be loaded, a training run that fails).
+Errors print as one line on stderr ("fpn-keras CMD: error: ..."); `--verbose`
+adds the traceback.
 """
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -13,46 +24,249 @@ import traceback
 # Quiet TensorFlow's C++ start-up logging unless the user asked otherwise.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+PROG = "fpn-keras"
+EPILOG = ("exit codes: 0 success, 2 usage/configuration error (bad option, invalid recipe or "
+          "--set, missing input file or data path), 1 runtime failure")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu", "one_device:DEVICE")
+QUANTIZE = ("none", "float16", "dynamic_range", "int8")
+
+
+class UsageError(Exception):
+    """A bad command line or missing input: exit code 2."""
+
+
+# ---------------------------------------------------------------- parsers
+
+
+def _common():
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="print the full traceback on errors")
+    return common
+
+
+def _parser(sub, name, help, description):
+    return sub.add_parser(name, help=help, description=description, epilog=EPILOG,
+                          parents=[_common()], formatter_class=argparse.RawDescriptionHelpFormatter)
+
 
 def _add_train(sub):
-    p = sub.add_parser("train", help="train a recipe", description=(
-        "Train a recipe: writes OUT/model.keras, OUT/recipe.yaml (resolved), OUT/metrics.json, "
-        "OUT/predictions.png, OUT/history.csv and TensorBoard logs in OUT/logs."))
-    p.add_argument("--recipe", required=True, help="recipe name (in recipes/) or path to a YAML file")
-    p.add_argument("--out", default=None, help="output directory (default runs/<recipe name>)")
-    p.add_argument("--data", default=None, help="dataset spec for train and val (overrides data.train/data.val)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe value, e.g. --set train.batch_size=8 (repeatable)")
+    p = _parser(sub, "train", "train a recipe", (
+        "Train a recipe (a name from `fpn-keras recipes` or a YAML path). Writes OUT/model.keras,\n"
+        "OUT/recipe.yaml (the resolved recipe), OUT/metrics.json, OUT/history.csv,\n"
+        "OUT/predictions.png, OUT/curves.png and TensorBoard logs in OUT/logs; shows Keras\n"
+        "progress bars and the COCO evaluation every train.eval_every_n_epochs epochs."))
+    p.add_argument("--recipe", required=True, metavar="R",
+                   help="recipe name (in recipes/) or path to a recipe YAML file")
+    p.add_argument("--data", default=None, metavar="SPEC",
+                   help="dataset spec for both train and val, overriding data.train/data.val: synthetic, "
+                        "tfds:NAME, coco:ANNOTATIONS.json:IMAGE_DIR or voc:DIR")
+    p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: runs/<recipe name>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override a recipe value (YAML syntax), e.g. --set train.batch_size=8 "
+                        "--set model.backbone=resnet101 --set data.image_size=[256,256]; repeatable")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last checkpoint in OUT (when the training runner supports it)")
+    p.add_argument("--strategy", default=None, metavar="S",
+                   help=f"tf.distribute strategy: one of {', '.join(STRATEGIES)} (default: the runner's, "
+                        "i.e. auto); see docs on training on several GPUs/workers")
     p.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
     p.add_argument("--export", default=None, metavar="DIR",
-                   help="also write a TF Serving SavedModel here, e.g. saved_models/NAME/1")
+                   help="also write a TF Serving SavedModel here after training, e.g. saved_models/NAME/1")
 
 
 def _add_evaluate(sub):
-    p = sub.add_parser("evaluate", help="COCO-evaluate a saved model", description=(
-        "Evaluate a .keras model with COCO metrics; prints the table and writes "
-        "OUT/metrics.json and OUT/results.json (COCO results format)."))
-    p.add_argument("--model", required=True, help="path to a .keras file written by train")
-    p.add_argument("--data", default="synthetic", help="dataset spec (default: synthetic)")
-    p.add_argument("--split", default="val", help="split to evaluate (default: val)")
+    p = _parser(sub, "evaluate", "COCO-evaluate a trained model", (
+        "COCO-evaluate a .keras model: prints the COCO table and writes OUT/metrics.json and\n"
+        "OUT/results.json (COCO results format, with the dataset's original category ids)."))
+    p.add_argument("--model", required=True, metavar="M", help="a .keras file written by train")
+    p.add_argument("--data", default=None, metavar="SPEC",
+                   help="dataset spec (default: data.val of the recipe.yaml next to the model, else synthetic)")
+    p.add_argument("--split", default=None,
+                   help="split to evaluate (default: data.val_split of that recipe.yaml, else val)")
     p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="input size (default: the size in the model's recipe.yaml next to it, else 128 128)")
-    p.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
-    p.add_argument("--out", default=None, help="output directory (default: next to the model)")
+                   help="input canvas size (default: from the recipe.yaml next to the model, else 128 128)")
+    p.add_argument("--batch-size", type=int, default=8, help="batch size (default: 8)")
+    p.add_argument("--num-images", type=int, default=None, metavar="N",
+                   help="evaluate the first N images only (default: all)")
+    p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: the model's folder)")
+
+
+def _add_predict(sub):
+    p = _parser(sub, "predict", "draw a model's detections on images", (
+        "Run a model on image files: writes OUT/<image name>.png with boxes, class names and\n"
+        "scores drawn, and OUT/detections.json ({image path: [{box [x1, y1, x2, y2] in the\n"
+        "image's pixels, label, class, score}, ...]}). The model is a .keras file or a\n"
+        "SavedModel folder written by export (its serving_default signature)."))
+    p.add_argument("--model", required=True, metavar="M", help="a .keras file or a SavedModel directory")
+    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files (JPEG, PNG, BMP, GIF)")
+    p.add_argument("--out", default="predictions", metavar="DIR", help="output directory (default: predictions)")
+    p.add_argument("--score-threshold", type=float, default=0.3, metavar="T",
+                   help="keep detections scoring at least T (default: 0.3)")
+    p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="size a .keras model runs at (default: from the recipe.yaml next to it, else 128 128)")
+    p.add_argument("--box-format", default=None,
+                   help="box format of a SavedModel's outputs (default: xyxy; a .keras model knows its own)")
+
+
+def _add_export(sub):
+    p = _parser(sub, "export", "export a trained model for serving", (
+        "Export a .keras model.\n"
+        "  saved_model: TF Serving layout (OUT is a version folder, e.g. saved_models/NAME/1) with\n"
+        "               decoding and NMS inside; signatures serving_default (uint8 images, any\n"
+        "               size) and serve_image_bytes (encoded images).\n"
+        "  tflite:      one .tflite file (OUT) with a fixed [1, H, W, 3] input, builtin ops only;\n"
+        "               --quantize float16 / dynamic_range / int8 (int8 calibrates on\n"
+        "               --representative-data)."))
+    p.add_argument("--model", required=True, metavar="M", help="a .keras file written by train")
+    p.add_argument("--format", default="saved_model", choices=["saved_model", "tflite"],
+                   help="export format (default: saved_model)")
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="saved_model: output folder, e.g. saved_models/NAME/1; tflite: output file, e.g. model.tflite")
+    p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="size the model runs at (default: from the recipe.yaml next to the model, else 128 128)")
+    p.add_argument("--quantize", default="none", choices=QUANTIZE, help="tflite only: quantization (default: none)")
+    p.add_argument("--input-type", default="float32", choices=["float32", "uint8"],
+                   help="tflite only: input tensor type, float32 0..255 or uint8 pixels (default: float32)")
+    p.add_argument("--representative-data", default=None, metavar="SPEC",
+                   help="tflite int8 only: dataset spec whose train images calibrate the ranges")
+    p.add_argument("--num-calibration-images", type=int, default=100, metavar="N",
+                   help="tflite int8 only: number of calibration images (default: 100)")
+
+
+def _add_recipes(sub):
+    p = _parser(sub, "recipes", "list the recipes", (
+        "List the recipes in recipes/ with one line each (source and target number);\n"
+        "with a NAME, print that recipe resolved (bases merged, defaults filled in) as YAML."))
+    p.add_argument("name", nargs="?", default=None, metavar="NAME", help="a recipe to print in full")
+
+
+def _add_benchmark(sub):
+    p = _parser(sub, "benchmark", "time the forward pass and post-processing", (
+        "Runs bench/postprocess.py from a source checkout: builds the default detector\n"
+        "(ResNet-50 + FPN + RetinaNet, random init) and times the forward pass and\n"
+        "decoding + NMS at batch 1. The input-pipeline and TFLite benchmarks are\n"
+        "bench/input_pipeline.py and bench/tflite.py (run them with python)."))
+    p.add_argument("--size", type=int, default=640, help="square input size (default: 640)")
+    p.add_argument("--runs", type=int, default=10, help="timed runs after warm-up (default: 10)")
+    p.add_argument("--threads", type=int, default=2, help="TensorFlow intra/inter-op threads (default: 2)")
+    p.add_argument("--json", default=None, metavar="FILE", help="append one JSON line per result to FILE")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="FPN object detectors (RetinaNet, Faster R-CNN, RPN) for Keras 3.",
+        epilog=EPILOG)
+    parser.add_argument("--verbose", action="store_true", help="print the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_evaluate, _add_predict, _add_export, _add_recipes, _add_benchmark):
+        add(sub)
+    return parser
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _require_file(path, what):
+    if not os.path.isfile(path):
+        raise UsageError(f"{what} {path!r} does not exist" if not os.path.exists(path)
+                         else f"{what} {path!r} is not a file")
+
+
+def check_data_spec(spec, what="--data"):
+    """Unknown specs and missing local paths are usage errors (exit 2)."""
+    from fpn_keras.data import parse_spec
+
+    try:
+        kind, args = parse_spec(spec)
+    except ValueError as error:
+        raise UsageError(f"{what}: {error}") from None
+    if kind == "coco":
+        _require_file(args[0], f"{what}: COCO annotation file")
+        if not os.path.isdir(args[1]):
+            raise UsageError(f"{what}: COCO image folder {args[1]!r} does not exist")
+    elif kind == "voc" and not os.path.isdir(args[0]):
+        raise UsageError(f"{what}: VOC folder {args[0]!r} does not exist")
+
+
+def _run_recipe(model_path):
+    """The recipe.yaml written next to a model by train (plain dict), or {}."""
+    import yaml
+
+    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "recipe.yaml")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def _image_size(model_path, size):
+    if size is not None:
+        return tuple(size)
+    return tuple(_run_recipe(model_path).get("data", {}).get("image_size") or (128, 128))
+
+
+def load_keras_model(path):
+    """Loads a .keras model with safe_mode=True (no arbitrary code from the file)."""
+    import keras
+
+    import fpn_keras.build  # noqa: F401 - imports (registers) every serializable class
+
+    _require_file(path, "model file")
+    return keras.saving.load_model(path, safe_mode=True)
+
+
+def _accepts(function, name):
+    parameters = inspect.signature(function).parameters
+    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+# ---------------------------------------------------------------- commands
 
 
 def _train(args):
-    from fpn_keras.config import load_recipe
-    from fpn_keras.training import train
+    import dataclasses
 
-    overrides = list(args.set)
+    from fpn_keras.config import TrainConfig, load_recipe
+
+    overrides = list(args.overrides)
     if args.data:
         overrides += [f"data.train={args.data}", f"data.val={args.data}"]
+    strategy_in_recipe = "strategy" in {f.name for f in dataclasses.fields(TrainConfig)}
+    if args.strategy is not None and strategy_in_recipe:
+        overrides.append(f"train.strategy={args.strategy}")  # recorded in OUT/recipe.yaml
     recipe = load_recipe(args.recipe, overrides)
+    train_specs = recipe.data.train if isinstance(recipe.data.train, list) else [recipe.data.train]
+    for spec in train_specs:
+        check_data_spec(spec, "data.train")
+    check_data_spec(recipe.data.val, "data.val")
+    if args.strategy is not None:
+        name = args.strategy.split(":", 1)[0].strip().lower()
+        known = {s.split(":", 1)[0] for s in STRATEGIES} | {"multiworker", "multi_worker_mirrored"}
+        if name not in known:
+            raise UsageError(f"--strategy {args.strategy!r}: expected one of {list(STRATEGIES)}")
+
+    from fpn_keras.training import train
+
+    kwargs = {"verbose": 2 if args.quiet else 1}
+    for option in ("resume",) if strategy_in_recipe else ("resume", "strategy"):
+        value = getattr(args, option)
+        if value not in (None, False):
+            if not _accepts(train, option):
+                raise UsageError(f"--{option}: this version of fpn_keras.training.train does not support it")
+            kwargs[option] = value
     name = os.path.splitext(os.path.basename(args.recipe))[0]
     out = args.out or os.path.join("runs", name)
-    model, _ = train(recipe, out, verbose=2 if args.quiet else 1)
-    print(f"Wrote {out}/model.keras, metrics.json, predictions.png")
+    model, _ = train(recipe, out, **kwargs)
+    curves = os.path.join(out, "curves.png")
+    history = os.path.join(out, "history.csv")
+    if not os.path.isfile(curves) and os.path.isfile(history):
+        from fpn_keras.visualization import plot_curves
+
+        plot_curves(history, None, curves)
+    written = [f for f in ("model.keras", "recipe.yaml", "metrics.json", "history.csv", "predictions.png",
+                           "curves.png") if os.path.isfile(os.path.join(out, f))]
+    print(f"Wrote {', '.join(written)} in {out}")
     if args.export:
         from fpn_keras.export import saved_model
 
@@ -61,97 +275,214 @@ def _train(args):
 
 
 def _evaluate(args):
-    import keras
-
     from fpn_keras import data as data_lib
     from fpn_keras.evaluation.coco_eval import CocoEvaluator, evaluate_model, format_metrics
 
-    if not os.path.isfile(args.model):
-        raise FileNotFoundError(f"no model file {args.model!r}")
-    model = keras.saving.load_model(args.model)
-    size = _model_image_size(args.model, args.image_size)
-    extra = {"image_size": size} if args.data == "synthetic" else {}
-    elements, class_names = data_lib.load(args.data, args.split, **extra)
-    batches = data_lib.pipeline.prepare(elements, args.batch_size, size, training=False)
-    evaluator = CocoEvaluator(class_names=class_names)
+    _require_file(args.model, "model file")
+    run = _run_recipe(args.model).get("data", {})
+    spec = args.data or run.get("val") or "synthetic"
+    split = args.split or run.get("val_split") or "val"
+    check_data_spec(spec)
+    if args.batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, received {args.batch_size}")
+    size = _image_size(args.model, args.image_size)
+    model = load_keras_model(args.model)
+    extra = {"image_size": size} if spec == "synthetic" else {}
+    elements, class_names = data_lib.load(spec, split, num_images=args.num_images, **extra)
+    batches = data_lib.pipeline.prepare(elements, args.batch_size, size, training=False,
+                                        resize=run.get("resize") if args.data is None else None)
+    evaluator = CocoEvaluator(class_names=class_names,
+                              category_ids=getattr(class_names, "category_ids", None))
     metrics = evaluate_model(model, batches, class_names=class_names, verbose=False, evaluator=evaluator)
-    print(format_metrics(metrics, title=f"COCO metrics: {args.model} on {args.data}:{args.split}"))
+    print(format_metrics(metrics, title=f"COCO metrics: {args.model} on {spec} ({split})"))
     out = args.out or os.path.dirname(os.path.abspath(args.model))
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump({"metrics": metrics}, f, indent=2)
+        json.dump({"metrics": metrics, "model": args.model, "data": spec, "split": split}, f, indent=2)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(evaluator.results_json(), f)
-    print(f"Wrote {out}/metrics.json and {out}/results.json")
+    print(f"Wrote {os.path.join(out, 'metrics.json')} and {os.path.join(out, 'results.json')}")
 
 
-def _add_export(sub):
-    p = sub.add_parser("export", help="export a saved model for serving", description=(
-        "Export a .keras model. saved_model: TF Serving layout with decoding and NMS inside; "
-        "signatures serving_default (uint8 images, any size) and serve_image_bytes."))
-    p.add_argument("--model", required=True, help="path to a .keras file written by train")
-    p.add_argument("--format", default="saved_model", choices=["saved_model"], help="export format")
-    p.add_argument("--out", required=True, help="output folder, e.g. saved_models/NAME/1")
-    p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="size the model runs at (default: from recipe.yaml next to the model, else 128 128)")
+def _read_image(path):
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as error:
+        raise UsageError(f"cannot read image {path!r}: {error}") from None
 
 
-def _model_image_size(model_path, size):
-    import yaml
+def _predictor(model_path, image_size, box_format):
+    """-> (fn(uint8 [1, H, W, 3]) -> serving outputs, class names, box format)."""
+    import tensorflow as tf
 
-    recipe_path = os.path.join(os.path.dirname(model_path), "recipe.yaml")
-    if size is None and os.path.isfile(recipe_path):
-        with open(recipe_path) as f:
-            size = (yaml.safe_load(f) or {}).get("data", {}).get("image_size")
-    return tuple(size or (128, 128))
+    if os.path.isdir(model_path):
+        if not os.path.isfile(os.path.join(model_path, "saved_model.pb")):
+            raise UsageError(f"model folder {model_path!r} holds no saved_model.pb")
+        loaded = tf.saved_model.load(model_path)
+        if "serving_default" not in loaded.signatures:
+            raise ValueError(f"{model_path}: the SavedModel has no serving_default signature")
+        signature = loaded.signatures["serving_default"]
+        names = []
+        for candidate in (os.path.join(model_path, "labels.txt"), os.path.join(model_path, "assets", "labels.txt")):
+            if os.path.isfile(candidate):
+                with open(candidate) as f:
+                    names = [line.strip() for line in f if line.strip()]
+                break
+        return (lambda images: signature(images=images)), names, box_format or "xyxy"
+    from fpn_keras.export.saved_model import serving_functions
+
+    model = load_keras_model(model_path)
+    from_images, _ = serving_functions(model, image_size)
+    function = tf.function(from_images, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+    return function, list(model.class_names or []), box_format or model.bounding_box_format
+
+
+def _predict(args):
+    import keras
+    import numpy as np
+
+    from fpn_keras import visualization
+
+    for path in args.images:
+        _require_file(path, "image")
+    if not os.path.exists(args.model):
+        raise UsageError(f"model {args.model!r} does not exist")
+    images = [_read_image(path) for path in args.images]
+    predict, class_names, box_format = _predictor(args.model, _image_size(args.model, args.image_size),
+                                                  args.box_format)
+    os.makedirs(args.out, exist_ok=True)
+    results, used = {}, set()
+    for path, image in zip(args.images, images):
+        outputs = predict(image[None])
+        height, width = image.shape[:2]
+        boxes = keras.utils.bounding_boxes.convert_format(
+            outputs["detection_boxes"], source=box_format, target="xyxy", height=height, width=width)
+        boxes = np.asarray(keras.ops.convert_to_numpy(boxes))[0]
+        scores = np.asarray(outputs["detection_scores"])[0]
+        labels = np.asarray(outputs["detection_classes"])[0]
+        keep = (labels >= 0) & (scores >= args.score_threshold)
+        drawn = visualization.draw_detections(image, boxes[keep], labels[keep], scores[keep],
+                                              class_names=class_names or None)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        name, i = stem, 1
+        while name in used:
+            name, i = f"{stem}_{i}", i + 1
+        used.add(name)
+        visualization.save_image(drawn, os.path.join(args.out, name + ".png"))
+        results[path] = [
+            {"box": [round(float(v), 2) for v in box], "label": int(label),
+             "class": class_names[label] if 0 <= label < len(class_names) else str(int(label)),
+             "score": round(float(score), 4)}
+            for box, label, score in zip(boxes[keep], labels[keep], scores[keep])]
+        print(f"{path}: {len(results[path])} detections -> {os.path.join(args.out, name + '.png')}")
+    with open(os.path.join(args.out, "detections.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"Wrote {os.path.join(args.out, 'detections.json')}")
+
+
+def _representative_images(spec, size, count):
+    from fpn_keras import data as data_lib
+
+    extra = {"image_size": size} if spec == "synthetic" else {}
+    elements, _ = data_lib.load(spec, "train", num_images=count, **extra)
+    for images, _ in data_lib.pipeline.prepare(elements, 1, size, training=False):
+        yield images.numpy()
 
 
 def _export(args):
-    import keras
+    _require_file(args.model, "model file")
+    size = _image_size(args.model, args.image_size)
+    if args.format == "saved_model":
+        if args.quantize != "none" or args.representative_data:
+            raise UsageError("--quantize and --representative-data apply to --format tflite only")
+        from fpn_keras.export import saved_model
 
-    from fpn_keras.export import saved_model
+        saved_model(load_keras_model(args.model), args.out, image_size=size)
+        print(f"Exported {args.model} to {args.out} (SavedModel: serving_default, serve_image_bytes)")
+        return
+    quantize = None if args.quantize == "none" else args.quantize
+    representative = None
+    if quantize == "int8":
+        if not args.representative_data:
+            raise UsageError("--quantize int8 needs --representative-data SPEC (calibration images)")
+        check_data_spec(args.representative_data, "--representative-data")
+        representative = list(_representative_images(args.representative_data, size,
+                                                      args.num_calibration_images))
+    from fpn_keras.export import tflite
 
-    if not os.path.isfile(args.model):
-        raise FileNotFoundError(f"no model file {args.model!r}")
-    model = keras.saving.load_model(args.model)
-    saved_model(model, args.out, image_size=_model_image_size(args.model, args.image_size))
-    print(f"Exported {args.model} to {args.out}")
+    tflite(load_keras_model(args.model), args.out, size, quantize=quantize,
+           representative_data=representative, input_type=args.input_type)
+    print(f"Exported {args.model} to {args.out} (TFLite, input [1, {size[0]}, {size[1]}, 3] "
+          f"{args.input_type}, quantize={args.quantize})")
 
 
 def _recipes(args):
-    from fpn_keras.config import recipes_dir
+    from fpn_keras.config import available_recipes, load_recipe, recipes_dir, resolve_recipe_path
 
-    folder = recipes_dir()
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".yaml"):
-            with open(os.path.join(folder, name)) as f:
-                first = f.readline().lstrip("# ").strip()
-            print(f"{name[:-5]:<40} {first}")
+    if args.name:
+        import yaml
+
+        recipe = load_recipe(args.name)
+        print(f"# {resolve_recipe_path(args.name)} (resolved)")
+        print(yaml.safe_dump(recipe.to_dict(), sort_keys=False), end="")
+        return
+    for name in available_recipes():
+        with open(os.path.join(recipes_dir(), name + ".yaml")) as f:
+            first = f.readline().strip().lstrip("#").strip()
+        print(f"{name:<40} {first}")
+
+
+def _benchmark(args):
+    import importlib.util
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(here, "bench", "postprocess.py")
+    if not os.path.isfile(script):
+        raise UsageError(f"the benchmarks live in bench/ of a source checkout ({script} not found): "
+                         "run python bench/postprocess.py there")
+    spec = importlib.util.spec_from_file_location("fpn_keras_bench_postprocess", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["--size", str(args.size), "--runs", str(args.runs), "--threads", str(args.threads)]
+    if args.json:
+        argv += ["--json", args.json]
+    result = module.main(argv)
+    if result not in (None, 0):
+        raise RuntimeError(f"bench/postprocess.py exited with {result}")
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "export": _export,
+            "recipes": _recipes, "benchmark": _benchmark}
+
+
+def _one_line(error, limit=400):
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[:limit] + " ... (--verbose for the full message)"
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="fpn-keras", description="FPN object detectors for Keras 3.")
-    parser.add_argument("--verbose", action="store_true", help="print tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_train(sub)
-    _add_evaluate(sub)
-    _add_export(sub)
-    sub.add_parser("recipes", help="list the recipes", description="List the recipes with one line each.")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    verbose = getattr(args, "verbose", False)
     from fpn_keras.config import RecipeError
 
-    commands = {"train": _train, "evaluate": _evaluate, "export": _export, "recipes": _recipes}
     try:
-        commands[args.command](args)
-    except (RecipeError, FileNotFoundError) as error:
-        if args.verbose:
+        COMMANDS[args.command](args)
+    except (UsageError, RecipeError, FileNotFoundError, NotADirectoryError) as error:
+        if verbose:
             traceback.print_exc()
-        print(f"fpn-keras {args.command}: error: {error}", file=sys.stderr)
+        print(f"{PROG} {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
-    except Exception as error:  # noqa: BLE001 - one clear line, traceback with --verbose
-        if args.verbose:
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 1
+    except Exception as error:  # noqa: BLE001 - one clear line, the traceback with --verbose
+        if verbose:
             traceback.print_exc()
-        print(f"fpn-keras {args.command}: {type(error).__name__}: {error}", file=sys.stderr)
+        print(f"{PROG} {args.command}: {type(error).__name__}: {_one_line(error)}", file=sys.stderr)
         return 1
     return 0
 

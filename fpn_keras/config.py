@@ -2,11 +2,16 @@
 
 A recipe has three sections, `model`, `data` and `train`; each field carries
 the name of the constructor argument it feeds. Unknown keys, wrong types and
-missing required fields are errors naming the key and the file.
-YAML is read with `yaml.safe_load` (no object construction from tags).
+missing required fields (REQUIRED) are errors naming the key, the file and the
+allowed values, with a close-match suggestion for typos. A recipe may start from
+another one with a top-level `base: NAME` (deep-merged, the referencing file wins)
+or start one section from another recipe's section (`data: {base: NAME, ...}`);
+cycles are errors. YAML is read with `yaml.safe_load` (no object construction from tags).
 """
 
+import copy
 import dataclasses
+import difflib
 import os
 import typing
 
@@ -32,8 +37,19 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class DataConfig:
-    train: str = "synthetic"
+    # A dataset spec (see fpn_keras.data.load), or a list of specs concatenated (VOC07+12).
+    train: typing.Union[str, typing.List[str]] = "synthetic"
     val: str = "synthetic"
+    train_split: str = "train"
+    val_split: str = "val"
+    # Extra keyword arguments for fpn_keras.data.load (e.g. tfds data_dir, download).
+    load_args: dict = dataclasses.field(default_factory=dict)
+    # [short_side, max_size]: detectron2-style resize for evaluation (and training
+    # without augment.short_sides); None fills the image_size canvas.
+    resize: typing.Optional[typing.List[float]] = None
+    # Training augmentation: fields of fpn_keras.data.transforms.Augment (AUGMENT_KEYS);
+    # None = random horizontal flips only.
+    augment: typing.Optional[dict] = None
     image_size: typing.List[int] = dataclasses.field(default_factory=lambda: [128, 128])
     max_boxes: int = 100
     num_train_images: typing.Optional[int] = None
@@ -52,9 +68,31 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 500
     schedule: str = "cosine"
+    # Total optimizer steps (iterations); when set it replaces `epochs` (see schedule_steps).
+    steps: typing.Optional[int] = None
+    # Step-schedule boundaries (LR x0.1 at each): fractions of the total steps (all < 1)
+    # or iteration numbers (all >= 1); None = [2/3, 8/9] (the 1x schedule's 60k/80k of 90k).
+    lr_steps: typing.Optional[typing.List[float]] = None
     clipnorm: typing.Optional[float] = None
     eval_every_n_epochs: int = 1
     seed: int = 0
+    # --- scale and robustness (fpn_keras.distribute, fpn_keras.training) ---
+    # tf.distribute strategy: auto | default | mirrored | multi_worker | tpu | one_device:<device>.
+    strategy: str = "auto"
+    # Keras dtype policy while training: None (float32) | mixed_float16 | mixed_bfloat16.
+    mixed_precision: typing.Optional[str] = None
+    # Linear warmup starts at learning_rate * warmup_factor (detectron2: 0.001).
+    warmup_factor: float = 0.001
+    # Gradient clipping by the global norm of all gradients (clipnorm: per variable).
+    global_clipnorm: typing.Optional[float] = None
+    # Linear scaling rule: learning_rate is for reference_batch_size images per step
+    # (the paper: 0.02 for 16); the run uses learning_rate * batch_size / reference_batch_size.
+    scale_lr_with_batch: bool = False
+    reference_batch_size: int = 16
+    # Checkpoints (weights + optimizer state + step) in OUT/checkpoints every N optimizer
+    # steps (0: at epoch ends only), the last `keep_checkpoints` kept.
+    checkpoint_every_n_steps: int = 0
+    keep_checkpoints: int = 3
 
 
 @dataclasses.dataclass
@@ -71,21 +109,61 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 CHOICES = {
     ("train", "optimizer"): ("sgd", "adamw", "adam"),
     ("train", "schedule"): ("cosine", "step", "constant"),
+    ("train", "mixed_precision"): (None, "mixed_float16", "mixed_bfloat16"),
     ("model", "head"): ("retinanet", "faster_rcnn", "rpn"),
 }
 
 
+# Fields of fpn_keras.data.transforms.Augment (kept here so loading a recipe needs no
+# TensorFlow; tests/test_config.py checks the two agree).
+AUGMENT_KEYS = ("flip", "short_sides", "max_size", "scale_range", "min_area_fraction",
+                "brightness", "contrast", "saturation")
+# Keys every recipe file must set (after `base` merging). The dataclass defaults are for
+# Python use; a recipe that forgot its number of classes or its data is an error.
+REQUIRED = (("model", "num_classes"), ("model", "backbone"), ("model", "head"),
+            ("data", "train"), ("data", "val"), ("data", "image_size"))
+BASE_KEY = "base"
+
+
+def _suggest(key, allowed):
+    close = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_name(annotation):
+    origin = typing.get_origin(annotation)
+    if origin in (list, typing.List):
+        args = typing.get_args(annotation)
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+        return f"a list of {plural.get(args[0], args[0])}" if args else "a list"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false",
+            dict: "a mapping", list: "a list"}.get(annotation, str(annotation))
+
+
 def _check_type(value, annotation, where):
     origin = typing.get_origin(annotation)
-    if origin is typing.Union:  # Optional[X]
-        if value is None:
+    if origin is typing.Union:  # Optional[X], Union[str, List[str]]
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
             return value
-        annotation = [a for a in typing.get_args(annotation) if a is not type(None)][0]
+        options = [a for a in args if a is not type(None)]
+        if len(options) > 1:
+            for option in options:
+                try:
+                    return _check_type(value, option, where)
+                except RecipeError:
+                    continue
+            names = " or ".join(_type_name(a) for a in options)
+            raise RecipeError(f"{where}: expected {names}, received {value!r}")
+        annotation = options[0]
         origin = typing.get_origin(annotation)
     if origin in (list, typing.List) or annotation is list:
         if not isinstance(value, (list, tuple)):
-            raise RecipeError(f"{where}: expected a list, received {value!r}")
-        return list(value)
+            raise RecipeError(f"{where}: expected {_type_name(annotation)}, received {value!r}")
+        item_type = (typing.get_args(annotation) or (None,))[0]
+        if item_type is None:
+            return list(value)
+        return [_check_type(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation is bool and not isinstance(value, bool):
@@ -93,51 +171,192 @@ def _check_type(value, annotation, where):
     if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise RecipeError(f"{where}: expected an integer, received {value!r}")
     if annotation in (float, str, dict) and not isinstance(value, annotation):
-        raise RecipeError(f"{where}: expected {annotation.__name__}, received {value!r}")
+        raise RecipeError(f"{where}: expected {_type_name(annotation)}, received {value!r}")
     return value
 
 
-def recipe_from_dict(data, source="<dict>"):
-    """Validates plain data (as read from YAML) into a `Recipe`."""
+def _read_yaml(path):
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as error:
+            message = " ".join(str(error).split())
+            raise RecipeError(f"{path}: not valid YAML: {message}") from error
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping with sections {sorted(SECTIONS)}")
+    return data
+
+
+def _deep_merge(base, override):
+    """Mappings merge key by key (recursively); anything else in `override` replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _load_base(name, source, chain):
+    """The recipe `name` referenced from `source`, bases merged and validated (errors name it)."""
+    if not isinstance(name, str) or not name:
+        raise RecipeError(f"{source}: '{BASE_KEY}' must be a recipe name or path, received {name!r}")
+    try:
+        path = resolve_recipe_path(name, relative_to=os.path.dirname(source) if chain else None)
+    except RecipeError as error:
+        raise RecipeError(f"{source}: {BASE_KEY}: {error}") from None
+    if os.path.realpath(path) in chain:
+        names = " -> ".join(os.path.basename(p) for p in chain + (path,))
+        raise RecipeError(f"{source}: '{BASE_KEY}' recipes form a cycle: {names}")
+    parent = resolve_base(_read_yaml(path), path, chain)
+    recipe_from_dict(parent, source=path, required=False)
+    return parent
+
+
+def resolve_base(data, source="<dict>", _chain=()):
+    """Merges the recipes named by `base:` keys into `data` (recursively); `data` wins.
+
+    - top level, `base: NAME`: start from the whole recipe NAME;
+    - inside a section, e.g. `data: {base: NAME, ...}`: start that section from NAME's
+      section (replacing the section a top-level base would give).
+    NAME is a recipe name (in recipes/) or a path (relative to the referencing file
+    first). Mappings merge key by key (`model: {backbone: resnet101}` changes only the
+    backbone); lists and scalars replace. Each base file is validated on its own (errors
+    name it); a cycle of bases is an error.
+    """
+    if not isinstance(data, dict):
+        return data
+    chain = _chain + ((os.path.realpath(source),) if os.path.isfile(source) else ())
+    data = dict(data)
+    sections = {}
+    for name in SECTIONS:
+        section = data.get(name)
+        if isinstance(section, dict) and BASE_KEY in section:
+            section = dict(section)
+            parent = _load_base(section.pop(BASE_KEY), source, chain).get(name) or {}
+            sections[name] = _deep_merge(parent, section)
+            del data[name]
+    if BASE_KEY in data:
+        data = _deep_merge(_load_base(data.pop(BASE_KEY), source, chain), data)
+    data.update(sections)
+    return data
+
+
+def _check_recipe(recipe, source):
+    """Checks that involve several fields or values inside a field."""
+    data, train = recipe.data, recipe.train
+    if isinstance(data.train, list) and not data.train:
+        raise RecipeError(f"{source}: data.train: expected a dataset spec or a non-empty list of specs")
+    if len(data.image_size) != 2 or min(data.image_size) <= 0:
+        raise RecipeError(f"{source}: data.image_size: expected [height, width] > 0, received {data.image_size!r}")
+    if data.resize is not None and (len(data.resize) != 2 or min(data.resize) <= 0):
+        raise RecipeError(f"{source}: data.resize: expected [short_side, max_size] > 0, received {data.resize!r}")
+    if data.augment is not None:
+        for key in data.augment:
+            if key not in AUGMENT_KEYS:
+                raise RecipeError(f"{source}: unknown key 'data.augment.{key}'{_suggest(key, AUGMENT_KEYS)}; "
+                                  f"allowed keys in 'data.augment': {list(AUGMENT_KEYS)}")
+    for key in ("batch_size", "epochs", "steps"):
+        value = getattr(train, key)
+        if value is not None and value <= 0:
+            raise RecipeError(f"{source}: train.{key} must be positive, received {value!r}")
+    if train.lr_steps is not None:
+        steps = train.lr_steps
+        if train.schedule != "step":
+            raise RecipeError(f"{source}: train.lr_steps needs train.schedule: step "
+                              f"(received schedule {train.schedule!r})")
+        fractions = all(0 < s < 1 for s in steps)
+        iterations = all(s >= 1 and float(s).is_integer() for s in steps)
+        if not steps or not (fractions or iterations) or sorted(set(steps)) != list(steps):
+            raise RecipeError(f"{source}: train.lr_steps must be increasing fractions of training (0 < f < 1) "
+                              f"or increasing iteration numbers, received {steps!r}")
+        if iterations and train.steps is not None and steps[-1] >= train.steps:
+            raise RecipeError(f"{source}: train.lr_steps {steps!r} must lie before train.steps={train.steps}")
+
+
+def recipe_from_dict(data, source="<dict>", required=True):
+    """Validates plain data (as read from YAML) into a `Recipe`.
+
+    A top-level `base:` names another recipe merged underneath (see `resolve_base`).
+    Unknown keys (with a close-match suggestion), wrong types, values outside their
+    choices and, with `required`, missing REQUIRED keys raise `RecipeError` naming the
+    key, `source` and the allowed values. `data` is not modified.
+    """
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a recipe must be a mapping with sections {sorted(SECTIONS)}")
-    unknown = sorted(set(data) - set(SECTIONS))
-    if unknown:
-        raise RecipeError(f"{source}: unknown section(s) {unknown}; allowed: {sorted(SECTIONS)}")
+    data = resolve_base(data, source)
+    allowed_top = sorted(SECTIONS) + [BASE_KEY]
+    for key in data:
+        if key not in SECTIONS:
+            raise RecipeError(f"{source}: unknown section '{key}'{_suggest(key, allowed_top)}; "
+                              f"allowed: {allowed_top}")
     sections = {}
     for name, cls in SECTIONS.items():
-        values = data.get(name) or {}
+        values = data.get(name)
+        values = {} if values is None else values
         if not isinstance(values, dict):
             raise RecipeError(f"{source}: section '{name}' must be a mapping, received {values!r}")
+        values = dict(values)
         fields = {f.name: f for f in dataclasses.fields(cls)}
         hints = typing.get_type_hints(cls)
         for key, value in values.items():
             if key not in fields:
                 raise RecipeError(
-                    f"{source}: unknown key '{name}.{key}'; allowed keys in '{name}': {sorted(fields)}")
+                    f"{source}: unknown key '{name}.{key}'{_suggest(key, fields)}; "
+                    f"allowed keys in '{name}': {sorted(fields)}")
             values[key] = _check_type(value, hints[key], f"{source}: {name}.{key}")
             choices = CHOICES.get((name, key))
             if choices and values[key] not in choices:
                 raise RecipeError(
                     f"{source}: {name}.{key} must be one of {list(choices)}, received {values[key]!r}")
+        if required:
+            for section, key in REQUIRED:
+                if section == name and key not in values:
+                    raise RecipeError(f"{source}: missing required key '{name}.{key}' "
+                                      f"(required keys: {[f'{s}.{k}' for s, k in REQUIRED]})")
         sections[name] = cls(**values)
-    return Recipe(**sections)
+    recipe = Recipe(**sections)
+    _check_recipe(recipe, source)
+    return recipe
 
 
 def apply_override(data, assignment):
-    """Applies 'section.key=value' (value parsed as YAML) to plain recipe data."""
-    if "=" not in assignment:
+    """Applies 'section.key=value' (value parsed as YAML) to plain recipe data.
+
+    The path is checked against the schema (section, key; deeper only inside mapping
+    fields such as model.head_args or data.augment); the value is validated with the
+    whole recipe afterwards.
+    """
+    if not isinstance(assignment, str) or "=" not in assignment:
         raise RecipeError(f"override {assignment!r} must look like section.key=value")
     path, raw = assignment.split("=", 1)
     keys = path.strip().split(".")
-    if len(keys) < 2:
+    if len(keys) < 2 or not all(keys):
         raise RecipeError(f"override {assignment!r}: name a section and a key, e.g. train.batch_size=8")
+    section, key = keys[0], keys[1]
+    if section not in SECTIONS:
+        raise RecipeError(f"override {assignment!r}: unknown section '{section}'"
+                          f"{_suggest(section, SECTIONS)}; allowed: {sorted(SECTIONS)}")
+    hints = typing.get_type_hints(SECTIONS[section])
+    if key not in hints:
+        raise RecipeError(f"override {assignment!r}: unknown key '{section}.{key}'{_suggest(key, hints)}; "
+                          f"allowed keys in '{section}': {sorted(hints)}")
+    if len(keys) > 2 and dict not in (hints[key], *typing.get_args(hints[key])):
+        raise RecipeError(f"override {assignment!r}: '{section}.{key}' is not a mapping")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise RecipeError(f"override {assignment!r}: value is not valid YAML") from error
     node = data
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
+    for name in keys[:-1]:
+        if node.get(name) is None:
+            node[name] = {}
+        node = node[name]
         if not isinstance(node, dict):
-            raise RecipeError(f"override {assignment!r}: {key} is not a section")
-    node[keys[-1]] = yaml.safe_load(raw)
+            raise RecipeError(f"override {assignment!r}: '{name}' is not a mapping")
+    node[keys[-1]] = value
     return data
 
 
@@ -149,28 +368,65 @@ def recipes_dir():
     return os.path.join(os.path.dirname(here), "recipes")
 
 
-def resolve_recipe_path(name_or_path):
-    if os.path.isfile(name_or_path):
-        return name_or_path
-    candidate = os.path.join(recipes_dir(), name_or_path + ("" if name_or_path.endswith(".yaml") else ".yaml"))
-    if os.path.isfile(candidate):
-        return candidate
-    available = sorted(f[:-5] for f in os.listdir(recipes_dir()) if f.endswith(".yaml")) \
-        if os.path.isdir(recipes_dir()) else []
-    raise RecipeError(f"no recipe {name_or_path!r}: not a file, and not one of {available}")
+def available_recipes():
+    folder = recipes_dir()
+    return sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if os.path.isdir(folder) else []
+
+
+def resolve_recipe_path(name_or_path, relative_to=None):
+    """A path (relative to `relative_to` first, then the working directory) or a recipe
+    name in recipes/ (".yaml" optional) -> the file's path."""
+    if not isinstance(name_or_path, str) or not name_or_path:
+        raise RecipeError(f"a recipe name or path is needed, received {name_or_path!r}")
+    filename = name_or_path + ("" if name_or_path.endswith((".yaml", ".yml")) else ".yaml")
+    candidates = []
+    if relative_to is not None:
+        candidates += [os.path.join(relative_to, name_or_path), os.path.join(relative_to, filename)]
+    candidates += [name_or_path, os.path.join(recipes_dir(), filename)]
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return candidate
+    available = available_recipes()
+    raise RecipeError(f"no recipe {name_or_path!r}{_suggest(name_or_path, available)}: not a file, "
+                      f"and not one of {available}")
 
 
 def load_recipe(name_or_path, overrides=()):
-    """Reads a recipe by name (in recipes/) or path, applies overrides, validates."""
+    """Reads a recipe by name (in recipes/) or path, merges its `base`, applies the
+    `section.key=value` overrides and validates. Errors in the file name the file;
+    errors an override introduces name the override."""
     path = resolve_recipe_path(name_or_path)
-    with open(path) as f:
-        try:
-            data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as error:
-            raise RecipeError(f"{path}: not valid YAML: {error}") from error
+    data = resolve_base(_read_yaml(path), path)
+    recipe = recipe_from_dict(data, source=path)
+    if not overrides:
+        return recipe
     for assignment in overrides:
         data = apply_override(data, assignment)
-    return recipe_from_dict(data, source=path)
+    return recipe_from_dict(data, source=f"{path} with --set {' '.join(overrides)}")
+
+
+def schedule_steps(train_cfg, steps_per_epoch):
+    """-> (epochs, steps_per_epoch, total_steps) for `fit` and the LR schedule.
+
+    With `train.steps` unset: (epochs, steps_per_epoch, epochs * steps_per_epoch).
+    With it set, training runs on the repeated train set in `epochs = ceil(steps /
+    steps_per_epoch)` epochs of `ceil(steps / epochs)` steps (so evaluation and logs keep
+    roughly one epoch per pass over the data); the LR schedule spans `steps`, and the run
+    overshoots it by fewer than `epochs` steps, at the final learning rate.
+    """
+    steps_per_epoch = max(1, int(steps_per_epoch))
+    if train_cfg.steps is None:
+        return train_cfg.epochs, steps_per_epoch, train_cfg.epochs * steps_per_epoch
+    epochs = -(-train_cfg.steps // steps_per_epoch)
+    return epochs, -(-train_cfg.steps // epochs), train_cfg.steps
+
+
+def lr_boundaries(train_cfg, total_steps):
+    """The step schedule's boundaries as iteration numbers (LR x0.1 at each)."""
+    steps = train_cfg.lr_steps if train_cfg.lr_steps is not None else [2 / 3, 8 / 9]
+    if all(s < 1 for s in steps):
+        return [int(total_steps * s) for s in steps]
+    return [int(s) for s in steps]
 
 
 def dump_recipe(recipe, path):

@@ -1,13 +1,20 @@
 """Training a recipe end to end: data -> model -> fit -> COCO evaluation -> artefacts."""
 
+import contextlib
 import json
+import math
 import os
+import re
+import tempfile
 import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
+from fpn_keras import config as config_lib
 from fpn_keras import data as data_lib
+from fpn_keras import distribute
 from fpn_keras import visualization
 from fpn_keras.build import build_model, build_optimizer
 from fpn_keras.config import Recipe, dump_recipe
@@ -55,38 +62,394 @@ def save_predictions_picture(model, dataset, path, num_images=8, score_threshold
     visualization.save_image(visualization.make_grid(drawn, cols=4), path)
 
 
-def train(recipe: Recipe, out_dir, verbose=1):
-    """Trains `recipe`, writes model.keras, recipe.yaml, metrics.json, predictions.png,
-    history.csv and TensorBoard logs into `out_dir`; returns (model, metrics)."""
+class TrainingDivergedError(FloatingPointError):
+    """The loss became NaN or Inf; the message names the step and the last finite checkpoint."""
+
+
+class TrainingOutOfMemoryError(RuntimeError):
+    """The accelerator ran out of memory; the message suggests what to lower."""
+
+
+def _write_json(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)  # atomic: a kill never leaves a half-written file
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """Checkpoints (weights + optimizer state, step counter included) every
+    `every_n_steps` optimizer steps and at each epoch end; keeps the last `keep`.
+
+    Files: `directory/ckpt-<step>.weights.h5` and `directory/checkpoint.json`
+    ({"step", "epoch", "step_in_epoch", "path", "all"}), written atomically (a
+    SIGKILL mid-save leaves the previous checkpoint in place). The step is
+    `optimizer.iterations`, so resuming continues the LR schedule. A non-finite
+    loss stops all further saving: the last checkpoint stays the last finite one.
+    Only the chief writes under multi-worker training (the others write to a
+    throwaway directory, as tf.distribute expects every worker to save).
+    """
+
+    def __init__(self, directory, steps_per_epoch, every_n_steps=0, keep=3, write=True):
+        super().__init__()
+        self.directory = directory
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.every_n_steps = int(every_n_steps or 0)
+        self.keep = max(1, int(keep))
+        self.write = write
+        self.poisoned = False
+        os.makedirs(directory, exist_ok=True)
+
+    @property
+    def state_path(self):
+        return os.path.join(self.directory, "checkpoint.json")
+
+    def latest(self):
+        """-> the checkpoint.json dict, or None."""
+        if not os.path.exists(self.state_path):
+            return None
+        with open(self.state_path) as f:
+            state = json.load(f)
+        # Stored relative to the directory (the run folder may move).
+        state["path"] = os.path.join(self.directory, os.path.basename(state.get("path", "")))
+        state["all"] = [os.path.join(self.directory, os.path.basename(p)) for p in state.get("all", [])]
+        return state if os.path.exists(state["path"]) else None
+
+    def restore(self, model):
+        """Loads the latest checkpoint into `model` (built, compiled) -> its step, or 0."""
+        state = self.latest()
+        if state is None:
+            return 0
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(state["path"])
+        return int(state["step"])
+
+    def _step(self):
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def save(self):
+        if self.poisoned:
+            return
+        step = self._step()
+        state = self.latest() if self.write else None
+        if state is not None and state["step"] == step:
+            return
+        path = os.path.join(self.directory, f"ckpt-{step:09d}.weights.h5")
+        if not self.write:  # non-chief worker: save (collectives) but throw away
+            path = os.path.join(tempfile.mkdtemp(), "ckpt.weights.h5")
+        tmp = path[: -len(".weights.h5")] + ".tmp.weights.h5"
+        self.model.save_weights(tmp, overwrite=True)
+        if not self.write:
+            return
+        os.replace(tmp, path)
+        kept = [p for p in (state or {}).get("all", []) if p != path and os.path.exists(p)] + [path]
+        for old in kept[: -self.keep]:
+            os.remove(old)
+        _write_json(self.state_path, {
+            "step": step, "epoch": step // self.steps_per_epoch,
+            "step_in_epoch": step % self.steps_per_epoch, "path": os.path.basename(path),
+            "all": [os.path.basename(p) for p in kept[-self.keep:]]})
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.poisoned = True
+            return
+        if self.every_n_steps and self._step() % self.every_n_steps == 0:
+            self.save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.poisoned = True
+        self.save()
+
+
+NON_FINITE_DATA = "fpn_keras: non-finite values in a training batch"
+
+
+def _check_finite_batches(dataset):
+    """Fails the input pipeline on NaN / Inf pixels or boxes, naming the batch's
+    index in `dataset`: such values do not always show in the loss (ReLU maps NaN
+    to 0 on CPU) but poison the BatchNorm statistics."""
+
+    def check(index, batch):
+        images, y = batch
+        finite = tf.reduce_all(tf.math.is_finite(tf.cast(images, tf.float32)))
+        if isinstance(y, dict) and "boxes" in y:
+            finite = finite & tf.reduce_all(tf.math.is_finite(tf.cast(y["boxes"], tf.float32)))
+        with tf.control_dependencies([tf.debugging.Assert(finite, [NON_FINITE_DATA, "batch index:", index])]):
+            return tf.identity(images), y
+
+    return dataset.enumerate().map(check)
+
+
+class NonFiniteLossGuard(keras.callbacks.Callback):
+    """Stops training at the first NaN / Inf loss and remembers where (see `message`);
+    `describe` words the same message for a non-finite batch caught in the pipeline."""
+
+    def __init__(self, checkpointer=None, steps_per_epoch=None):
+        super().__init__()
+        self.checkpointer = checkpointer
+        self.steps_per_epoch = steps_per_epoch
+        self.message = None
+        self._epoch = 0
+        self._batch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._batch = batch
+
+    def describe(self, what, step, batch=None):
+        last = self.checkpointer.latest() if self.checkpointer is not None else None
+        where = (f"{last['path']} (step {last['step']}, epoch {last['epoch'] + 1}, intact)"
+                 if last else "none written yet")
+        batch = self._batch if batch is None else batch
+        return (f"training stopped: {what} at epoch {self._epoch + 1}, batch {batch + 1} of the epoch "
+                f"(optimizer step {step}). Last finite checkpoint: {where}. Check the data "
+                "(NaN/Inf pixels or boxes), lower train.learning_rate, add warmup or set "
+                "train.global_clipnorm; resume with --resume.")
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None or self.message or math.isfinite(float(np.asarray(loss).reshape(-1)[0])):
+            return
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        self.message = self.describe(f"the loss became {float(np.asarray(loss).reshape(-1)[0])}", step, batch)
+        self.model.stop_training = True
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds the optimizer's current learning rate to the epoch logs (so that
+    TensorBoard and CSVLogger listed after it record it as `learning_rate`)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class BestModelSaver(keras.callbacks.Callback):
+    """Saves the model as `path` whenever the monitored COCO metric (logged by
+    CocoMetricsCallback, listed before this one) improves; `path`.json records it."""
+
+    MONITORS = ("val_AP", "val_AR@100", "val_AR@1000")
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+        self.best = None
+        if os.path.exists(path + ".json"):
+            with open(path + ".json") as f:
+                self.best = json.load(f)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        monitor = next((m for m in self.MONITORS if m in logs), None)
+        if monitor is None or not math.isfinite(float(logs[monitor])):
+            return
+        value = float(logs[monitor])
+        if self.best is not None and self.best["monitor"] == monitor and value <= self.best["value"]:
+            return
+        self.best = {"monitor": monitor, "value": value, "epoch": epoch + 1}
+        self.model.save(self.path)
+        _write_json(self.path + ".json", self.best)
+
+
+@contextlib.contextmanager
+def dtype_policy(name):
+    """Sets the Keras global dtype policy for the block (None: leave it)."""
+    if not name:
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _skip_data_build(model, strategy):
+    """Keras' fit first "symbolically builds" the model from a batch it reduces
+    across replicas with `strategy.reduce`, which fails under
+    MultiWorkerMirroredStrategy (PerReplica -> Tensor). The model is built before
+    fit here, so that step needs no data: finish it without any."""
+    original = model._maybe_symbolic_build
+
+    def maybe_symbolic_build(iterator=None, data_batch=None):
+        if not all(layer.built for layer in model._flatten_layers()):
+            return original(iterator=iterator, data_batch=data_batch)
+        with strategy.scope():
+            model._symbolic_build(data_batch=None)  # builds the optimizer, post-build hooks
+
+    model._maybe_symbolic_build = maybe_symbolic_build
+
+
+def _rank1_logs(model):
+    """Keras 3 reduces the logs across workers with strategy.reduce("MEAN", v,
+    axis=0), which fails on scalars under MultiWorkerMirroredStrategy ("Invalid
+    reduction dimension 0 for input with 0 dimensions", tensorflow#72388): give
+    it [1]-shaped values (the reduction returns scalars again)."""
+    original = model.compute_metrics
+
+    def compute_metrics(*args, **kwargs):
+        logs = original(*args, **kwargs)
+        return {name: tf.reshape(value, (1,)) if tf.is_tensor(value) and value.shape.rank == 0 else value
+                for name, value in logs.items()}
+
+    model.compute_metrics = compute_metrics
+
+
+def _trim_replicated_predictions(model):
+    """Under a multi-replica strategy Keras' predict_on_batch runs the whole batch
+    on every replica and concatenates the replicas' outputs (R x B rows); the first
+    B rows are the batch's predictions (evaluation and pictures use those)."""
+    original = model.predict_on_batch
+
+    def predict_on_batch(x):
+        outputs = original(x)
+        batch = int(x.shape[0])
+        return {name: value[:batch] for name, value in outputs.items()} if isinstance(outputs, dict) \
+            else outputs
+
+    model.predict_on_batch = predict_on_batch
+
+
+def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callbacks=()):
+    """Trains `recipe`, writes model.keras, best.keras, recipe.yaml, metrics.json,
+    predictions.png, history.csv, checkpoints/ and TensorBoard logs into `out_dir`;
+    returns (model, metrics).
+
+    resume: continue from the latest checkpoint in out_dir/checkpoints (weights,
+        optimizer state and step; the interrupted epoch resumes at the next batch).
+    strategy: a `tf.distribute.Strategy` or a spec for `distribute.strategy`
+        (default: the recipe's train.strategy, "auto").
+    callbacks: extra Keras callbacks.
+    Raises TrainingDivergedError (NaN/Inf loss) and TrainingOutOfMemoryError.
+    """
+    cfg = recipe.train
     os.makedirs(out_dir, exist_ok=True)
-    dump_recipe(recipe, os.path.join(out_dir, "recipe.yaml"))
-    keras.utils.set_random_seed(recipe.train.seed)
+    chief = distribute.is_chief()
+    # Every worker runs the same code (saving and predicting may need collectives);
+    # only the chief's files land in out_dir, the others' in a throwaway folder.
+    files_dir = out_dir if chief else tempfile.mkdtemp(prefix="fpn_keras_worker_")
+    dump_recipe(recipe, os.path.join(files_dir, "recipe.yaml"))
+    keras.utils.set_random_seed(cfg.seed)
     start = time.time()
+    strategy = distribute.strategy(strategy if strategy is not None else getattr(cfg, "strategy", "auto"))
+    replicas = strategy.num_replicas_in_sync
+    if cfg.batch_size % replicas:
+        raise ValueError(f"train.batch_size={cfg.batch_size} (the global batch) must be a multiple of "
+                         f"the {replicas} replicas of the {type(strategy).__name__}")
     train_ds, val_ds, class_names = build_datasets(recipe)
-    model = build_model(recipe, class_names=class_names)
-    steps_per_epoch = int(train_ds.cardinality())
-    if steps_per_epoch <= 0:
+    num_batches = int(train_ds.cardinality())
+    if num_batches == 0:
         raise ValueError(
-            f"the training set gives no full batch of {recipe.train.batch_size}; "
+            f"the training set gives no full batch of {cfg.batch_size}; "
             "lower train.batch_size or add images")
-    model.compile(optimizer=build_optimizer(recipe, steps_per_epoch))
+    if num_batches < 0:  # unknown / infinite: needs train.steps
+        num_batches = cfg.steps or 1
+    if hasattr(config_lib, "schedule_steps"):
+        epochs, steps_per_epoch, _ = config_lib.schedule_steps(cfg, num_batches)
+    else:
+        epochs, steps_per_epoch = cfg.epochs, num_batches
+    # Training needs boxes and labels only (extra keys trip Keras' build under
+    # MultiWorkerMirroredStrategy); one iterator across epochs: resume can skip
+    # the batches already trained on inside an epoch.
+    train_ds = train_ds.map(lambda images, y: (images, {"boxes": y["boxes"], "labels": y["labels"]})
+                            if isinstance(y, dict) else (images, y)).repeat()
+
+    precision = getattr(cfg, "mixed_precision", None)
+    with dtype_policy(precision), strategy.scope():
+        model = build_model(recipe, class_names=class_names)
+        height, width = recipe.data.image_size
+        model(keras.ops.zeros((1, height, width, 3)))  # build: checkpoints load into built models
+        model.compile(optimizer=build_optimizer(recipe, steps_per_epoch))
+    if hasattr(model, "_maybe_symbolic_build") and hasattr(model, "_symbolic_build"):
+        _skip_data_build(model, strategy)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        _rank1_logs(model)
+    if replicas > 1:
+        _trim_replicated_predictions(model)
+    if verbose and replicas > 1:
+        print(f"{type(strategy).__name__}: {replicas} replicas, "
+              f"{cfg.batch_size // replicas} images each per step")
+
+    checkpointer = Checkpointer(os.path.join(out_dir, "checkpoints"), steps_per_epoch,
+                                getattr(cfg, "checkpoint_every_n_steps", 0),
+                                getattr(cfg, "keep_checkpoints", 3), write=chief)
+    step = checkpointer.restore(model) if resume else 0
+    if resume and verbose:
+        print(f"resuming from step {step} (epoch {step // steps_per_epoch + 1}, batch "
+              f"{step % steps_per_epoch + 1})" if step else "resume: no checkpoint found, starting afresh")
+    total_steps = epochs * steps_per_epoch
+    if resume and step >= total_steps and verbose:
+        print(f"the checkpoint is at step {step}: training already finished ({total_steps} steps)")
+    guard = NonFiniteLossGuard(checkpointer, steps_per_epoch)
     coco = CocoMetricsCallback(val_ds, class_names=class_names,
-                               every_n_epochs=recipe.train.eval_every_n_epochs, verbose=verbose)
-    callbacks = [
+                               every_n_epochs=cfg.eval_every_n_epochs, verbose=verbose)
+    all_callbacks = [
+        guard,
+        checkpointer,
         coco,
-        keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.CSVLogger(os.path.join(out_dir, "history.csv")),
-        keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), write_graph=False),
+        BestModelSaver(os.path.join(files_dir, "best.keras")),
+        LearningRateLogger(),
+        *callbacks,
     ]
-    model.fit(train_ds, epochs=recipe.train.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+    all_callbacks += [
+        keras.callbacks.CSVLogger(os.path.join(files_dir, "history.csv"), append=resume),
+        keras.callbacks.TensorBoard(os.path.join(files_dir, "logs"), write_graph=False),
+    ]
+    try:
+        # A run resumed inside an epoch first finishes that epoch from the next batch
+        # (the data iterator skips the batches already trained on), then goes on.
+        epoch, offset = divmod(step, steps_per_epoch)
+        if offset and step < total_steps:
+            fit_start = step
+            model.fit(_check_finite_batches(train_ds.skip(offset)), initial_epoch=epoch, epochs=epoch + 1,
+                      steps_per_epoch=steps_per_epoch - offset, callbacks=all_callbacks,
+                      verbose=verbose, shuffle=False)
+            epoch += 1
+            finished = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) >= epoch * steps_per_epoch
+            if guard.message or not finished:  # stopped inside the epoch (NaN, a callback)
+                epoch = epochs
+        if epoch < epochs:
+            fit_start = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+            model.fit(_check_finite_batches(train_ds), initial_epoch=epoch, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                      callbacks=all_callbacks, verbose=verbose, shuffle=False)
+    except tf.errors.InvalidArgumentError as error:
+        if NON_FINITE_DATA not in str(error):
+            raise
+        index = re.search(r"batch index:\D*(\d+)", str(error))
+        step = fit_start + int(index.group(1)) + 1 if index else \
+            int(keras.ops.convert_to_numpy(model.optimizer.iterations)) + 1
+        batch = (step - 1) % steps_per_epoch
+        guard._epoch = (step - 1) // steps_per_epoch
+        raise TrainingDivergedError(guard.describe("NaN/Inf pixels or boxes in a training batch", step, batch)) \
+            from None
+    except tf.errors.ResourceExhaustedError as error:
+        raise TrainingOutOfMemoryError(
+            f"out of memory while training (global batch {cfg.batch_size}, images "
+            f"{recipe.data.image_size[0]}x{recipe.data.image_size[1]}, {replicas} replica(s)): lower "
+            f"train.batch_size (e.g. --set train.batch_size={max(replicas, cfg.batch_size // 2)}) or "
+            f"data.image_size, or try train.mixed_precision=mixed_float16 / mixed_bfloat16. "
+            f"TensorFlow said: {str(error.message if hasattr(error, 'message') else error)[:300]}"
+        ) from error
+    if guard.message:
+        raise TrainingDivergedError(guard.message)
     train_seconds = time.time() - start
 
     metrics = coco.history[-1][1] if coco.history else evaluate_model(model, val_ds, verbose=False)
-    print(format_metrics(metrics, title=f"COCO metrics on the '{recipe.data.val}' val split"))
-    model.save(os.path.join(out_dir, "model.keras"))
-    save_predictions_picture(model, val_ds, os.path.join(out_dir, "predictions.png"))
+    if verbose or chief:
+        print(format_metrics(metrics, title=f"COCO metrics on the '{recipe.data.val}' val split"))
+    model.save(os.path.join(files_dir, "model.keras"))
+    save_predictions_picture(model, val_ds, os.path.join(files_dir, "predictions.png"))
     record = {"metrics": metrics, "train_seconds": round(train_seconds, 1),
-              "epochs": recipe.train.epochs, "steps_per_epoch": steps_per_epoch}
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(record, f, indent=2)
+              "epochs": epochs, "steps_per_epoch": steps_per_epoch,
+              "optimizer_steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
+              "replicas": replicas, "mixed_precision": precision}
+    _write_json(os.path.join(files_dir, "metrics.json"), record)
     return model, metrics

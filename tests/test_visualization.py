@@ -103,3 +103,43 @@ def test_save_image_round_trip(tmp_path):
         assert img.format == "PNG"
         assert img.size == (23, 17)
         np.testing.assert_array_equal(np.asarray(img.convert("RGB")), array)
+
+
+def _history(path, rows):
+    path.write_text("epoch,box_loss,cls_loss,loss,val_AP\n" + "".join(
+        f"{i},{0.5 / (i + 1)},{1.0 / (i + 1)},{1.5 / (i + 1)},{ap}\n" for i, ap in enumerate(rows)))
+    return path
+
+
+def test_plot_curves_pil(tmp_path):
+    from fpn_keras.visualization import CURVE_SIZE, plot_curves
+
+    history = _history(tmp_path / "history.csv", ["NA", 0.1, 0.2])
+    path = plot_curves(history, [(1, {"AP": 0.1, "AP50": 0.3}), (2, {"AP": 0.2, "AP50": 0.4})],
+                       tmp_path / "out" / "curves.png", backend="pil")
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.size == CURVE_SIZE
+        pixels = np.asarray(img.convert("RGB"))
+    colors = class_colors(3)
+    # the three loss lines and the two metric lines are drawn in their colours
+    for color in colors:
+        assert np.all(pixels == color, axis=-1).sum() > 20
+    left, right = pixels[:, : CURVE_SIZE[0] // 2], pixels[:, CURVE_SIZE[0] // 2:]
+    assert np.all(right == colors[1], axis=-1).sum() > 20  # AP50 in the evaluation panel
+    assert np.all(left == colors[2], axis=-1).sum() > 20  # "loss" in the loss panel
+
+
+def test_plot_curves_reads_metrics_from_csv_and_handles_missing(tmp_path):
+    from fpn_keras.visualization import CURVE_SIZE, _curve_series, plot_curves
+
+    history = _history(tmp_path / "history.csv", ["NA", 0.1, 0.25])
+    losses, metrics = _curve_series(history, None)
+    assert [name for name, _ in losses] == ["box_loss", "cls_loss", "loss"]
+    assert losses[0][1][0] == (1, 0.5)  # epochs are 1-based
+    assert metrics == [("val_AP", [(2, 0.1), (3, 0.25)])]
+    # no log yet: still a (blank-panel) picture of the expected size
+    path = plot_curves(tmp_path / "missing.csv", None, tmp_path / "empty.png", backend="pil")
+    with Image.open(path) as img:
+        assert img.size == CURVE_SIZE
+    with pytest.raises(ValueError, match="backend"):
+        plot_curves(history, None, tmp_path / "x.png", backend="svg")

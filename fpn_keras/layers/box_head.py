@@ -45,8 +45,9 @@ class BoxHead(layers.Layer):
         x = ops.reshape(pooled, (-1, pooled.shape[2] * pooled.shape[3] * pooled.shape[4]))
         for fc in self.fcs:
             x = fc(x)
-        cls_logits = ops.reshape(self.cls_score(x), (batch, num_rois, self.num_classes + 1))
-        box_deltas = ops.reshape(self.bbox_pred(x), (batch, num_rois, self.num_classes, 4))
+        # Outputs in float32 under mixed precision (losses, decoding and NMS need it).
+        cls_logits = ops.cast(ops.reshape(self.cls_score(x), (batch, num_rois, self.num_classes + 1)), "float32")
+        box_deltas = ops.cast(ops.reshape(self.bbox_pred(x), (batch, num_rois, self.num_classes, 4)), "float32")
         return cls_logits, box_deltas
 
     def get_config(self):

@@ -97,10 +97,11 @@ class RetinaNetHead(layers.Layer):
             # Keep the anchor count static when the level's size is known.
             num = height * width * self.num_anchors if isinstance(height, int) and isinstance(width, int) else -1
             # [B, H, W, A*K] -> [B, H*W*A, K]; [B, H, W, A*4] -> [B, H*W*A, 4]
-            cls_per_level[name] = ops.reshape(cls, (-1, num, self.num_classes)) if num != -1 else \
-                ops.reshape(cls, (ops.shape(x)[0], -1, self.num_classes))
-            box_per_level[name] = ops.reshape(box, (-1, num, 4)) if num != -1 else \
-                ops.reshape(box, (ops.shape(x)[0], -1, 4))
+            # Outputs in float32 under mixed precision (losses, decoding and NMS need it).
+            cls_per_level[name] = ops.cast(ops.reshape(cls, (-1, num, self.num_classes)) if num != -1 else
+                                           ops.reshape(cls, (ops.shape(x)[0], -1, self.num_classes)), "float32")
+            box_per_level[name] = ops.cast(ops.reshape(box, (-1, num, 4)) if num != -1 else
+                                           ops.reshape(box, (ops.shape(x)[0], -1, 4)), "float32")
         return cls_per_level, box_per_level
 
     def get_config(self):
@@ -151,8 +152,9 @@ class RPNHead(layers.Layer):
             num = height * width * self.num_anchors if static else -1
             batch = -1 if static else ops.shape(x)[0]
             # [B, H, W, A] -> [B, H*W*A]; [B, H, W, 4A] -> [B, H*W*A, 4]
-            objectness[name] = ops.reshape(logits, (batch, num) if static else (batch, -1))
-            deltas[name] = ops.reshape(box, (batch, num, 4) if static else (batch, -1, 4))
+            # Outputs in float32 under mixed precision (losses, decoding and NMS need it).
+            objectness[name] = ops.cast(ops.reshape(logits, (batch, num) if static else (batch, -1)), "float32")
+            deltas[name] = ops.cast(ops.reshape(box, (batch, num, 4) if static else (batch, -1, 4)), "float32")
         return objectness, deltas
 
     def get_config(self):

@@ -8,6 +8,8 @@ detections use the model's `bounding_box_format`, in input-image pixels.
 import keras
 from keras import ops
 
+from fpn_keras import distribute
+from fpn_keras import schedules  # noqa: F401 (registers the LR schedules for load_model)
 from fpn_keras.boxes.convert import check_format, clip_boxes, from_xyxy, to_xyxy
 from fpn_keras.layers.fpn import FeaturePyramid
 from fpn_keras.models.backbones import build_backbone
@@ -115,15 +117,34 @@ class FPNDetector(keras.Model):
         gt_boxes, gt_labels = self._prepare_targets(y, height, width)
         losses = self.head.compute_losses(y_pred, gt_boxes, gt_labels, (height, width))
         for name, value in losses.items():
-            self.loss_trackers[name].update_state(value)
+            # Under tf.distribute each replica holds its share of the global loss
+            # (the heads divide by global counts); x num_replicas makes the
+            # tracker's mean over replicas the global value (as Keras' loss tracker).
+            self.loss_trackers[name].update_state(distribute.unscale_for_replicas(value))
         total = ops.sum(ops.stack(list(losses.values())))
-        if self.losses:  # weight regularisers
-            total = total + ops.sum(ops.stack(self.losses))
+        if self.losses:  # weight regularisers: each replica adds them in full
+            total = total + distribute.scale_for_replicas(ops.sum(ops.stack(self.losses)))
         return total
 
-    def predict_step(self, data):
+    def predict_step(self, *args):
         """images -> {"boxes" [B, D, 4] in bounding_box_format, "scores" [B, D],
-        "labels" [B, D] (-1 padding), "num_detections" [B]}."""
+        "labels" [B, D] (-1 padding), "num_detections" [B]}.
+
+        Under JAX, Keras calls predict_step(state, data) and expects it to be
+        stateless: the whole inference path then runs in a StatelessScope.
+        """
+        if len(args) == 2:  # JAX: ((trainable, non_trainable, ...), data)
+            state, data = args
+            trainable, non_trainable = state[0], state[1]
+            mapping = list(zip(self.trainable_variables, trainable))
+            mapping += list(zip(self.non_trainable_variables, non_trainable))
+            with keras.StatelessScope(state_mapping=mapping):
+                detections = self.detect(data)
+            return detections, non_trainable
+        return self.detect(args[0])
+
+    def detect(self, data):
+        """The inference path: images (or an (images, ...) tuple) -> padded detections."""
         images = data[0] if isinstance(data, (tuple, list)) else data
         raw = self(images, training=False)
         height, width = ops.shape(images)[1], ops.shape(images)[2]

@@ -8,6 +8,7 @@ D = max_detections. Boxes are `xyxy` in input-image pixels.
 import keras
 from keras import layers, ops
 
+from fpn_keras import distribute
 from fpn_keras.boxes.coder import BoxCoder
 from fpn_keras.boxes.convert import clip_boxes
 from fpn_keras.layers.box_head import BoxHead
@@ -103,7 +104,8 @@ class FasterRCNN(layers.Layer):
         cls_logits, box_deltas = self.box_head(self._pool(raw["features"], rois))
         cls_logits = ops.cast(cls_logits, "float32")
         sampled = cls_targets >= 0
-        normaliser = ops.maximum(ops.sum(ops.cast(sampled, "float32")), 1.0)
+        # Sampled RoIs of the global batch (all replicas; see fpn_keras.distribute).
+        normaliser = ops.maximum(distribute.global_sum(ops.sum(ops.cast(sampled, "float32"))), 1.0)
         ce = ops.sparse_categorical_crossentropy(ops.maximum(cls_targets, 0), cls_logits, from_logits=True)
         losses["cls_loss"] = ops.sum(ops.where(sampled, ce, 0.0)) / normaliser
 

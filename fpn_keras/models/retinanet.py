@@ -12,6 +12,7 @@ Like every head, it offers three methods used by `FPNDetector`:
 import keras
 from keras import layers, ops
 
+from fpn_keras import distribute
 from fpn_keras.anchors import AnchorGenerator
 from fpn_keras.boxes.coder import BoxCoder
 from fpn_keras.boxes.convert import clip_boxes
@@ -105,8 +106,9 @@ class RetinaNet(layers.Layer):
 
         positive = cls_targets >= 0  # [B, N]
         not_ignored = cls_targets != -2
-        # Normaliser: positives in the whole batch, at least 1 (images without objects).
-        num_positives = ops.maximum(ops.sum(ops.cast(positive, "float32")), 1.0)
+        # Normaliser: positives in the whole (global, all replicas) batch, at least 1
+        # (images without objects); see fpn_keras.distribute.
+        num_positives = ops.maximum(distribute.global_sum(ops.sum(ops.cast(positive, "float32"))), 1.0)
 
         one_hot = ops.one_hot(ops.maximum(cls_targets, 0), self.num_classes)
         one_hot = one_hot * ops.cast(positive, "float32")[..., None]

@@ -8,6 +8,7 @@ are the proposals (one class, "object"; score = objectness probability).
 import keras
 from keras import layers, ops
 
+from fpn_keras import distribute
 from fpn_keras.anchors import AnchorGenerator
 from fpn_keras.boxes.coder import BoxCoder
 from fpn_keras.layers.dense_heads import RPNHead
@@ -83,7 +84,9 @@ class RPN(layers.Layer):
         labels = ops.where(cls_targets >= 0, 1, ops.where(cls_targets == -1, 0, -1))
         positive, negative = sample_balanced(labels, self.batch_size_per_image,
                                              self.positive_fraction, self.seed_generator)
-        normaliser = float(self.batch_size_per_image) * ops.cast(ops.shape(logits)[0], "float32")
+        # Sampled anchors of the global batch (all replicas; see fpn_keras.distribute).
+        normaliser = distribute.global_sum(
+            float(self.batch_size_per_image) * ops.cast(ops.shape(logits)[0], "float32"))
         target = ops.cast(positive, "float32")
         bce = ops.maximum(logits, 0.0) - logits * target + ops.log1p(ops.exp(-ops.abs(logits)))
         cls_loss = ops.sum(ops.where(positive | negative, bce, 0.0)) / normaliser

@@ -1,0 +1,160 @@
+"""Distribution strategies and the cross-replica helpers the losses need.
+
+`strategy(spec)` turns a recipe / command-line string into a `tf.distribute`
+strategy. Build the model, optimizer and metrics inside `strategy.scope()`;
+`model.fit` then splits each global batch across the replicas.
+
+How Keras 3 (TensorFlow backend) trains under a strategy, and why the losses
+call `global_sum`: every replica computes its loss on its share of the batch,
+takes gradients, and the optimizer SUMS the replicas' gradients
+(`_all_reduce_sum_gradients`). Keras' own losses therefore scale a
+per-replica mean by 1 / num_replicas. A detection loss is a sum over anchors
+divided by a count (positive anchors, sampled anchors or RoIs); dividing each
+replica's sum by the GLOBAL count (all-reduced over replicas) makes the summed
+gradient exactly the single-device gradient of the global batch, whatever the
+replicas' shares of positives. Outside a replica context (eager code, one
+device, the JAX / PyTorch backends) the helpers are the identity.
+"""
+
+import json
+import os
+
+import keras
+
+SPECS = ("auto", "default", "mirrored", "multi_worker", "tpu", "one_device:<device>")
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+def _tf_config_workers():
+    try:
+        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    except ValueError as error:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {error}") from error
+    cluster = config.get("cluster") or {}
+    return len(cluster.get("worker", ())) + len(cluster.get("chief", ()))
+
+
+def _find_tpu():
+    """A TPU cluster resolver when this host looks like it has a TPU, else None.
+
+    Only probes when TPU_NAME / COLAB_TPU_ADDR is set or /dev/accel* exists (a TPU
+    VM), so that "auto" never waits on a cloud metadata server elsewhere."""
+    import glob
+
+    tpu = os.environ.get("TPU_NAME") or os.environ.get("COLAB_TPU_ADDR")
+    if not tpu and not glob.glob("/dev/accel*"):
+        return None
+    tf = _tf()
+    try:
+        return tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "local")
+    except (ValueError, RuntimeError, KeyError, tf.errors.OpError):
+        return None
+
+
+def _tpu_strategy(resolver=None):
+    tf = _tf()
+    resolver = resolver or tf.distribute.cluster_resolver.TPUClusterResolver(
+        tpu=os.environ.get("TPU_NAME") or "local")
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def strategy(spec="auto"):
+    """A `tf.distribute.Strategy` from a spec string (or the strategy itself).
+
+    auto: TPUStrategy when a TPU is found, MultiWorkerMirroredStrategy when
+    TF_CONFIG names several workers, MirroredStrategy with several GPUs,
+    otherwise the default (one-device, no-op) strategy. Explicit: "default",
+    "mirrored", "multi_worker", "tpu", "one_device:/gpu:0" (any device name).
+    """
+    tf = _tf()
+    if isinstance(spec, tf.distribute.Strategy):
+        return spec
+    if spec is None:
+        spec = "auto"
+    if not isinstance(spec, str):
+        raise ValueError(f"strategy must be a string, one of {list(SPECS)}; received {spec!r}")
+    name = spec.strip().lower()
+    if name == "auto":
+        resolver = _find_tpu()
+        if resolver is not None:
+            return _tpu_strategy(resolver)
+        if _tf_config_workers() > 1:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        if len(tf.config.list_logical_devices("GPU")) > 1:
+            return tf.distribute.MirroredStrategy()
+        return tf.distribute.get_strategy()
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name in ("multi_worker", "multiworker", "multi_worker_mirrored"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        return _tpu_strategy()
+    if name.startswith("one_device:") and len(spec.split(":", 1)[1].strip()) > 0:
+        return tf.distribute.OneDeviceStrategy(spec.split(":", 1)[1].strip())
+    raise ValueError(f"unknown strategy {spec!r}; allowed: {list(SPECS)}")
+
+
+def _replica_context():
+    """The TF replica context when several replicas train in sync, else None."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    tf = _tf()
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync <= 1:
+        return None
+    return context
+
+
+def num_replicas_in_sync():
+    """Replicas of the current TF strategy (1 outside TF / without a strategy)."""
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    return _tf().distribute.get_strategy().num_replicas_in_sync
+
+
+def global_sum(value):
+    """Sum of `value` over all replicas in sync (identity with one replica).
+
+    For counts used as loss normalisers (no gradient flows through them)."""
+    context = _replica_context()
+    value = keras.ops.stop_gradient(value)
+    if context is None:
+        return value
+    return context.all_reduce("sum", value)
+
+
+def scale_for_replicas(value):
+    """value / num_replicas: for per-replica terms (regularisers) that every
+    replica adds in full, so their summed gradient counts them once."""
+    replicas = num_replicas_in_sync()
+    return value if replicas <= 1 else value * (1.0 / replicas)
+
+
+def unscale_for_replicas(value):
+    """value * num_replicas: what a per-replica share of a globally-normalised
+    loss is logged as, so that the metric's mean over replicas gives the global loss."""
+    replicas = num_replicas_in_sync()
+    return value if replicas <= 1 else value * float(replicas)
+
+
+def is_chief():
+    """True on the worker that should write files (always true without TF_CONFIG)."""
+    try:
+        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    except ValueError:
+        return True
+    task = config.get("task") or {}
+    cluster = config.get("cluster") or {}
+    kind, index = task.get("type"), int(task.get("index", 0))
+    if kind is None or kind == "chief":
+        return True
+    return kind == "worker" and index == 0 and "chief" not in cluster

@@ -1,0 +1,66 @@
+"""Every recipe in recipes/ loads, validates and builds its model (weights=None, no download)."""
+
+import numpy as np
+import pytest
+import yaml
+
+from fpn_keras.config import available_recipes, load_recipe, recipes_dir, resolve_recipe_path
+
+RECIPES = available_recipes()
+REAL = ("faster_rcnn_r50_fpn_1x_coco", "faster_rcnn_r101_fpn_1x_coco", "retinanet_r50_fpn_1x_coco",
+        "rpn_r50_fpn_coco", "faster_rcnn_r50_fpn_voc", "retinanet_mobilenetv3_fpnlite_320_coco",
+        "retinanet_synthetic", "faster_rcnn_synthetic", "rpn_synthetic")
+
+
+def test_expected_recipes_exist():
+    assert set(REAL) <= set(RECIPES)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_header_names_source_and_target(name):
+    with open(resolve_recipe_path(name)) as f:
+        first = f.readline()
+    assert first.startswith("# ") and "target" in first.lower(), first
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_builds(name):
+    from fpn_keras.build import build_model
+    from fpn_keras.models.detector import HEADS
+
+    recipe = load_recipe(name, ["model.backbone_weights=null"])
+    model = build_model(recipe)
+    outputs = model(np.zeros((1, 128, 128, 3), np.float32), training=False)
+    assert outputs
+    assert isinstance(model.head, HEADS[recipe.model.head])
+
+
+def test_faithful_numbers():
+    """The real recipes say what their sources say."""
+    r50 = load_recipe("faster_rcnn_r50_fpn_1x_coco")
+    assert (r50.train.batch_size, r50.train.steps, r50.train.learning_rate) == (16, 90000, 0.02)
+    assert r50.train.lr_steps == [60000, 80000] and r50.train.schedule == "step"
+    assert r50.data.resize == [800, 1333] and r50.data.augment["max_size"] == 1333
+    assert max(r50.data.augment["short_sides"]) == 800
+    assert r50.model.backbone_weights == "imagenet" and r50.model.backbone_args["freeze_at"] == 2
+    r101 = load_recipe("faster_rcnn_r101_fpn_1x_coco")
+    assert r101.model.backbone == "resnet101" and r101.train == r50.train and r101.data == r50.data
+    retina = load_recipe("retinanet_r50_fpn_1x_coco")
+    assert retina.model.head == "retinanet" and retina.train.learning_rate == 0.01
+    assert retina.train.steps == 90000 and retina.data == r50.data
+    rpn = load_recipe("rpn_r50_fpn_coco")
+    assert rpn.model.head == "rpn" and rpn.train.steps == 40000 and rpn.train.lr_steps == [30000]
+    voc = load_recipe("faster_rcnn_r50_fpn_voc")
+    assert voc.model.num_classes == 20 and voc.data.train_split == "trainval"
+    assert voc.data.val_split == "test" and len(voc.data.train) == 2
+    assert (voc.train.steps, voc.train.lr_steps) == (18000, [12000, 16000])
+    demo = load_recipe("rpn_synthetic")
+    assert demo.model.head == "rpn" and demo.data == load_recipe("faster_rcnn_synthetic").data
+
+
+def test_recipes_are_plain_data():
+    for name in RECIPES:
+        with open(f"{recipes_dir()}/{name}.yaml") as f:
+            text = f.read()
+        assert "!!" not in text and "!<" not in text
+        assert isinstance(yaml.safe_load(text), dict)
