@@ -23,18 +23,37 @@ from fpn_keras.evaluation.coco_eval import format_metrics
 
 
 def build_datasets(recipe: Recipe):
-    """-> (train batches, val batches, class_names) as `FPNDetector.fit` takes them."""
+    """-> (train batches, val batches, class_names) as `FPNDetector.fit` takes them.
+
+    `data.train` may list several specs (e.g. VOC 2007 + 2012 trainval); their
+    class names must agree.
+    """
     cfg = recipe.data
     size = tuple(cfg.image_size)
-    extra = {"image_size": size} if cfg.train == "synthetic" else {}
-    train, class_names = data_lib.load(cfg.train, "train", num_images=cfg.num_train_images,
-                                       seed=cfg.seed, **extra)
-    val, _ = data_lib.load(cfg.val, "val", num_images=cfg.num_val_images, seed=cfg.seed, **extra)
+
+    def load(spec, split, num_images):
+        extra = dict(cfg.load_args)
+        if spec == "synthetic":
+            extra.setdefault("image_size", size)
+        return data_lib.load(spec, split, num_images=num_images, seed=cfg.seed, **extra)
+
+    specs = cfg.train if isinstance(cfg.train, list) else [cfg.train]
+    train, class_names = load(specs[0], cfg.train_split, None if len(specs) > 1 else cfg.num_train_images)
+    for spec in specs[1:]:
+        more, names = load(spec, cfg.train_split, None)
+        if list(names) != list(class_names):
+            raise ValueError(f"data.train: {spec} has classes {list(names)[:5]}..., which differ "
+                             f"from {specs[0]}'s {list(class_names)[:5]}...")
+        train = train.concatenate(more)
+    if len(specs) > 1 and cfg.num_train_images:
+        train = train.take(cfg.num_train_images)
+    val, _ = load(cfg.val, cfg.val_split, cfg.num_val_images)
     batch = recipe.train.batch_size
     train = data_lib.pipeline.prepare(train, batch, size, training=True, max_boxes=cfg.max_boxes,
-                                      seed=recipe.train.seed, cache=cfg.cache)
+                                      seed=recipe.train.seed, cache=cfg.cache, augment=cfg.augment,
+                                      resize=cfg.resize)
     val = data_lib.pipeline.prepare(val, batch, size, training=False, max_boxes=cfg.max_boxes,
-                                    cache=cfg.cache)
+                                    cache=cfg.cache, resize=cfg.resize)
     return train, val, class_names
 
 
@@ -450,6 +469,9 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
     record = {"metrics": metrics, "train_seconds": round(train_seconds, 1),
               "epochs": epochs, "steps_per_epoch": steps_per_epoch,
               "optimizer_steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
-              "replicas": replicas, "mixed_precision": precision}
+              "replicas": replicas, "mixed_precision": precision,
+              "history": [[epoch, values] for epoch, values in coco.history]}
     _write_json(os.path.join(files_dir, "metrics.json"), record)
+    visualization.plot_curves(os.path.join(files_dir, "history.csv"), coco.history,
+                              os.path.join(files_dir, "curves.png"))
     return model, metrics

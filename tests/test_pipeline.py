@@ -106,22 +106,30 @@ def test_prepare_eval_spec_padding_and_values():
     assert np.all(boxes[:, 3:] == -1.0) and np.all(labels[:, 3:] == -1)
 
 
-def test_prepare_rescales_and_truncates():
+def test_prepare_rescales():
     ds = pipeline.prepare(
         synthetic.load("val", num_images=3, min_objects=3, max_objects=3),
         batch_size=3,
         image_size=(256, 256),
-        max_boxes=2,
+        max_boxes=3,
     )
     images, targets = next(iter(ds))
     raw = _raw(3, min_objects=3)
-    assert np.all(raw["labels"] >= 0)  # 3 objects each, truncated to 2 below
     assert images.shape == (3, 256, 256, 3)
     np.testing.assert_array_equal(targets["image_scale"].numpy(), [2.0, 2.0, 2.0])
-    assert targets["boxes"].shape == (3, 2, 4) and targets["labels"].shape == (3, 2)
-    expected = np.where(raw["boxes"][:, :2] >= 0, raw["boxes"][:, :2] * 2.0, -1.0)
+    assert targets["boxes"].shape == (3, 3, 4) and targets["labels"].shape == (3, 3)
+    expected = np.where(raw["boxes"] >= 0, raw["boxes"] * 2.0, -1.0)
     np.testing.assert_array_equal(targets["boxes"].numpy(), expected)
-    np.testing.assert_array_equal(targets["labels"].numpy(), raw["labels"][:, :2])
+    np.testing.assert_array_equal(targets["labels"].numpy(), raw["labels"])
+
+
+def test_more_boxes_than_max_boxes_is_an_error_naming_the_image():
+    raw = _raw(3, min_objects=3)
+    assert np.all(raw["labels"] >= 0)  # 3 objects in every image
+    ds = pipeline.prepare(synthetic.load("val", num_images=3, min_objects=3, max_objects=3),
+                          batch_size=3, max_boxes=2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"more ground-truth boxes than max_boxes=2"):
+        next(iter(ds))
 
 
 def test_prepare_training_static_batch_shuffle_and_flip():

@@ -30,7 +30,7 @@ def tiny_recipe(**train):
                   "head_args": {"min_level": 3, "max_level": 5, "anchor_scale": 2.0, "channels": 16,
                                 "num_convs": 1}},
         "data": {"train": "synthetic", "val": "synthetic", "image_size": [128, 128],
-                 "num_train_images": 8, "num_val_images": 2, "max_boxes": 4},
+                 "num_train_images": 8, "num_val_images": 2, "max_boxes": 6},
         "train": settings,
     }, source="tiny_recipe")
 

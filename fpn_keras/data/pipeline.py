@@ -165,11 +165,12 @@ def prepare(
         "labels": int32 [B, max_boxes] padded with -1,
         "ignore": bool [B, max_boxes] padded with False,
         "image_id": int64 [B], "image_scale": float32 [B]})``, (H, W) = image_size
-        (multiples of 128, see ``resize_and_pad``). Boxes / image_scale refer to
+        (multiples of 32). Boxes / image_scale refer to
         the resized image: original pixels = boxes / image_scale (for
         evaluation batches; crops shift training boxes).
     """
-    height, width = _output_hw(image_size, 128)
+    # The FPN handles sizes that are not multiples of its coarsest stride; 32 keeps C5 aligned.
+    height, width = _output_hw(image_size, 32)
     if int(batch_size) <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size!r}")
     if int(max_boxes) <= 0:
@@ -215,6 +216,14 @@ def prepare(
         boxes, labels, ignore = clip_and_filter(boxes, labels, height, width, ignore=ignore)
         order = tf.argsort(tf.cast(ignore, tf.int32), stable=True)
         boxes, labels, ignore = (tf.gather(t, order) for t in (boxes, labels, ignore))
+        # Real boxes beyond the padding would be lost silently: fail, naming the image.
+        num_real = tf.reduce_sum(tf.cast(tf.logical_not(ignore), tf.int32))
+        check = tf.debugging.Assert(
+            num_real <= int(max_boxes),
+            [f"an image has more ground-truth boxes than max_boxes={int(max_boxes)} "
+             "(raise data.max_boxes / max_boxes=); image_id:", element["image_id"], "boxes:", num_real])
+        with tf.control_dependencies([check]):
+            boxes = tf.identity(boxes)
         if training:
             labels = tf.where(ignore, tf.constant(-1, tf.int32), labels)
         targets = {
