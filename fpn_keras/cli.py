@@ -56,8 +56,9 @@ def _add_train(sub):
         "OUT/recipe.yaml (the resolved recipe), OUT/metrics.json, OUT/history.csv,\n"
         "OUT/predictions.png, OUT/curves.png and TensorBoard logs in OUT/logs; shows Keras\n"
         "progress bars and the COCO evaluation every train.eval_every_n_epochs epochs."))
-    p.add_argument("--recipe", required=True, metavar="R",
-                   help="recipe name (in recipes/) or path to a recipe YAML file")
+    p.add_argument("--recipe", default="retinanet_synthetic", metavar="R",
+                   help="recipe name (in recipes/) or path to a recipe YAML file (default: the fast "
+                        "demo recipe retinanet_synthetic, e.g. to train it on --data coco:ANN.json:DIR)")
     p.add_argument("--data", default=None, metavar="SPEC",
                    help="dataset spec for both train and val, overriding data.train/data.val: synthetic, "
                         "tfds:NAME, coco:ANNOTATIONS.json:IMAGE_DIR or voc:DIR")

@@ -381,6 +381,13 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
     train_ds = train_ds.map(lambda images, y: (images, {"boxes": y["boxes"], "labels": y["labels"]})
                             if isinstance(y, dict) else (images, y)).repeat()
 
+    if recipe.model.head != "rpn" and len(class_names) != recipe.model.num_classes:
+        # A recipe trained on other data (e.g. the demo recipe with --data coco:...): the
+        # dataset decides the number of classes.
+        print(f"model.num_classes={recipe.model.num_classes} -> {len(class_names)}: the number of "
+              f"classes in {recipe.data.train}")
+        recipe.model.num_classes = len(class_names)
+        dump_recipe(recipe, os.path.join(files_dir, "recipe.yaml"))
     precision = getattr(cfg, "mixed_precision", None)
     with dtype_policy(precision), strategy.scope():
         model = build_model(recipe, class_names=class_names)

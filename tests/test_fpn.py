@@ -79,3 +79,86 @@ def test_bad_arguments_and_missing_levels():
     feats = features(64, 64)
     with pytest.raises(ValueError, match="missing"):
         fpn({"C4": feats["C4"], "C5": feats["C5"]})
+
+
+def _identity_weights(fpn):
+    """1x1 laterals = identity (x1) and 3x3 outputs = centre tap, on one channel."""
+    for layer in fpn.lateral.values():
+        layer.set_weights([np.ones((1, 1, 1, 1), "float32"), np.zeros(1, "float32")])
+    identity = np.zeros((3, 3, 1, 1), "float32")
+    identity[1, 1] = 1.0
+    for layer in fpn.output_convs.values():
+        layer.set_weights([identity, np.zeros(1, "float32")])
+
+
+def test_without_top_down_each_level_comes_from_its_own_map():
+    feats = features(64, 64)
+    fpn = FeaturePyramid(3, 5, channels=8, top_down=False)
+    out = fpn(feats)
+    for level in (3, 4, 5):
+        expected = fpn.output_convs[f"P{level}"](fpn.lateral[f"C{level}"](feats[f"C{level}"]))
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(out[f"P{level}"]),
+                                   keras.ops.convert_to_numpy(expected), rtol=1e-6, atol=1e-6)
+    # Hand-checkable: with identity convs P4 is C4 itself (nothing from C5 added).
+    fpn = FeaturePyramid(4, 5, channels=1, top_down=False)
+    c4 = np.arange(16, dtype="float32").reshape(1, 4, 4, 1)
+    c5 = np.array([[1.0, 2.0], [3.0, 4.0]], "float32").reshape(1, 2, 2, 1)
+    fpn.build({"C4": c4.shape, "C5": c5.shape})
+    _identity_weights(fpn)
+    out = fpn({"C4": c4, "C5": c5})
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out["P4"]), c4)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out["P5"]), c5)
+
+
+def test_without_laterals_levels_are_upsampled_c5():
+    fpn = FeaturePyramid(3, 5, channels=1, lateral=False)
+    c3 = np.full((1, 8, 8, 1), 100.0, "float32")
+    c4 = np.arange(16, dtype="float32").reshape(1, 4, 4, 1)
+    c5 = np.array([[1.0, 2.0], [3.0, 4.0]], "float32").reshape(1, 2, 2, 1)
+    fpn.build({"C3": c3.shape, "C4": c4.shape, "C5": c5.shape})
+    assert sorted(fpn.lateral) == ["C5"]  # no 1x1 convs below C5
+    _identity_weights(fpn)
+    out = fpn({"C3": c3, "C4": c4, "C5": c5})
+    up4 = np.kron(c5[0, :, :, 0], np.ones((2, 2)))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out["P4"])[0, :, :, 0], up4)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out["P3"])[0, :, :, 0],
+                               np.kron(up4, np.ones((2, 2))))
+
+
+def test_single_level_necks():
+    feats = features(64, 64)
+    c5_only = FeaturePyramid(5, 5, channels=8, top_down=False)
+    out = c5_only({"C5": feats["C5"]})  # needs nothing but C5
+    assert sorted(out) == ["P5"] and sorted(c5_only.lateral) == ["C5"]
+    p2_only = FeaturePyramid(2, 2, channels=8)
+    out = p2_only(feats)
+    assert sorted(out) == ["P2"] and tuple(out["P2"].shape) == (1, 16, 16, 8)
+    assert sorted(p2_only.lateral) == ["C2", "C3", "C4", "C5"]  # full top-down into P2
+    with pytest.raises(ValueError, match="keep one of them"):
+        FeaturePyramid(top_down=False, lateral=False)
+
+
+def test_ablation_options_round_trip():
+    fpn = FeaturePyramid(2, 6, channels=8, top_down=False, extra_levels_type="max_pool")
+    config = fpn.get_config()
+    assert config["top_down"] is False and config["lateral"] is True
+    clone = FeaturePyramid.from_config(config)
+    assert clone.get_config() == config
+    assert tuple(clone(features(64, 64))["P6"].shape) == (1, 1, 1, 8)
+    assert FeaturePyramid.from_config(FeaturePyramid(lateral=False).get_config()).use_lateral is False
+
+
+def test_rpn_anchor_scales_on_one_level():
+    from fpn_keras.models.rpn import RPN
+
+    rpn = RPN(min_level=5, max_level=5, anchor_scale=2.0, anchor_scales=(0.25, 0.5, 1.0, 2.0))
+    assert rpn.anchor_generator.num_anchors_per_location == 12
+    assert rpn.head.num_anchors == 12
+    clone = RPN.from_config(rpn.get_config())
+    assert clone.get_config()["anchor_scales"] == [0.25, 0.5, 1.0, 2.0]
+    raw = rpn({"P5": np.zeros((1, 2, 2, 8), "float32")})
+    anchors = keras.ops.convert_to_numpy(raw["anchors"]["P5"])
+    assert anchors.shape == (2 * 2 * 12, 4)
+    sides = np.sqrt((anchors[:12, 2] - anchors[:12, 0]) * (anchors[:12, 3] - anchors[:12, 1]))
+    np.testing.assert_allclose(sorted(set(np.round(sides, 3))), [16.0, 32.0, 64.0, 128.0])
+    assert RPN().get_config()["anchor_scales"] == [1.0]

@@ -9,6 +9,14 @@ Inputs {"C2".."C5"} (or a contiguous subset ending at C5) -> outputs
   P6, P7 (levels above the backbone's): stride-2 3x3 conv of C5 or P5, with a
   ReLU before P7 (RetinaNet), or a 1x1 max-pool of P5 with stride 2 (Faster R-CNN).
 
+Ablations of the paper's Table 1 (keyword arguments, both True by default):
+  top_down=False: no top-down pathway, Pl = output_Pl(lateral_Cl) (the
+      "bottom-up pyramid", row (d) of Table 1); only C<min_level>..C<top> needed.
+  lateral=False: top-down without the 1x1 lateral connections, M5 = lateral_C5,
+      Ml = up2(M(l+1)) (row (e)); only C5 is read.
+A single level (min_level == max_level, e.g. 5 with top_down=False: a lone
+C5-like map, or 2: "only the finest level P2") needs no other option.
+
 The upsampled map is cropped to the lateral's exact size (or, for backbones
 that round sizes down, resized to it, as torchvision does), so inputs whose side
 is not a multiple of 32 work.
@@ -44,11 +52,15 @@ class FeaturePyramid(layers.Layer):
         extra_levels_type: "conv" (stride-2 3x3 conv) or "max_pool" (FPN paper's
             P6 for the RPN: subsampling P5 by 2).
         separable: depthwise-separable 3x3 output convs (FPN-lite for mobile).
+        top_down: False drops the top-down pathway (each Pl from Cl alone).
+        lateral: False drops the lateral connections below C5 (Pl from the
+            upsampled coarser map alone).
     """
 
     def __init__(self, min_level=3, max_level=7, channels=256,
                  extra_levels_source="C5", extra_levels_type="conv",
-                 separable=False, kernel_initializer="glorot_uniform", **kwargs):
+                 separable=False, kernel_initializer="glorot_uniform", top_down=True,
+                 lateral=True, **kwargs):
         super().__init__(**kwargs)
         if min_level > max_level:
             raise ValueError(f"min_level ({min_level}) must be <= max_level ({max_level})")
@@ -64,6 +76,11 @@ class FeaturePyramid(layers.Layer):
         self.extra_levels_source = extra_levels_source
         self.extra_levels_type = extra_levels_type
         self.separable = bool(separable)
+        self.top_down = bool(top_down)
+        self.use_lateral = bool(lateral)
+        if not self.top_down and not self.use_lateral:
+            raise ValueError("top_down=False and lateral=False leave no path from the backbone "
+                             "to levels below C5; keep one of them")
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.backbone_max_level = min(self.max_level, 5)
 
@@ -79,7 +96,9 @@ class FeaturePyramid(layers.Layer):
 
         # Laterals for every backbone level from min_level up to C5 (the
         # top-down pathway starts at C5); output convs only for kept levels.
-        self.lateral = {f"C{l}": conv(1, 1, f"lateral_C{l}") for l in range(self.min_level, 6)}
+        # Without top-down, laterals only for the kept backbone levels;
+        # without laterals, only C5's (it maps C5 to `channels`).
+        self.lateral = {f"C{l}": conv(1, 1, f"lateral_C{l}") for l in self._lateral_levels()}
         self.output_convs = {
             f"P{l}": conv(3, 1, f"output_P{l}")
             for l in range(self.min_level, self.backbone_max_level + 1)
@@ -91,13 +110,25 @@ class FeaturePyramid(layers.Layer):
             else:
                 self.extra[f"P{l}"] = conv(3, 2, f"P{l}_conv")
 
+    def _lateral_levels(self):
+        if not self.use_lateral:
+            return [5]
+        if not self.top_down:  # max_level >= 6 implies C5 is among these
+            return list(range(self.min_level, self.backbone_max_level + 1))
+        return list(range(self.min_level, 6))
+
+    def _needed_levels(self):
+        if not self.top_down:
+            return self._lateral_levels()
+        return list(range(self.min_level, 6))  # without laterals Cl still gives Pl's size
+
     def build(self, input_shape):
         self._check_levels(input_shape)
-        for l in range(self.min_level, 6):
-            shape = input_shape[f"C{l}"]
-            self.lateral[f"C{l}"].build(shape)
-            if f"P{l}" in self.output_convs:
-                self.output_convs[f"P{l}"].build(tuple(shape[:-1]) + (self.channels,))
+        for l in self._lateral_levels():
+            self.lateral[f"C{l}"].build(input_shape[f"C{l}"])
+        for l in range(self.min_level, self.backbone_max_level + 1):
+            shape = input_shape[f"C{l}"] if f"C{l}" in input_shape else input_shape["C5"]
+            self.output_convs[f"P{l}"].build(tuple(shape[:-1]) + (self.channels,))
         c5 = input_shape["C5"]
         source_channels = c5[-1] if self.extra_levels_source == "C5" else self.channels
         previous = source_channels
@@ -108,7 +139,7 @@ class FeaturePyramid(layers.Layer):
         self.built = True
 
     def _check_levels(self, features):
-        needed = [f"C{l}" for l in range(self.min_level, 6)]
+        needed = [f"C{l}" for l in self._needed_levels()]
         missing = [n for n in needed if n not in features]
         if missing:
             raise ValueError(
@@ -119,15 +150,23 @@ class FeaturePyramid(layers.Layer):
     def call(self, features):
         self._check_levels(features)
         outputs = {}
-        # Top-down pathway from the coarsest backbone level.
-        merged = self.lateral["C5"](features["C5"])
-        if self.max_level >= 5:
-            outputs["P5"] = self.output_convs["P5"](merged)
-        for l in range(4, self.min_level - 1, -1):
-            lateral = self.lateral[f"C{l}"](features[f"C{l}"])
-            merged = lateral + top_down(merged, lateral)
-            if l <= self.max_level:
-                outputs[f"P{l}"] = self.output_convs[f"P{l}"](merged)
+        if self.top_down:
+            # Top-down pathway from the coarsest backbone level.
+            merged = self.lateral["C5"](features["C5"])
+            if self.max_level >= 5:
+                outputs["P5"] = self.output_convs["P5"](merged)
+            for l in range(4, self.min_level - 1, -1):
+                if self.use_lateral:
+                    lateral = self.lateral[f"C{l}"](features[f"C{l}"])
+                    merged = lateral + top_down(merged, lateral)
+                else:  # no lateral: only the upsampled coarser map, at Cl's size
+                    merged = top_down(merged, features[f"C{l}"])
+                if l <= self.max_level:
+                    outputs[f"P{l}"] = self.output_convs[f"P{l}"](merged)
+        else:
+            # Bottom-up pyramid: each level from its own backbone map.
+            for l in range(self.min_level, self.backbone_max_level + 1):
+                outputs[f"P{l}"] = self.output_convs[f"P{l}"](self.lateral[f"C{l}"](features[f"C{l}"]))
         # Extra coarser levels.
         previous = features["C5"] if self.extra_levels_source == "C5" else outputs.get("P5")
         if self.extra_levels_type == "max_pool":
@@ -159,6 +198,8 @@ class FeaturePyramid(layers.Layer):
             "extra_levels_source": self.extra_levels_source,
             "extra_levels_type": self.extra_levels_type,
             "separable": self.separable,
+            "top_down": self.top_down,
+            "lateral": self.use_lateral,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
         })
         return config

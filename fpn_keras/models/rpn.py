@@ -26,6 +26,10 @@ class RPN(layers.Layer):
     `batch_size_per_image` anchors per image, at most `positive_fraction`
     positive; binary cross-entropy + smooth-L1 (beta 0: L1), both divided by
     the number of sampled anchors. Proposals: see `generate_proposals`.
+
+    `anchor_scales` multiplies the level's anchor size (default (1.0,): one
+    size per level, as in the paper); several scales let a single level cover
+    all object sizes (Table 1's single-map baselines and "only P2").
     """
 
     loss_names = ("rpn_cls_loss", "rpn_box_loss")
@@ -35,11 +39,12 @@ class RPN(layers.Layer):
                  positive_threshold=0.7, negative_threshold=0.3, batch_size_per_image=256,
                  positive_fraction=0.5, pre_nms_topk_train=2000, pre_nms_topk_test=1000,
                  post_nms_topk_train=2000, post_nms_topk_test=1000, nms_threshold=0.7,
-                 min_size=0.0, smooth_l1_beta=0.0, seed=None, **kwargs):
+                 min_size=0.0, smooth_l1_beta=0.0, seed=None, anchor_scales=(1.0,), **kwargs):
         super().__init__(**kwargs)
         self.num_classes = 1
         self.min_level, self.max_level = int(min_level), int(max_level)
-        self.anchor_generator = AnchorGenerator(min_level, max_level, anchor_scale, (1.0,), aspect_ratios)
+        self.anchor_generator = AnchorGenerator(min_level, max_level, anchor_scale, tuple(anchor_scales),
+                                                aspect_ratios)
         self.matcher = Matcher(positive_threshold, negative_threshold, allow_low_quality_matches=True)
         self.box_coder = BoxCoder()
         self.batch_size_per_image = int(batch_size_per_image)
@@ -119,6 +124,7 @@ class RPN(layers.Layer):
         config.update({
             "min_level": self.min_level, "max_level": self.max_level,
             "anchor_scale": anchors["anchor_scale"], "aspect_ratios": anchors["aspect_ratios"],
+            "anchor_scales": anchors["scales"],
             "positive_threshold": self.matcher.positive_threshold,
             "negative_threshold": self.matcher.negative_threshold,
             "batch_size_per_image": self.batch_size_per_image,

@@ -1,0 +1,262 @@
+"""Inference latency and training throughput: our R50-FPN detectors vs torchvision's.
+
+    python bench/speed.py [--runs 10] [--train-runs 4] [--json out.jsonl]
+                          [--torchvision-python /tmp/tvenv/bin/python]
+
+Ours: `FPNDetector(head="retinanet" | "faster_rcnn", backbone="resnet50")`,
+random init (weights=None), 80 classes, compiled with jit_compile False and
+True. Each (model, XLA) case runs in a fresh subprocess, so peak RSS
+(`resource.getrusage`) is that case's alone.
+
+- inference: `predict_on_batch` of one 640x640 image (the full path: backbone,
+  FPN, head, box decoding, NMS, top-K), median and min of --runs after 2
+  warm-up calls. TensorFlow's NMS kernels are not XLA-compilable; where
+  `predict_on_batch` fails under jit_compile=True the case reports the error and
+  times the forward pass alone (`tf.function(jit_compile=True)` of `model(x)`).
+- training: `train_on_batch` on 2 images of --train-size (512) with 4 random
+  boxes each, SGD; median step time after 2 warm-up steps -> images/s.
+
+Torchvision (`retinanet_resnet50_fpn`, `fasterrcnn_resnet50_fpn`, weights=None,
+weights_backbone=None, transform min_size = max_size = the image side, so both
+libraries see the same pixels): the same measurements in a subprocess of
+--torchvision-python (a separate venv with torch + torchvision; the project venv
+stays torch-free), `model.eval()` + `torch.inference_mode()` for inference.
+
+Both sides run with 2 threads (--threads). With random init almost no score
+passes the threshold, which flatters post-processing (ours and theirs);
+bench/postprocess.py measures NMS with thousands of boxes above threshold.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+MODELS = {"retinanet": "retinanet_resnet50_fpn", "faster_rcnn": "fasterrcnn_resnet50_fpn"}
+
+
+def _peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _time(fn, runs, warmup=2):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times), min(times)
+
+
+def _random_targets(rng, batch, size, num_boxes=4):
+    xy = rng.uniform(0, size * 0.6, (batch, num_boxes, 2))
+    wh = rng.uniform(size * 0.1, size * 0.4, (batch, num_boxes, 2))
+    boxes = rng.uniform(0, 1, (batch, num_boxes, 4))
+    boxes[..., :2], boxes[..., 2:] = xy, xy + wh
+    return boxes.astype("float32")
+
+
+# ---------------------------------------------------------------- ours (TF)
+def run_ours(model_name, jit, args):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+    import keras
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    from fpn_keras import FPNDetector
+
+    rng = np.random.default_rng(0)
+    row = {"library": "fpn_keras", "model": model_name, "jit_compile": jit, "threads": args.threads,
+           "size": args.size, "train_size": args.train_size, "tf": tf.__version__, "keras": keras.__version__}
+    model = FPNDetector(head=model_name, backbone="resnet50", backbone_weights=None)
+    model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9), jit_compile=jit)
+    image = rng.uniform(0, 255, (1, args.size, args.size, 3)).astype("float32")
+    model(image)
+    if not args.skip_inference:
+        try:
+            row["infer_median_ms"], row["infer_min_ms"] = _time(
+                lambda: model.predict_on_batch(image), args.runs)
+            row["infer_path"] = "predict_on_batch"
+        except Exception as error:  # noqa: BLE001 (XLA cannot compile TF's NMS)
+            row["predict_error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            forward = tf.function(lambda x: model(x, training=False), jit_compile=jit)
+            x = tf.constant(image)
+            row["infer_median_ms"], row["infer_min_ms"] = _time(
+                lambda: tf.nest.map_structure(lambda t: t.numpy(), forward(x)), args.runs)
+            row["infer_path"] = "forward only (tf.function)"
+    if not args.skip_training:
+        size, batch = args.train_size, 2
+        images = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
+        targets = {"boxes": _random_targets(rng, batch, size),
+                   "labels": rng.integers(0, 80, (batch, 4)).astype("int32")}
+        try:
+            median, minimum = _time(lambda: model.train_on_batch(images, targets), args.train_runs)
+            row["train_step_median_ms"], row["train_step_min_ms"] = median, minimum
+            row["train_images_per_s"] = batch / (median / 1000)
+        except Exception as error:  # noqa: BLE001
+            row["train_error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    row["peak_rss_mb"] = _peak_rss_mb()
+    return row
+
+
+# ------------------------------------------------------ torchvision (torch)
+def run_torchvision(model_name, args):
+    import numpy as np
+    import torch
+    import torchvision
+    from torchvision.models import detection
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    builder = getattr(detection, MODELS[model_name])
+    row = {"library": "torchvision", "model": MODELS[model_name], "jit_compile": False,
+           "threads": args.threads, "size": args.size, "train_size": args.train_size,
+           "torch": torch.__version__, "torchvision": torchvision.__version__}
+    if not args.skip_inference:
+        model = builder(weights=None, weights_backbone=None, min_size=args.size, max_size=args.size).eval()
+        image = torch.from_numpy(rng.uniform(0, 1, (3, args.size, args.size)).astype("float32"))
+        with torch.inference_mode():
+            row["infer_median_ms"], row["infer_min_ms"] = _time(lambda: model([image]), args.runs)
+        row["infer_path"] = "model([image]) eval"
+    if not args.skip_training:
+        size, batch = args.train_size, 2
+        model = builder(weights=None, weights_backbone=None, min_size=size, max_size=size).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+        images = [torch.from_numpy(rng.uniform(0, 1, (3, size, size)).astype("float32")) for _ in range(batch)]
+        boxes = _random_targets(rng, batch, size)
+        targets = [{"boxes": torch.from_numpy(boxes[i]),
+                    "labels": torch.from_numpy(rng.integers(1, 91, 4).astype("int64"))} for i in range(batch)]
+
+        def step():
+            losses = model(images, targets)
+            loss = sum(losses.values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        median, minimum = _time(step, args.train_runs)
+        row["train_step_median_ms"], row["train_step_min_ms"] = median, minimum
+        row["train_images_per_s"] = batch / (median / 1000)
+    row["peak_rss_mb"] = _peak_rss_mb()
+    return row
+
+
+# ------------------------------------------------------------------ driver
+def _subprocess(python, argv):
+    env = dict(os.environ, OMP_NUM_THREADS=str(2))
+    out = subprocess.run([python, os.path.abspath(__file__), *argv], capture_output=True, text=True, env=env)
+    rows = [json.loads(line[len("ROW "):]) for line in out.stdout.splitlines() if line.startswith("ROW ")]
+    if not rows:
+        tail = (out.stderr or out.stdout).strip().splitlines()[-5:]
+        return {"error": f"exit {out.returncode}: " + " | ".join(tail)}
+    return rows[0]
+
+
+def _fmt(value, spec):
+    return format(value, spec) if isinstance(value, (int, float)) else "-"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=640, help="inference image side")
+    parser.add_argument("--train-size", type=int, default=512, help="training image side")
+    parser.add_argument("--runs", type=int, default=10, help="timed inference calls")
+    parser.add_argument("--train-runs", type=int, default=4, help="timed training steps")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", default="retinanet,faster_rcnn")
+    parser.add_argument("--jit", default="0,1", help="jit_compile settings to run (0, 1)")
+    parser.add_argument("--torchvision-python", default=None,
+                        help="python of a venv with torch + torchvision (default: this python, if it has them)")
+    parser.add_argument("--skip-inference", action="store_true")
+    parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--json", default=None, help="append one JSON line per result here")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # "ours:<model>:<jit>" | "tv:<model>"
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        kind, model_name, *rest = args.worker.split(":")
+        row = run_ours(model_name, rest[0] == "1", args) if kind == "ours" else run_torchvision(model_name, args)
+        print("ROW " + json.dumps(row), flush=True)
+        return 0
+
+    common = ["--size", str(args.size), "--train-size", str(args.train_size), "--runs", str(args.runs),
+              "--train-runs", str(args.train_runs), "--threads", str(args.threads)]
+    common += ["--skip-inference"] * args.skip_inference + ["--skip-training"] * args.skip_training
+    tv_python = args.torchvision_python
+    if tv_python is None:
+        try:
+            import torchvision  # noqa: F401
+            tv_python = sys.executable
+        except ImportError:
+            tv_python = None
+    rows = []
+    for model_name in args.models.split(","):
+        for jit in args.jit.split(","):
+            row = _subprocess(sys.executable, common + ["--worker", f"ours:{model_name}:{jit}"])
+            row.setdefault("library", "fpn_keras")
+            row.setdefault("model", model_name)
+            row.setdefault("jit_compile", jit == "1")
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+        if tv_python:
+            row = _subprocess(tv_python, common + ["--worker", f"tv:{model_name}"])
+            row.setdefault("library", "torchvision")
+            row.setdefault("model", MODELS[model_name])
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+
+    print(f"\nCPU, {args.threads} threads, batch 1 inference at {args.size}x{args.size}, "
+          f"training batch 2 at {args.train_size}x{args.train_size} (4 boxes/image), random init, fp32")
+    header = (f"{'library':<12} {'model':<26} {'XLA':<4} {'infer median ms':>15} {'min ms':>8} "
+              f"{'train img/s':>11} {'step ms':>8} {'peak RSS MB':>11}  notes")
+    print(header)
+    print("-" * len(header))
+    theirs = {r["model"]: r for r in rows if r.get("library") == "torchvision" and "error" not in r}
+    for row in rows:
+        notes = []
+        if row.get("infer_path", "").startswith("forward"):
+            notes.append("forward only: predict failed under XLA")
+        for key in ("error", "predict_error", "train_error"):
+            if key in row:
+                notes.append(f"{key}: {row[key][:80]}")
+        print(f"{row['library']:<12} {row['model']:<26} {('yes' if row.get('jit_compile') else 'no'):<4} "
+              f"{_fmt(row.get('infer_median_ms'), '15.0f')} {_fmt(row.get('infer_min_ms'), '8.0f')} "
+              f"{_fmt(row.get('train_images_per_s'), '11.2f')} {_fmt(row.get('train_step_median_ms'), '8.0f')} "
+              f"{_fmt(row.get('peak_rss_mb'), '11.0f')}  {'; '.join(notes)}")
+    ratios = []
+    for row in rows:
+        if row.get("library") != "fpn_keras" or MODELS.get(row["model"]) not in theirs:
+            continue
+        ref = theirs[MODELS[row["model"]]]
+        ratio = {"bench": "speed_ratio", "model": row["model"], "jit_compile": row.get("jit_compile")}
+        if "infer_median_ms" in row and "infer_median_ms" in ref and row.get("infer_path") == "predict_on_batch":
+            ratio["latency_ours_over_theirs"] = row["infer_median_ms"] / ref["infer_median_ms"]
+        if "train_images_per_s" in row and "train_images_per_s" in ref:
+            ratio["throughput_ours_over_theirs"] = row["train_images_per_s"] / ref["train_images_per_s"]
+        ratios.append(ratio)
+    if ratios:
+        print("\nours / torchvision (latency: <= 1.0 is as fast or faster; throughput: >= 1.0 is as fast or faster)")
+        for r in ratios:
+            print(f"  {r['model']:<12} XLA={'yes' if r['jit_compile'] else 'no ':<3}  latency ratio "
+                  f"{_fmt(r.get('latency_ours_over_theirs'), '.2f')}   training throughput ratio "
+                  f"{_fmt(r.get('throughput_ours_over_theirs'), '.2f')}")
+    elif not tv_python:
+        print("\ntorchvision not importable: pass --torchvision-python /path/to/venv/bin/python for the comparison")
+    if args.json:
+        with open(args.json, "a") as f:
+            for row in rows + ratios:
+                f.write(json.dumps({"bench": "speed", **row} if row.get("bench") is None else row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
