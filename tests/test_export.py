@@ -2,6 +2,7 @@ import io
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from PIL import Image
 
@@ -45,3 +46,56 @@ def test_saved_model_signatures_match_keras_predictions(tmp_path):
     out_bytes = loaded.signatures["serve_image_bytes"](image_bytes=tf.constant([buffer.getvalue()]))
     np.testing.assert_allclose(out_bytes["detection_boxes"].numpy()[0, :n], expected["boxes"][0, :n],
                                atol=1e-3)
+
+
+FRESH_PROCESS = """
+import sys
+sys.modules["fpn_keras"] = None  # this process cannot import fpn_keras
+import numpy as np, tensorflow as tf
+path, data = sys.argv[1], np.load(sys.argv[2])
+model = tf.saved_model.load(path)
+out = model.signatures["serving_default"](images=tf.constant(data["image"]))
+out_bytes = model.signatures["serve_image_bytes"](image_bytes=tf.constant([data["png"].tobytes()]))
+np.savez(sys.argv[3], **{k: v.numpy() for k, v in out.items()},
+         **{"bytes_" + k: v.numpy() for k, v in out_bytes.items()})
+"""
+
+
+def test_saved_model_in_a_fresh_process_without_fpn_keras(tmp_path):
+    import subprocess
+    import sys
+
+    from fpn_keras.models.faster_rcnn import FasterRCNN
+    from fpn_keras.models.rpn import RPN
+
+    rpn = RPN(anchor_scale=4.0, pre_nms_topk_test=200, post_nms_topk_test=100, name="rpn")
+    model = FPNDetector(backbone=small_resnet((8, 16, 32, 64)), fpn_channels=16,
+                        head=FasterRCNN(num_classes=3, rpn=rpn, fc_dim=64, max_detections=20, name="head"))
+    image = np.random.default_rng(1).integers(0, 255, (1, 64, 64, 3)).astype("uint8")
+    expected = model.predict(image.astype("float32"), verbose=0)
+    path = saved_model(model, str(tmp_path / "frcnn" / "1"), image_size=(64, 64))
+    buffer = io.BytesIO()
+    Image.fromarray(image[0]).save(buffer, format="PNG")
+    np.savez(tmp_path / "in.npz", image=image, png=np.frombuffer(buffer.getvalue(), np.uint8))
+    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, path, str(tmp_path / "in.npz"),
+                             str(tmp_path / "out.npz")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz")
+    n = int(expected["num_detections"][0])
+    assert n > 0 and int(out["num_detections"][0]) == n
+    for prefix in ("", "bytes_"):
+        np.testing.assert_allclose(out[prefix + "detection_boxes"][0, :n], expected["boxes"][0, :n], atol=1e-3)
+        np.testing.assert_allclose(out[prefix + "detection_scores"][0, :n], expected["scores"][0, :n], atol=1e-4)
+
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    shown = subprocess.run([cli, "show", "--dir", path, "--all"], capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    for name in ("serving_default", "serve_image_bytes", "detection_boxes", "num_detections"):
+        assert name in shown.stdout
+
+    # Wrong dtype or rank: rejected by the signature, before any NMS runs.
+    loaded = tf.saved_model.load(path)
+    with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError), match="uint8|dtype|float"):
+        loaded.signatures["serving_default"](images=tf.constant(image.astype("float32")))
+    with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError), match="shape|rank|Shape"):
+        loaded.signatures["serving_default"](images=tf.constant(image[0]))

@@ -115,6 +115,18 @@ def convert(model, image_size, quantize=None, representative_data=None, input_ty
     if input_type not in ("float32", "uint8"):
         raise ValueError(f"input_type must be 'float32' or 'uint8', received {input_type!r}")
     size = _check_model(model, image_size)
+    # Faster R-CNN: RoIAlign through gathers (TFLite builtins), not TF's CropAndResize.
+    previous = getattr(model.head, "roi_align_implementation", None)
+    if previous is not None:
+        model.head.roi_align_implementation = "generic"
+    try:
+        return _convert(model, size, quantize, representative_data, input_type)
+    finally:
+        if previous is not None:
+            model.head.roi_align_implementation = previous
+
+
+def _convert(model, size, quantize, representative_data, input_type):
     function = inference_function(model, size, input_type)
     # Through a SavedModel written by keras' ExportArchive (which tracks every variable):
     # the converter then freezes the weights into constants and keeps the signature's

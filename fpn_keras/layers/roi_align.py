@@ -115,10 +115,13 @@ def multilevel_roi_align(features, boxes, min_level=2, max_level=5, pooled_size=
             values = ops.take_along_axis(table, ops.reshape(idx, (batch, -1, 1)), axis=1)
             values = ops.reshape(values, (batch, num_rois, n, n, channels))
             result = result + values * (wy[..., :, None] * wx[..., None, :])[..., None]
-    # Average the sampling_ratio x sampling_ratio samples of every bin.
-    result = ops.reshape(result, (batch, num_rois, pooled_size, sampling_ratio,
-                                  pooled_size, sampling_ratio, channels))
-    return ops.mean(result, axis=(3, 5))
+    # Average the sampling_ratio x sampling_ratio samples of every bin, in two
+    # steps of rank <= 4 (TFLite's MEAN kernels and XNNPACK take at most 4-D).
+    rows = ops.reshape(result, (-1, sampling_ratio, n, channels))  # [B*R*S, sr, n, C]
+    rows = ops.mean(rows, axis=1)  # [B*R*S, n, C]
+    bins = ops.reshape(rows, (-1, pooled_size, sampling_ratio, channels))  # [B*R*S, S, sr, C]
+    bins = ops.mean(bins, axis=2)  # [B*R*S, S, C]
+    return ops.reshape(bins, (batch, num_rois, pooled_size, pooled_size, channels))
 
 
 def _roi_align_tensorflow(features, boxes, min_level, max_level, pooled_size, sampling_ratio,

@@ -87,10 +87,15 @@ class FasterRCNN(layers.Layer):
         features = {f"P{l}": pyramid[f"P{l}"] for l in range(self.roi_min_level, self.roi_max_level + 1)}
         return {"rpn": self.rpn(pyramid, training=training), "features": features}
 
+    # "auto": TF's CropAndResize kernel under TensorFlow, gathers elsewhere; the TFLite
+    # export sets "generic" (builtin ops only). Not a constructor argument: not saved.
+    roi_align_implementation = "auto"
+
     def _pool(self, features, rois):
         return multilevel_roi_align(features, rois, self.roi_min_level, self.roi_max_level,
                                     self.pooled_size, self.sampling_ratio, True,
-                                    self.canonical_level, self.canonical_size)
+                                    self.canonical_level, self.canonical_size,
+                                    implementation=self.roi_align_implementation)
 
     def compute_losses(self, raw, gt_boxes, gt_labels, image_shape):
         """RPN losses + Fast R-CNN softmax cross-entropy and L1 on foreground RoIs,
