@@ -147,3 +147,20 @@ def test_rpn_head_alone_gives_class_agnostic_proposals():
     assert out["boxes"].shape == (1, 1000, 4)
     assert set(np.unique(out["labels"])) <= {-1, 0}
     assert model.evaluation_settings == {"max_dets": (10, 100, 1000), "class_agnostic": True}
+
+
+def test_jit_compile_true_trains_and_predicts_with_generic_nms_and_roi_align():
+    from test_detector import tiny_detector
+
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    y = {"boxes": np.array([[[8, 8, 40, 30], [30, 20, 60, 60]]] * 2, "float32"),
+         "labels": np.array([[0, 2]] * 2, "int32")}
+    for model in (tiny_detector(prior_probability=0.3), tiny_faster_rcnn()):
+        model.compile(optimizer="adam", jit_compile=True)  # TF kernels for NMS/RoIAlign are not XLA ops
+        assert model.head.nms_implementation == "generic"
+        history = model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(), epochs=1, steps_per_epoch=2,
+                            verbose=0).history
+        assert math.isfinite(history["loss"][0])
+        out = model.predict(x, verbose=0)
+        assert out["num_detections"].min() > 0
+    assert model.head.rpn.nms_implementation == "generic" and model.head.roi_align_implementation == "generic"

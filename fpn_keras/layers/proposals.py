@@ -12,7 +12,7 @@ _DROPPED = -1e9  # logit given to boxes too small to keep
 
 
 def generate_proposals(objectness, deltas, anchors, image_shape, box_coder, pre_nms_topk,
-                       post_nms_topk, nms_threshold=0.7, min_size=0.0):
+                       post_nms_topk, nms_threshold=0.7, min_size=0.0, implementation="auto"):
     """Per level: top `pre_nms_topk` objectness logits, decode, clip, drop boxes smaller
     than `min_size`; then NMS within each level (detectron2) and the best `post_nms_topk`
     over all levels.
@@ -40,7 +40,8 @@ def generate_proposals(objectness, deltas, anchors, image_shape, box_coder, pre_
     logits = ops.concatenate(all_logits, axis=1)
     levels = ops.concatenate(all_levels, axis=1)
     indices, _ = batched_nms(boxes, logits, levels, iou_threshold=nms_threshold,
-                             max_output_size=post_nms_topk, score_threshold=_DROPPED / 2)
+                             max_output_size=post_nms_topk, score_threshold=_DROPPED / 2,
+                             implementation=implementation)
     valid = indices >= 0
     safe = ops.maximum(indices, 0)
     proposals = ops.take_along_axis(boxes, safe[..., None], axis=1)

@@ -170,12 +170,19 @@ class FPNDetector(keras.Model):
     def compile(self, optimizer="adam", jit_compile=False, **kwargs):
         """Like keras.Model.compile; losses are built in (no `loss` argument needed).
 
-        jit_compile defaults to False: XLA did not speed up the CPU forward pass
-        and TF's NMS kernel is not XLA-compilable (pass True for GPU training).
+        jit_compile defaults to False: XLA did not speed up the CPU forward pass.
+        With jit_compile=True under TensorFlow, NMS and RoIAlign switch from TF's
+        kernels (not XLA-compilable) to their generic keras.ops versions.
         """
         if kwargs.pop("loss", None) is not None:
             raise ValueError("FPNDetector computes its own losses; do not pass loss= to compile")
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
+        implementation = "generic" if jit_compile is True and keras.backend.backend() == "tensorflow" \
+            else "auto"
+        for part in (self.head, getattr(self.head, "rpn", None)):
+            for name in ("nms_implementation", "roi_align_implementation"):
+                if part is not None and hasattr(part, name):
+                    setattr(part, name, implementation)
 
     def compile_from_config(self, config):
         """Restores compile() settings (optimizer included) when a .keras file is loaded."""

@@ -90,6 +90,7 @@ class FasterRCNN(layers.Layer):
     # "auto": TF's CropAndResize kernel under TensorFlow, gathers elsewhere; the TFLite
     # export sets "generic" (builtin ops only). Not a constructor argument: not saved.
     roi_align_implementation = "auto"
+    nms_implementation = "auto"  # see RetinaNet.nms_implementation
 
     def _pool(self, features, rois):
         return multilevel_roi_align(features, rois, self.roi_min_level, self.roi_max_level,
@@ -142,7 +143,7 @@ class FasterRCNN(layers.Layer):
         boxes = ops.take_along_axis(boxes, top[..., None], axis=1)
         classes = ops.take(classes[0], top, axis=0)
         return select_detections(boxes, scores, classes, self.nms_iou_threshold,
-                                 self.max_detections, self.score_threshold)
+                                 self.max_detections, self.score_threshold, self.nms_implementation)
 
     def get_config(self):
         config = super().get_config()

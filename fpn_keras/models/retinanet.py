@@ -39,6 +39,9 @@ class RetinaNet(layers.Layer):
     """
 
     loss_names = ("cls_loss", "box_loss")
+    # "auto": TF's NMS kernel under TensorFlow; "generic" (keras.ops) under XLA, see
+    # FPNDetector.compile. Not a constructor argument: not saved.
+    nms_implementation = "auto"
 
     def __init__(self, num_classes=80, min_level=3, max_level=7, anchor_scale=4.0,
                  anchor_scales=(1.0, 2 ** (1 / 3), 2 ** (2 / 3)), aspect_ratios=(0.5, 1.0, 2.0),
@@ -156,7 +159,7 @@ class RetinaNet(layers.Layer):
         scores = ops.concatenate(all_scores, axis=1)
         classes = ops.concatenate(all_classes, axis=1)
         return select_detections(boxes, scores, classes, self.nms_iou_threshold,
-                                 self.max_detections, self.score_threshold)
+                                 self.max_detections, self.score_threshold, self.nms_implementation)
 
     def get_config(self):
         config = super().get_config()
@@ -189,11 +192,13 @@ class RetinaNet(layers.Layer):
         return config
 
 
-def select_detections(boxes, scores, classes, iou_threshold, max_detections, score_threshold):
+def select_detections(boxes, scores, classes, iou_threshold, max_detections, score_threshold,
+                      implementation="auto"):
     """Class-aware NMS and padding: [B, C, 4], [B, C], [B, C] -> detections dict (see detect)."""
     indices, num_detections = batched_nms(
         boxes, scores, classes, iou_threshold=iou_threshold,
-        max_output_size=max_detections, score_threshold=score_threshold)
+        max_output_size=max_detections, score_threshold=score_threshold,
+        implementation=implementation)
     valid = indices >= 0  # [B, D]
     safe = ops.maximum(indices, 0)
     boxes = ops.take_along_axis(boxes, safe[..., None], axis=1)

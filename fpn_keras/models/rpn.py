@@ -34,6 +34,7 @@ class RPN(layers.Layer):
 
     loss_names = ("rpn_cls_loss", "rpn_box_loss")
     neck_args = {"extra_levels_type": "max_pool"}  # the paper's P6: subsampled P5
+    nms_implementation = "auto"  # see RetinaNet.nms_implementation
 
     def __init__(self, min_level=2, max_level=6, anchor_scale=8.0, aspect_ratios=(0.5, 1.0, 2.0),
                  positive_threshold=0.7, negative_threshold=0.3, batch_size_per_image=256,
@@ -106,7 +107,7 @@ class RPN(layers.Layer):
             raw["objectness"], raw["deltas"], raw["anchors"], image_shape, self.box_coder,
             self.pre_nms_topk_train if training else self.pre_nms_topk_test,
             self.post_nms_topk_train if training else self.post_nms_topk_test,
-            self.nms_threshold, self.min_size)
+            self.nms_threshold, self.min_size, self.nms_implementation)
 
     def detect(self, raw, image_shape):
         """Proposals as detections of class 0 ("object")."""
