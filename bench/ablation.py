@@ -1,6 +1,6 @@
 """The FPN paper's Table 1 (RPN ablation) on a synthetic multi-scale dataset.
 
-    python bench/ablation.py [--quick] [--size 256] [--steps 300] [--variants a,b,c,d,e]
+    python bench/ablation.py [--quick] [--size 256] [--steps 400] [--variants a,b,c,d,e]
                              [--json out.jsonl] [--markdown docs/ablation_table.md] [--plot docs/ablation.png]
 
 Same backbone (a small ResNet, random init), same data, same optimizer and the
@@ -164,9 +164,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings for CI (numbers mean nothing)")
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=300, help="training steps per variant")
+    parser.add_argument("--steps", type=int, default=400, help="training steps per variant")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--train-images", type=int, default=1200)
+    parser.add_argument("--train-images", type=int, default=1600)
     parser.add_argument("--val-images", type=int, default=150)
     parser.add_argument("--max-objects", type=int, default=8)
     parser.add_argument("--fpn-channels", type=int, default=64)

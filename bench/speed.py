@@ -10,9 +10,10 @@ True. Each (model, XLA) case runs in a fresh subprocess, so peak RSS
 
 - inference: `predict_on_batch` of one 640x640 image (the full path: backbone,
   FPN, head, box decoding, NMS, top-K), median and min of --runs after 2
-  warm-up calls. TensorFlow's NMS kernels are not XLA-compilable; where
-  `predict_on_batch` fails under jit_compile=True the case reports the error and
-  times the forward pass alone (`tf.function(jit_compile=True)` of `model(x)`).
+  warm-up calls. Under jit_compile=True the heads use the generic keras.ops
+  NMS / RoIAlign (TF's kernels are not XLA-compilable); should
+  `predict_on_batch` still fail under XLA, the case reports the error and times
+  the forward pass alone (`tf.function(jit_compile=True)` of `model(x)`).
 - training: `train_on_batch` on 2 images of --train-size (512) with 4 random
   boxes each, SGD; median step time after 2 warm-up steps -> images/s.
 
@@ -162,7 +163,10 @@ def _subprocess(python, argv):
 
 
 def _fmt(value, spec):
-    return format(value, spec) if isinstance(value, (int, float)) else "-"
+    if isinstance(value, (int, float)):
+        return format(value, spec)
+    width = "".join(c for c in spec.split(".")[0] if c.isdigit())
+    return "-".rjust(int(width) if width else 1)
 
 
 def main(argv=None):

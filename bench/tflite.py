@@ -52,6 +52,8 @@ def median_ms(fn, warmup, runs):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=["mobile", "r50"], default="mobile",
+                        help="mobile: MobileNetV3-Large FPN-lite RetinaNet; r50: ResNet-50 FPN RetinaNet")
     parser.add_argument("--size", type=int, default=320)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
@@ -70,7 +72,14 @@ def main():
     from fpn_keras.export.tflite import convert
 
     size = (args.size, args.size)
-    model = build_mobile_model()
+    if args.model == "r50":
+        from fpn_keras.models.detector import FPNDetector
+
+        model = FPNDetector()  # ResNet-50 + FPN P3-P7 (256) + RetinaNet, 80 classes
+        title = "ResNet-50 + FPN(256) + RetinaNet(256)"
+    else:
+        model = build_mobile_model()
+        title = "MobileNetV3-Large + FPN-lite(128) + RetinaNet(128)"
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (1, *size, 3)).astype("float32")
     model(image)  # build
@@ -106,7 +115,7 @@ def main():
                      "file_mb": len(content) / 2**20,
                      "num_detections": int(out["num_detections"][0]), "convert_s": convert_s})
 
-    print(f"\nMobileNetV3-Large + FPN-lite(128) + RetinaNet(128), {args.size}x{args.size}, "
+    print(f"\n{title}, {args.size}x{args.size}, "
           f"{args.threads} threads, median of {args.runs} after {args.warmup} warm-up")
     print(f"{'model':<24}{'median ms':>11}{'file MB':>9}{'dets':>6}{'convert s':>11}")
     for row in rows:
