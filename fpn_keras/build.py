@@ -19,6 +19,7 @@ def build_model(recipe: Recipe, class_names=None):
     head_args = dict(cfg.head_args)
     if cfg.head == "rpn":
         head = RPN(name="head", **head_args)
+        class_names = ["object"]  # proposals are class-agnostic
     else:
         if cfg.head == "faster_rcnn" and isinstance(head_args.get("rpn"), dict):
             # The RPN's settings form their own sub-section of head_args.

@@ -64,3 +64,11 @@ def test_recipes_are_plain_data():
             text = f.read()
         assert "!!" not in text and "!<" not in text
         assert isinstance(yaml.safe_load(text), dict)
+
+
+def test_rpn_recipe_builds_with_a_datasets_class_names():
+    from fpn_keras.build import build_model
+    from fpn_keras.config import load_recipe
+
+    model = build_model(load_recipe("rpn_synthetic"), class_names=["rectangle", "ellipse", "triangle", "cross"])
+    assert model.num_classes == 1 and model.class_names == ["object"]
