@@ -390,8 +390,13 @@ _DESCRIPTIONS = {
 def format_metrics(metrics, title="COCO metrics"):
     """A COCO-style table of the metrics dict returned by `evaluate`."""
     lines = [title]
+    # AP and ARs/ARm/ARl are computed at the largest recall limit (1000 for proposals).
+    limits = [int(name[2:]) for name in metrics if name[2:].isdigit() and name.startswith("AR")]
+    largest = max(limits, default=100)
     for name, value in metrics.items():
         description = _DESCRIPTIONS.get(name)
+        if description and largest != 100 and not name[2:].isdigit():
+            description = description.replace("maxDets=100]", f"maxDets={largest}]")
         if description is None and name.startswith("AR"):
             description = f"AR @[IoU=0.50:0.95 | area=all | maxDets={name[2:]}]"
         lines.append(f"  {name:<6} {description or '':<45} = {value:.3f}")
