@@ -10,6 +10,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "FPNDetector": "fpn_keras.models.detector",
+    "FasterRCNN": "fpn_keras.models.faster_rcnn",
+    "RPN": "fpn_keras.models.rpn",
     "FeaturePyramid": "fpn_keras.layers.fpn",
     "RetinaNet": "fpn_keras.models.retinanet",
 }

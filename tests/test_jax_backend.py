@@ -1,6 +1,8 @@
 """The model code is keras.ops only: RetinaNet and Faster R-CNN train and predict under JAX.
 
-Runs tests/jax_backend_check.py in a subprocess, since the backend is fixed at import.
+Runs tests/jax_backend_check.py in a subprocess, since the backend is fixed at import;
+that script makes TensorFlow unimportable (sys.modules["tensorflow"] = None) before
+anything else, as on the GPU machine, which has no TensorFlow.
 """
 
 import importlib.util
@@ -9,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -24,5 +27,7 @@ def test_retinanet_and_faster_rcnn_under_keras_backend_jax():
     assert [r["head"] for r in rows] == ["retinanet", "faster_rcnn"]
     for row in rows:
         assert row["backend"] == "jax"
+        assert row["tensorflow_loaded"] is False, row
+        assert np.isfinite(row["fit_loss"]) and row["fit_loss"] > 0, row
         assert row["last_loss"] < row["first_loss"], row
         assert row["boxes_shape"] == [2, 100, 4] and row["finite"], row

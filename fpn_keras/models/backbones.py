@@ -31,6 +31,23 @@ class CaffePreprocessing(layers.Layer):
         return bgr - ops.convert_to_tensor(_CAFFE_MEAN_BGR, self.compute_dtype)
 
 
+@keras.saving.register_keras_serializable(package="fpn_keras")
+class ScaleOffset(layers.Layer):
+    """images * scale + offset, in keras.ops (Keras' Rescaling is a preprocessing
+    layer that probes TensorFlow; this runs wherever the model runs)."""
+
+    def __init__(self, scale, offset=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = float(scale)
+        self.offset = float(offset)
+
+    def call(self, images):
+        return ops.cast(images, self.compute_dtype) * self.scale + self.offset
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale, "offset": self.offset}
+
+
 def _load_applications_model(constructor, name, weights, **kwargs):
     """Builds a keras.applications model; turns download failures into clear errors."""
     if weights not in (None, "imagenet") and not os.path.isfile(str(weights)):
@@ -84,7 +101,8 @@ def resnet(name="resnet50", weights=None, freeze_at=0, freeze_batchnorm=False,
 def _stage_ends_by_stride(model, size):
     """Indices of the last layer at each stride 4..32 (probed at `size` x `size`)."""
     ends = {}
-    for index, layer in enumerate(model.layers):
+    body = [layer for layer in model.layers if not isinstance(layer, layers.InputLayer)]
+    for index, layer in enumerate(body):
         shape = layer.output.shape
         if len(shape) != 4 or shape[1] in (1, None):
             continue  # squeeze-excite pooling, etc.
@@ -103,13 +121,17 @@ def mobilenet_v3(name="mobilenet_v3_large", weights=None, freeze_batchnorm=False
         raise ValueError(f"unknown MobileNetV3 {name!r}; choose mobilenet_v3_large or mobilenet_v3_small")
     # Probe layer indices on a fixed size (layer auto-names differ between instances).
     probe = constructor(include_top=False, weights=None, input_shape=(256, 256, 3),
-                        include_preprocessing=True)
+                        include_preprocessing=False)
     ends = _stage_ends_by_stride(probe, 256)
-    base = _load_applications_model(constructor, name, weights, input_shape=input_shape,
-                                    include_preprocessing=True)
+    images = keras.Input(input_shape, name="images")
+    # Keras' own preprocessing for MobileNetV3 (0..255 -> -1..1), as a keras.ops layer.
+    x = ScaleOffset(1.0 / 127.5, offset=-1.0, name="preprocessing")(images)
+    base = _load_applications_model(constructor, name, weights, input_tensor=x,
+                                    include_preprocessing=False)
     _freeze(base, (), freeze_batchnorm)
-    outputs = {f"C{l}": base.layers[ends[l]].output for l in range(2, 6)}
-    return keras.Model(base.inputs[0], outputs, name=f"{name}_backbone")
+    body = [layer for layer in base.layers if not isinstance(layer, (layers.InputLayer, ScaleOffset))]
+    outputs = {f"C{l}": body[ends[l]].output for l in range(2, 6)}
+    return keras.Model(images, outputs, name=f"{name}_backbone")
 
 
 def small_resnet(widths=(32, 64, 128, 256), blocks=(1, 1, 1, 1), input_shape=(None, None, 3)):
@@ -138,7 +160,7 @@ def small_resnet(widths=(32, 64, 128, 256), blocks=(1, 1, 1, 1), input_shape=(No
         return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([shortcut, y]))
 
     images = keras.Input(input_shape, name="images")
-    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocessing")(images)
+    x = ScaleOffset(1.0 / 127.5, offset=-1.0, name="preprocessing")(images)
     x = conv_bn(x, widths[0], 2, "stem")
     outputs = {}
     for level, (filters, num_blocks) in enumerate(zip(widths, blocks), start=2):

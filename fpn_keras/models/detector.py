@@ -167,15 +167,19 @@ class FPNDetector(keras.Model):
         metrics = super().metrics
         return metrics + [t for t in self.loss_trackers.values() if t not in metrics]
 
-    def compile(self, optimizer="adam", jit_compile=False, **kwargs):
+    def compile(self, optimizer="adam", jit_compile="auto", **kwargs):
         """Like keras.Model.compile; losses are built in (no `loss` argument needed).
 
-        jit_compile defaults to False: XLA did not speed up the CPU forward pass.
-        With jit_compile=True under TensorFlow, NMS and RoIAlign switch from TF's
-        kernels (not XLA-compilable) to their generic keras.ops versions.
+        jit_compile="auto": False under TensorFlow (XLA did not speed up training
+        or RetinaNet on CPU, docs/benchmarks.md), True under JAX (without jit,
+        JAX runs op by op: 16x slower on a GPU). With jit_compile=True under
+        TensorFlow, NMS and RoIAlign switch from TF's kernels (not
+        XLA-compilable) to their generic keras.ops versions.
         """
         if kwargs.pop("loss", None) is not None:
             raise ValueError("FPNDetector computes its own losses; do not pass loss= to compile")
+        if jit_compile == "auto":
+            jit_compile = keras.backend.backend() != "tensorflow"
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
         implementation = "generic" if jit_compile is True and keras.backend.backend() == "tensorflow" \
             else "auto"
