@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import difflib
 import os
+import sys
 import typing
 
 import yaml
@@ -361,11 +362,16 @@ def apply_override(data, assignment):
 
 
 def recipes_dir():
+    """The recipes folder: the repository's (source checkout, editable install)
+    or the one a wheel installs under <prefix>/share/fpn_keras/recipes."""
     here = os.path.dirname(os.path.abspath(__file__))
-    for candidate in (os.path.join(here, "recipes"), os.path.join(os.path.dirname(here), "recipes")):
+    candidates = [os.path.join(os.path.dirname(here), "recipes"),
+                  os.path.join(sys.prefix, "share", "fpn_keras", "recipes"),
+                  os.path.join(sys.base_prefix, "share", "fpn_keras", "recipes")]
+    for candidate in candidates:
         if os.path.isdir(candidate):
             return candidate
-    return os.path.join(os.path.dirname(here), "recipes")
+    return candidates[0]
 
 
 def available_recipes():

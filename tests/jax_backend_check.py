@@ -62,6 +62,7 @@ def main():
         print(json.dumps({
             "fit_loss": float(history.history["loss"][-1]),
             "tensorflow_loaded": sys.modules.get("tensorflow") is not None,
+            "jit_compile": bool(model.jit_compile),
             "head": head_name, "backend": keras.backend.backend(), "device": str(jax.devices()[0]),
             "first_loss": float(first["loss"]), "last_loss": float(last["loss"]),
             "train_step_ms": round(step_ms, 1), "boxes_shape": list(out["boxes"].shape),

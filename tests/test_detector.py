@@ -173,3 +173,13 @@ def test_default_detector_is_resnet50_retinanet_coco():
     assert model.backbone.name == "resnet50_backbone"
     out = model.predict(np.zeros((1, 128, 128, 3), "uint8"), verbose=0)
     assert out["boxes"].shape == (1, 100, 4) and out["labels"].shape == (1, 100)
+
+
+def test_compile_jit_default_is_off_under_tensorflow_and_explicit_values_pass_through():
+    model = tiny_detector()
+    model.compile(optimizer="adam")
+    assert keras.backend.backend() == "tensorflow" and model.jit_compile is False
+    model.compile(optimizer="adam", jit_compile=True)
+    assert model.jit_compile is True and model.head.nms_implementation == "generic"
+    model.compile(optimizer="adam", jit_compile=False)
+    assert model.jit_compile is False and model.head.nms_implementation == "auto"

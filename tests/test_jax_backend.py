@@ -28,6 +28,7 @@ def test_retinanet_and_faster_rcnn_under_keras_backend_jax():
     for row in rows:
         assert row["backend"] == "jax"
         assert row["tensorflow_loaded"] is False, row
+        assert row["jit_compile"] is True, row  # compile()'s "auto": op by op is 16x slower under JAX
         assert np.isfinite(row["fit_loss"]) and row["fit_loss"] > 0, row
         assert row["last_loss"] < row["first_loss"], row
         assert row["boxes_shape"] == [2, 100, 4] and row["finite"], row

@@ -1,4 +1,5 @@
 """Every recipe in recipes/ loads, validates and builds its model (weights=None, no download)."""
+import os
 
 import numpy as np
 import pytest
@@ -72,3 +73,36 @@ def test_rpn_recipe_builds_with_a_datasets_class_names():
 
     model = build_model(load_recipe("rpn_synthetic"), class_names=["rectangle", "ellipse", "triangle", "cross"])
     assert model.num_classes == 1 and model.class_names == ["object"]
+
+
+def test_an_installed_wheel_ships_every_recipe(tmp_path):
+    """The wheel carries recipes/*.yaml to <prefix>/share/fpn_keras/recipes ..."""
+    import glob
+    import subprocess
+    import sys
+    import zipfile
+
+    root = os.path.dirname(recipes_dir())
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    root, "-w", str(tmp_path)], check=True, timeout=600, cwd=str(tmp_path))
+    (wheel,) = glob.glob(str(tmp_path / "fpn_keras-*.whl"))
+    shipped = {os.path.basename(n) for n in zipfile.ZipFile(wheel).namelist()
+               if "/data/share/fpn_keras/recipes/" in n}
+    assert shipped == {os.path.basename(p) for p in glob.glob(os.path.join(root, "recipes", "*.yaml"))}
+
+
+def test_recipes_dir_falls_back_to_the_installed_share_folder(tmp_path, monkeypatch):
+    """... and recipes_dir() finds them there when there is no repository around the package."""
+    import sys
+
+    from fpn_keras import config
+
+    share = tmp_path / "share" / "fpn_keras" / "recipes"
+    share.mkdir(parents=True)
+    (share / "mine.yaml").write_text("model: {head: retinanet}\n")
+    repo_recipes = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(config.__file__))), "recipes")
+    real_isdir = os.path.isdir
+    monkeypatch.setattr(config.os.path, "isdir", lambda p: False if p == repo_recipes else real_isdir(p))
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    assert recipes_dir() == str(share)
+    assert "mine" in available_recipes()
