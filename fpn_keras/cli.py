@@ -142,16 +142,25 @@ def _add_recipes(sub):
     p.add_argument("name", nargs="?", default=None, metavar="NAME", help="a recipe to print in full")
 
 
+BENCHMARKS = {
+    "postprocess": "forward pass vs decoding + NMS cost (RetinaNet R50-FPN, batch 1)",
+    "speed": "inference latency and training throughput vs torchvision, same run",
+    "ablation": "the FPN paper's Table 1 (--head rpn) / Table 3 (--head faster_rcnn) ablation",
+    "tflite": "TFLite float32 / float16 / int8 latency and size vs Keras",
+    "input_pipeline": "input pipeline images/s (synthetic, COCO folder)",
+    "gpu": "ours under KERAS_BACKEND=jax vs torchvision on a GPU",
+}
+
+
 def _add_benchmark(sub):
-    p = _parser(sub, "benchmark", "time the forward pass and post-processing", (
-        "Runs bench/postprocess.py from a source checkout: builds the default detector\n"
-        "(ResNet-50 + FPN + RetinaNet, random init) and times the forward pass and\n"
-        "decoding + NMS at batch 1. The input-pipeline and TFLite benchmarks are\n"
-        "bench/input_pipeline.py and bench/tflite.py (run them with python)."))
-    p.add_argument("--size", type=int, default=640, help="square input size (default: 640)")
-    p.add_argument("--runs", type=int, default=10, help="timed runs after warm-up (default: 10)")
-    p.add_argument("--threads", type=int, default=2, help="TensorFlow intra/inter-op threads (default: 2)")
-    p.add_argument("--json", default=None, metavar="FILE", help="append one JSON line per result to FILE")
+    p = _parser(sub, "benchmark", "run one of the bench/ scripts", (
+        "Runs bench/NAME.py of a source checkout with the arguments that follow NAME\n"
+        "(`fpn-keras benchmark speed --help` shows that script's own options):\n"
+        + "\n".join(f"  {name:<15} {text}" for name, text in BENCHMARKS.items())))
+    p.add_argument("name", nargs="?", default="postprocess", choices=sorted(BENCHMARKS),
+                   help="which benchmark (default: postprocess)")
+    p.add_argument("script_args", nargs=argparse.REMAINDER, metavar="...",
+                   help="arguments for bench/NAME.py")
 
 
 def build_parser():
@@ -438,22 +447,17 @@ def _recipes(args):
 
 
 def _benchmark(args):
-    import importlib.util
+    """Runs bench/NAME.py in a subprocess (the scripts pick their own backend and threads)."""
+    import subprocess
 
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    script = os.path.join(here, "bench", "postprocess.py")
+    script = os.path.join(here, "bench", f"{args.name}.py")
     if not os.path.isfile(script):
         raise UsageError(f"the benchmarks live in bench/ of a source checkout ({script} not found): "
-                         "run python bench/postprocess.py there")
-    spec = importlib.util.spec_from_file_location("fpn_keras_bench_postprocess", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    argv = ["--size", str(args.size), "--runs", str(args.runs), "--threads", str(args.threads)]
-    if args.json:
-        argv += ["--json", args.json]
-    result = module.main(argv)
-    if result not in (None, 0):
-        raise RuntimeError(f"bench/postprocess.py exited with {result}")
+                         f"run python bench/{args.name}.py there")
+    result = subprocess.run([sys.executable, script, *args.script_args])
+    if result.returncode != 0:
+        raise RuntimeError(f"bench/{args.name}.py exited with {result.returncode}")
 
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "export": _export,

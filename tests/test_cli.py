@@ -77,6 +77,19 @@ def test_help_documents_every_option(capsys, command):
         assert action.help, f"{command}: {action.dest} has no help"
 
 
+def test_benchmark_runs_the_named_bench_script_with_its_arguments(capfd):
+    assert cli.main(["benchmark", "ablation", "--help"]) == 0
+    out = capfd.readouterr().out
+    assert "--head {rpn,faster_rcnn}" in out and "Table 3" in out  # bench/ablation.py's own help
+
+
+def test_benchmark_unknown_name_is_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["benchmark", "nonsense"])
+    assert info.value.code == 2
+    assert "invalid choice: 'nonsense'" in capsys.readouterr().err
+
+
 def test_python_m_help():
     result = subprocess.run([sys.executable, "-m", "fpn_keras", "--help"], capture_output=True, text=True,
                             env=ENV, timeout=120)
