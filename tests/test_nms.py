@@ -59,3 +59,28 @@ def test_generic_and_tf_match_tf_image_nms_on_random_boxes(seed):
 def test_nms_rejects_unknown_implementation():
     with pytest.raises(ValueError, match="implementation"):
         batched_nms(np.zeros((1, 2, 4), "float32"), np.zeros((1, 2), "float32"), implementation="cuda")
+
+
+def test_suppression_chains_follow_greedy_order():
+    """A overlaps B, B overlaps C, A does not overlap C: greedy keeps A and C (B is
+    suppressed by A, so it cannot suppress C); D overlaps C and goes."""
+    boxes = np.array([[[0, 0, 10, 10], [4, 0, 14, 10], [8, 0, 18, 10], [12, 0, 22, 10],
+                       [50, 50, 60, 60]]], "float32")  # IoU of neighbours 60/140 = 0.43; of A and C 20/180
+    scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.5]], "float32")
+    for implementation in ("generic", "tf"):
+        indices, num = batched_nms(boxes, scores, None, 0.4, 5, implementation=implementation)
+        assert ops.convert_to_numpy(indices).tolist() == [[0, 2, 4, -1, -1]], implementation
+        assert ops.convert_to_numpy(num).tolist() == [3]
+
+
+def test_generic_nms_matches_the_tf_kernel_on_crowded_boxes_and_stops_at_max_output_size():
+    rng = np.random.default_rng(7)
+    boxes = random_boxes(rng, 2, 200, size=60.0)  # crowded: long suppression chains
+    scores = rng.uniform(0, 1, (2, 200)).astype("float32")
+    for max_output_size in (5, 80, 300):
+        generic, num_generic = batched_nms(boxes, scores, None, 0.5, max_output_size, 0.1,
+                                           implementation="generic")
+        fast, num_fast = batched_nms(boxes, scores, None, 0.5, max_output_size, 0.1, implementation="tf")
+        assert ops.convert_to_numpy(generic).shape == (2, max_output_size)
+        np.testing.assert_array_equal(ops.convert_to_numpy(generic), ops.convert_to_numpy(fast))
+        np.testing.assert_array_equal(ops.convert_to_numpy(num_generic), ops.convert_to_numpy(num_fast))
