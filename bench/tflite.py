@@ -74,8 +74,11 @@ def main():
     size = (args.size, args.size)
     if args.model == "r50":
         from fpn_keras.models.detector import FPNDetector
+        from fpn_keras.models.retinanet import RetinaNet
 
-        model = FPNDetector()  # ResNet-50 + FPN P3-P7 (256) + RetinaNet, 80 classes
+        # ResNet-50 + FPN P3-P7 (256) + RetinaNet, 80 classes; threshold 0 as for mobile
+        # (random weights score ~0.01: at 0.05, NMS would have nothing to do).
+        model = FPNDetector(head=RetinaNet(num_classes=80, score_threshold=0.0, name="head"))
         title = "ResNet-50 + FPN(256) + RetinaNet(256)"
     else:
         model = build_mobile_model()
