@@ -149,6 +149,7 @@ BENCHMARKS = {
     "tflite": "TFLite float32 / float16 / int8 latency and size vs Keras",
     "input_pipeline": "input pipeline images/s (synthetic, COCO folder)",
     "gpu": "ours under KERAS_BACKEND=jax vs torchvision on a GPU",
+    "profile_ops": "TF profiler: predict time by op type",
 }
 
 
