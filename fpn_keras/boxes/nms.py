@@ -4,8 +4,9 @@ Shapes: B batch, N candidate boxes, K = `max_output_size` kept boxes.
 
 The generic path is exact greedy NMS in `keras.ops` (runs under TF, JAX and
 XLA): K steps of a `fori_loop`, each selecting the best remaining box and
-removing the boxes that overlap it (O(B * N) memory, no [N, N] IoU matrix). Under the TensorFlow backend the same greedy algorithm runs as
-the `NonMaxSuppressionV5` kernel, which gives the same result far faster on CPU
+removing the boxes that overlap it (O(B * N) memory, no [N, N] IoU matrix).
+Under the TensorFlow backend the same greedy algorithm runs as the
+`NonMaxSuppressionV5` kernel, which gives the same result far faster on CPU
 and converts to the TFLite builtin NON_MAX_SUPPRESSION_V5.
 
 Per-class NMS uses the offset trick (torchvision's `batched_nms`): boxes of
