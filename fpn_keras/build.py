@@ -60,10 +60,7 @@ def build_schedule(recipe: Recipe, total_steps):
     if cfg.schedule == "step":
         # The FPN paper's schedule: linear warmup, divide by 10 at 2/3 and 8/9 of training
         # (or at train.lr_steps).
-        if hasattr(config_lib, "lr_boundaries"):
-            boundaries = config_lib.lr_boundaries(cfg, total_steps)
-        else:
-            boundaries = [math.floor(total_steps * 2 / 3), math.floor(total_steps * 8 / 9)]
+        boundaries = config_lib.lr_boundaries(cfg, total_steps)
         return WarmupStepDecay(lr, boundaries, warmup, factor)
     if warmup:  # constant after a linear warmup
         return WarmupStepDecay(lr, [], warmup, factor)
@@ -71,9 +68,7 @@ def build_schedule(recipe: Recipe, total_steps):
 
 
 def total_training_steps(recipe: Recipe, steps_per_epoch):
-    if hasattr(config_lib, "schedule_steps"):
-        return config_lib.schedule_steps(recipe.train, steps_per_epoch)[2]
-    return max(1, recipe.train.epochs * steps_per_epoch)
+    return config_lib.schedule_steps(recipe.train, steps_per_epoch)[2]
 
 
 def build_optimizer(recipe: Recipe, steps_per_epoch):

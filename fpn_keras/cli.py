@@ -15,7 +15,6 @@ adds the traceback.
 """
 
 import argparse
-import inspect
 import json
 import os
 import sys
@@ -29,6 +28,8 @@ EPILOG = ("exit codes: 0 success, 2 usage/configuration error (bad option, inval
           "--set, missing input file or data path), 1 runtime failure")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu", "one_device:DEVICE")
 QUANTIZE = ("none", "float16", "dynamic_range", "int8")
+DEMO_RECIPE = "retinanet_synthetic"
+USER_DATA_RECIPE = "retinanet_user_data"
 
 
 class UsageError(Exception):
@@ -56,12 +57,16 @@ def _add_train(sub):
         "OUT/recipe.yaml (the resolved recipe), OUT/metrics.json, OUT/history.csv,\n"
         "OUT/predictions.png, OUT/curves.png and TensorBoard logs in OUT/logs; shows Keras\n"
         "progress bars and the COCO evaluation every train.eval_every_n_epochs epochs."))
-    p.add_argument("--recipe", default="retinanet_synthetic", metavar="R",
-                   help="recipe name (in recipes/) or path to a recipe YAML file (default: the fast "
-                        "demo recipe retinanet_synthetic, e.g. to train it on --data coco:ANN.json:DIR)")
+    p.add_argument("--recipe", default=None, metavar="R",
+                   help=f"recipe name (in recipes/) or path to a recipe YAML file (default: {USER_DATA_RECIPE} "
+                        f"with --data, else the demo recipe {DEMO_RECIPE})")
     p.add_argument("--data", default=None, metavar="SPEC",
-                   help="dataset spec for both train and val, overriding data.train/data.val: synthetic, "
-                        "tfds:NAME, coco:ANNOTATIONS.json:IMAGE_DIR or voc:DIR")
+                   help="training data, overriding data.train: synthetic, tfds:NAME, "
+                        "coco:ANNOTATIONS.json:IMAGE_DIR or voc:DIR. Without --val-data, a fixed "
+                        "(seeded) data.holdout_fraction of its images (default 10%%) is held out for "
+                        "validation and not trained on")
+    p.add_argument("--val-data", default=None, metavar="SPEC",
+                   help="validation data, overriding data.val (a spec as for --data, or 'holdout')")
     p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: runs/<recipe name>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a recipe value (YAML syntax), e.g. --set train.batch_size=8 "
@@ -82,7 +87,8 @@ def _add_evaluate(sub):
         "OUT/results.json (COCO results format, with the dataset's original category ids)."))
     p.add_argument("--model", required=True, metavar="M", help="a .keras file written by train")
     p.add_argument("--data", default=None, metavar="SPEC",
-                   help="dataset spec (default: data.val of the recipe.yaml next to the model, else synthetic)")
+                   help="dataset spec (default: data.val of the recipe.yaml next to the model, i.e. the "
+                        "held-out images when it trained with --data alone; else synthetic)")
     p.add_argument("--split", default=None,
                    help="split to evaluate (default: data.val_split of that recipe.yaml, else val)")
     p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
@@ -227,30 +233,30 @@ def load_keras_model(path):
     return keras.saving.load_model(path, safe_mode=True)
 
 
-def _accepts(function, name):
-    parameters = inspect.signature(function).parameters
-    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-
-
 # ---------------------------------------------------------------- commands
 
 
 def _train(args):
-    import dataclasses
-
-    from fpn_keras.config import TrainConfig, load_recipe
+    from fpn_keras.config import HOLDOUT, load_recipe, resolve_recipe_path
 
     overrides = list(args.overrides)
+    data_origins = {}
     if args.data:
-        overrides += [f"data.train={args.data}", f"data.val={args.data}"]
-    strategy_in_recipe = "strategy" in {f.name for f in dataclasses.fields(TrainConfig)}
-    if args.strategy is not None and strategy_in_recipe:
+        overrides.append(f"data.train={args.data}")
+        data_origins["data.train"] = "--data"
+    if args.val_data or args.data:
+        overrides.append(f"data.val={args.val_data or HOLDOUT}")
+        data_origins["data.val"] = "--val-data" if args.val_data else "--data without --val-data"
+    if args.strategy is not None:
         overrides.append(f"train.strategy={args.strategy}")  # recorded in OUT/recipe.yaml
-    recipe = load_recipe(args.recipe, overrides)
+    recipe_name = args.recipe or (USER_DATA_RECIPE if args.data else DEMO_RECIPE)
+    recipe = load_recipe(recipe_name, overrides)
+    recipe.origins.update(data_origins)
     train_specs = recipe.data.train if isinstance(recipe.data.train, list) else [recipe.data.train]
     for spec in train_specs:
         check_data_spec(spec, "data.train")
-    check_data_spec(recipe.data.val, "data.val")
+    if recipe.data.val != HOLDOUT:
+        check_data_spec(recipe.data.val, "data.val")
     if args.strategy is not None:
         name = args.strategy.split(":", 1)[0].strip().lower()
         known = {s.split(":", 1)[0] for s in STRATEGIES} | {"multiworker", "multi_worker_mirrored"}
@@ -259,22 +265,10 @@ def _train(args):
 
     from fpn_keras.training import train
 
-    kwargs = {"verbose": 2 if args.quiet else 1}
-    for option in ("resume",) if strategy_in_recipe else ("resume", "strategy"):
-        value = getattr(args, option)
-        if value not in (None, False):
-            if not _accepts(train, option):
-                raise UsageError(f"--{option}: this version of fpn_keras.training.train does not support it")
-            kwargs[option] = value
-    name = os.path.splitext(os.path.basename(args.recipe))[0]
+    name = os.path.splitext(os.path.basename(recipe_name))[0]
     out = args.out or os.path.join("runs", name)
-    model, _ = train(recipe, out, **kwargs)
-    curves = os.path.join(out, "curves.png")
-    history = os.path.join(out, "history.csv")
-    if not os.path.isfile(curves) and os.path.isfile(history):
-        from fpn_keras.visualization import plot_curves
-
-        plot_curves(history, None, curves)
+    print(f"Recipe {recipe_name} ({resolve_recipe_path(recipe_name)}), writing to {out}")
+    model, _ = train(recipe, out, verbose=2 if args.quiet else 1, resume=args.resume)
     written = [f for f in ("model.keras", "recipe.yaml", "metrics.json", "history.csv", "predictions.png",
                            "curves.png") if os.path.isfile(os.path.join(out, f))]
     print(f"Wrote {', '.join(written)} in {out}")
@@ -287,29 +281,41 @@ def _train(args):
 
 def _evaluate(args):
     from fpn_keras import data as data_lib
+    from fpn_keras.config import HOLDOUT
     from fpn_keras.evaluation.coco_eval import CocoEvaluator, evaluate_model, format_metrics
 
     _require_file(args.model, "model file")
     run = _run_recipe(args.model).get("data", {})
     spec = args.data or run.get("val") or "synthetic"
     split = args.split or run.get("val_split") or "val"
+    holdout = {}
+    if spec == HOLDOUT:  # the held-out images of the run's training data, as in training
+        spec = run.get("train")
+        if not isinstance(spec, str):
+            raise UsageError(f"the recipe.yaml next to {args.model} holds out images from {spec!r}: "
+                             "pass --data SPEC")
+        split = args.split or run.get("train_split") or "train"
+        holdout = {"holdout": run.get("holdout_fraction", 0.1), "part": "held_out", "seed": run.get("seed", 0)}
     check_data_spec(spec)
     if args.batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, received {args.batch_size}")
     size = _image_size(args.model, args.image_size)
     model = load_keras_model(args.model)
     extra = {"image_size": size} if spec == "synthetic" else {}
-    elements, class_names = data_lib.load(spec, split, num_images=args.num_images, **extra)
+    elements, class_names, info = data_lib.load(spec, split, num_images=args.num_images, with_info=True,
+                                                **holdout, **extra)
     batches = data_lib.pipeline.prepare(elements, args.batch_size, size, training=False,
                                         resize=run.get("resize") if args.data is None else None)
     evaluator = CocoEvaluator(class_names=class_names,
                               category_ids=getattr(class_names, "category_ids", None))
     metrics = evaluate_model(model, batches, class_names=class_names, verbose=False, evaluator=evaluator)
-    print(format_metrics(metrics, title=f"COCO metrics: {args.model} on {spec} ({split})"))
+    print(format_metrics(metrics, title=f"COCO metrics: {args.model} on {info.description} "
+                                        f"({info.num_images} images)"))
     out = args.out or os.path.dirname(os.path.abspath(args.model))
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump({"metrics": metrics, "model": args.model, "data": spec, "split": split}, f, indent=2)
+        json.dump({"metrics": metrics, "model": args.model, "data": spec, "split": split,
+                   "evaluated_on": info.description, "num_images": info.num_images}, f, indent=2)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(evaluator.results_json(), f)
     print(f"Wrote {os.path.join(out, 'metrics.json')} and {os.path.join(out, 'results.json')}")

@@ -40,9 +40,12 @@ class ModelConfig:
 class DataConfig:
     # A dataset spec (see fpn_keras.data.load), or a list of specs concatenated (VOC07+12).
     train: typing.Union[str, typing.List[str]] = "synthetic"
+    # A dataset spec, or "holdout": a fixed, seeded `holdout_fraction` of data.train's
+    # images (which training then does not use).
     val: str = "synthetic"
     train_split: str = "train"
     val_split: str = "val"
+    holdout_fraction: float = 0.1
     # Extra keyword arguments for fpn_keras.data.load (e.g. tfds data_dir, download).
     load_args: dict = dataclasses.field(default_factory=dict)
     # [short_side, max_size]: detectron2-style resize for evaluation (and training
@@ -51,12 +54,21 @@ class DataConfig:
     # Training augmentation: fields of fpn_keras.data.transforms.Augment (AUGMENT_KEYS);
     # None = random horizontal flips only.
     augment: typing.Optional[dict] = None
-    image_size: typing.List[int] = dataclasses.field(default_factory=lambda: [128, 128])
-    max_boxes: int = 100
+    # [height, width] of the input canvas (multiples of 32), or "auto": the median long
+    # side of the training images rounded to a multiple of 32, at most max_image_size.
+    image_size: typing.Union[str, typing.List[int]] = dataclasses.field(default_factory=lambda: [128, 128])
+    max_image_size: int = 640
+    # Ground-truth boxes per image after padding, or "auto": the most boxes in one
+    # training image (COCO/VOC folders; 100 when the loader cannot tell).
+    max_boxes: typing.Union[str, int] = 100
+    # Image counts of the synthetic generator (the demo's data); other datasets use all
+    # their images.
     num_train_images: typing.Optional[int] = None
     num_val_images: typing.Optional[int] = None
     seed: int = 0
-    cache: bool = True
+    # Keep the decoded images in memory: true | false | null (auto: when the decoded
+    # training set is estimated under 2 GiB; the synthetic data always).
+    cache: typing.Optional[bool] = None
 
 
 @dataclasses.dataclass
@@ -75,7 +87,13 @@ class TrainConfig:
     # or iteration numbers (all >= 1); None = [2/3, 8/9] (the 1x schedule's 60k/80k of 90k).
     lr_steps: typing.Optional[typing.List[float]] = None
     clipnorm: typing.Optional[float] = None
+    # The schedule is lengthened to at least this many optimizer steps (whole epochs),
+    # so that small datasets get enough steps to learn.
+    min_steps: typing.Optional[int] = None
     eval_every_n_epochs: int = 1
+    # When set, replaces eval_every_n_epochs: evaluate every this many steps (rounded to
+    # whole epochs, at least one).
+    eval_every_n_steps: typing.Optional[int] = None
     seed: int = 0
     # --- scale and robustness (fpn_keras.distribute, fpn_keras.training) ---
     # tf.distribute strategy: auto | default | mirrored | multi_worker | tpu | one_device:<device>.
@@ -102,6 +120,11 @@ class Recipe:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
+    def __post_init__(self):
+        # "section.key" -> where its value came from ("recipe NAME", "--set", "--data", ...);
+        # keys not listed are dataclass defaults. Not a field: not written to recipe.yaml.
+        self.origins = {}
+
     def to_dict(self):
         return dataclasses.asdict(self)
 
@@ -124,6 +147,9 @@ AUGMENT_KEYS = ("flip", "short_sides", "max_size", "scale_range", "min_area_frac
 REQUIRED = (("model", "num_classes"), ("model", "backbone"), ("model", "head"),
             ("data", "train"), ("data", "val"), ("data", "image_size"))
 BASE_KEY = "base"
+AUTO = "auto"  # data.image_size / data.max_boxes: taken from the training data
+HOLDOUT = "holdout"  # data.val: a held-out fraction of data.train
+UNKNOWN_SIZE_EPOCH = 1000  # steps per "epoch" when the training set's size is unknown
 
 
 def _suggest(key, allowed):
@@ -250,8 +276,21 @@ def _check_recipe(recipe, source):
     data, train = recipe.data, recipe.train
     if isinstance(data.train, list) and not data.train:
         raise RecipeError(f"{source}: data.train: expected a dataset spec or a non-empty list of specs")
-    if len(data.image_size) != 2 or min(data.image_size) <= 0:
-        raise RecipeError(f"{source}: data.image_size: expected [height, width] > 0, received {data.image_size!r}")
+    if isinstance(data.image_size, str):
+        if data.image_size != AUTO:
+            raise RecipeError(f"{source}: data.image_size: expected [height, width] or '{AUTO}', "
+                              f"received {data.image_size!r}")
+    elif len(data.image_size) != 2 or min(data.image_size) <= 0 or any(s % 32 for s in data.image_size):
+        raise RecipeError(f"{source}: data.image_size: expected [height, width], positive multiples of 32, "
+                          f"or '{AUTO}', received {data.image_size!r}")
+    if isinstance(data.max_boxes, str) and data.max_boxes != AUTO or \
+            not isinstance(data.max_boxes, str) and data.max_boxes <= 0:
+        raise RecipeError(f"{source}: data.max_boxes: expected a positive integer or '{AUTO}', "
+                          f"received {data.max_boxes!r}")
+    if not 0.0 < data.holdout_fraction < 1.0:
+        raise RecipeError(f"{source}: data.holdout_fraction must lie in (0, 1), received {data.holdout_fraction!r}")
+    if data.val == HOLDOUT and isinstance(data.train, list) and len(data.train) > 1:
+        raise RecipeError(f"{source}: data.val: '{HOLDOUT}' needs a single data.train spec, received {data.train!r}")
     if data.resize is not None and (len(data.resize) != 2 or min(data.resize) <= 0):
         raise RecipeError(f"{source}: data.resize: expected [short_side, max_size] > 0, received {data.resize!r}")
     if data.augment is not None:
@@ -259,10 +298,11 @@ def _check_recipe(recipe, source):
             if key not in AUGMENT_KEYS:
                 raise RecipeError(f"{source}: unknown key 'data.augment.{key}'{_suggest(key, AUGMENT_KEYS)}; "
                                   f"allowed keys in 'data.augment': {list(AUGMENT_KEYS)}")
-    for key in ("batch_size", "epochs", "steps"):
-        value = getattr(train, key)
+    for key in ("batch_size", "epochs", "steps", "min_steps", "eval_every_n_steps", "max_image_size"):
+        section = "data" if key == "max_image_size" else "train"
+        value = getattr(data if section == "data" else train, key)
         if value is not None and value <= 0:
-            raise RecipeError(f"{source}: train.{key} must be positive, received {value!r}")
+            raise RecipeError(f"{source}: {section}.{key} must be positive, received {value!r}")
     if train.lr_steps is not None:
         steps = train.lr_steps
         if train.schedule != "step":
@@ -404,27 +444,56 @@ def load_recipe(name_or_path, overrides=()):
     path = resolve_recipe_path(name_or_path)
     data = resolve_base(_read_yaml(path), path)
     recipe = recipe_from_dict(data, source=path)
-    if not overrides:
-        return recipe
-    for assignment in overrides:
-        data = apply_override(data, assignment)
-    return recipe_from_dict(data, source=f"{path} with --set {' '.join(overrides)}")
+    origins = {f"{section}.{key}": f"recipe {os.path.basename(path)}"
+               for section, values in data.items() if isinstance(values, dict) for key in values}
+    if overrides:
+        for assignment in overrides:
+            data = apply_override(data, assignment)
+            origins[".".join(assignment.split("=", 1)[0].strip().split(".")[:2])] = "--set"
+        recipe = recipe_from_dict(data, source=f"{path} with --set {' '.join(overrides)}")
+    recipe.origins = origins
+    return recipe
 
 
 def schedule_steps(train_cfg, steps_per_epoch):
     """-> (epochs, steps_per_epoch, total_steps) for `fit` and the LR schedule.
 
-    With `train.steps` unset: (epochs, steps_per_epoch, epochs * steps_per_epoch).
-    With it set, training runs on the repeated train set in `epochs = ceil(steps /
-    steps_per_epoch)` epochs of `ceil(steps / epochs)` steps (so evaluation and logs keep
-    roughly one epoch per pass over the data); the LR schedule spans `steps`, and the run
-    overshoots it by fewer than `epochs` steps, at the final learning rate.
+    `steps_per_epoch` is the number of full batches in the training set, or None when
+    its size is unknown.
+    - `train.steps` unset: `train.epochs` passes over the data, more when
+      `train.min_steps` needs them: (epochs, steps_per_epoch, epochs x steps_per_epoch).
+    - `train.steps` set (detectron2's MAX_ITER; `min_steps` still a floor): the repeated
+      train set in `epochs = ceil(steps / steps_per_epoch)` epochs of `ceil(steps /
+      epochs)` steps (about one pass each); the LR schedule spans `steps` and the run
+      overshoots it by fewer than `epochs` steps, at the final learning rate.
+    - unknown size: `train.steps` is required; "epochs" of min(steps, 1000) batches.
     """
-    steps_per_epoch = max(1, int(steps_per_epoch))
-    if train_cfg.steps is None:
-        return train_cfg.epochs, steps_per_epoch, train_cfg.epochs * steps_per_epoch
-    epochs = -(-train_cfg.steps // steps_per_epoch)
-    return epochs, -(-train_cfg.steps // epochs), train_cfg.steps
+    minimum = train_cfg.min_steps or 0
+    if steps_per_epoch is None:
+        steps = max(train_cfg.steps or 0, minimum)
+        if not steps:
+            raise RecipeError(
+                "the number of training images is unknown, so the length of an epoch is too: "
+                "set train.steps (the total number of optimizer steps)")
+        steps_per_epoch = min(steps, UNKNOWN_SIZE_EPOCH)
+    else:
+        steps_per_epoch = int(steps_per_epoch)
+        if steps_per_epoch <= 0:
+            raise ValueError(f"steps_per_epoch must be positive, received {steps_per_epoch!r}")
+        if train_cfg.steps is None:
+            epochs = max(train_cfg.epochs, -(-minimum // steps_per_epoch))
+            return epochs, steps_per_epoch, epochs * steps_per_epoch
+        steps = max(train_cfg.steps, minimum)
+    epochs = -(-steps // steps_per_epoch)
+    return epochs, -(-steps // epochs), steps
+
+
+def eval_period_epochs(train_cfg, steps_per_epoch):
+    """Evaluation period in epochs: train.eval_every_n_steps rounded to whole epochs
+    (at least 1) when set, else train.eval_every_n_epochs."""
+    if train_cfg.eval_every_n_steps is None:
+        return train_cfg.eval_every_n_epochs
+    return max(1, int(round(train_cfg.eval_every_n_steps / steps_per_epoch)))
 
 
 def lr_boundaries(train_cfg, total_steps):

@@ -18,43 +18,37 @@ from fpn_keras import distribute
 from fpn_keras import visualization
 from fpn_keras.build import build_model, build_optimizer
 from fpn_keras.config import Recipe, dump_recipe
+from fpn_keras.data.training_data import build_datasets
 from fpn_keras.evaluation import CocoMetricsCallback, evaluate_model
 from fpn_keras.evaluation.coco_eval import format_metrics
 
 
-def build_datasets(recipe: Recipe):
-    """-> (train batches, val batches, class_names) as `FPNDetector.fit` takes them.
-
-    `data.train` may list several specs (e.g. VOC 2007 + 2012 trainval); their
-    class names must agree.
-    """
-    cfg = recipe.data
-    size = tuple(cfg.image_size)
-
-    def load(spec, split, num_images):
-        extra = dict(cfg.load_args)
-        if spec == "synthetic":
-            extra.setdefault("image_size", size)
-        return data_lib.load(spec, split, num_images=num_images, seed=cfg.seed, **extra)
-
-    specs = cfg.train if isinstance(cfg.train, list) else [cfg.train]
-    train, class_names = load(specs[0], cfg.train_split, None if len(specs) > 1 else cfg.num_train_images)
-    for spec in specs[1:]:
-        more, names = load(spec, cfg.train_split, None)
-        if list(names) != list(class_names):
-            raise ValueError(f"data.train: {spec} has classes {list(names)[:5]}..., which differ "
-                             f"from {specs[0]}'s {list(class_names)[:5]}...")
-        train = train.concatenate(more)
-    if len(specs) > 1 and cfg.num_train_images:
-        train = train.take(cfg.num_train_images)
-    val, _ = load(cfg.val, cfg.val_split, cfg.num_val_images)
-    batch = recipe.train.batch_size
-    train = data_lib.pipeline.prepare(train, batch, size, training=True, max_boxes=cfg.max_boxes,
-                                      seed=recipe.train.seed, cache=cfg.cache, augment=cfg.augment,
-                                      resize=cfg.resize)
-    val = data_lib.pipeline.prepare(val, batch, size, training=False, max_boxes=cfg.max_boxes,
-                                    cache=cfg.cache, resize=cfg.resize)
-    return train, val, class_names
+def describe_plan(recipe, data, epochs, steps_per_epoch, total_steps):
+    """The training log's opening lines: the data, the settings the data decided, the
+    schedule, and where each setting came from (recipe file, --set, --data, auto, default)."""
+    cfg = recipe.train
+    origins = recipe.origins
+    train_info, val_info = data.train_info, data.val_info
+    count = "unknown number of" if train_info.num_images is None else str(train_info.num_images)
+    rows = [
+        ("train data", f"{train_info.description}: {count} images", origins.get("data.train", "default")),
+        ("val data", f"{val_info.description}: {val_info.num_images} images", origins.get("data.val", "default")),
+    ]
+    rows += [(name, value, origin) for name, (value, origin) in data.settings.items()]
+    rows.append(("batch_size", cfg.batch_size, origins.get("train.batch_size", "default")))
+    per_epoch = (f"{steps_per_epoch} full batches per epoch" if train_info.num_images is not None
+                 else f"{steps_per_epoch} batches per epoch (dataset size unknown)")
+    if cfg.steps is not None:
+        source = f"train.steps={cfg.steps} ({origins.get('train.steps', 'default')})"
+    else:
+        source = f"train.epochs={cfg.epochs} ({origins.get('train.epochs', 'default')})"
+    if cfg.min_steps:
+        source += f", at least train.min_steps={cfg.min_steps} ({origins.get('train.min_steps', 'default')})"
+    rows.append(("schedule", f"{per_epoch} x {epochs} epochs = {total_steps} optimizer steps", source))
+    rows.append(("evaluation", f"every {config_lib.eval_period_epochs(cfg, steps_per_epoch)} epoch(s) and at "
+                 "the end", "train.eval_every_n_steps" if cfg.eval_every_n_steps else "train.eval_every_n_epochs"))
+    width = max(len(name) for name, _, _ in rows)
+    return "\n".join(["Training plan:"] + [f"  {name:<{width}}  {value}   [{origin}]" for name, value, origin in rows])
 
 
 def save_predictions_picture(model, dataset, path, num_images=8, score_threshold=0.3):
@@ -358,23 +352,24 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
     dump_recipe(recipe, os.path.join(files_dir, "recipe.yaml"))
     keras.utils.set_random_seed(cfg.seed)
     start = time.time()
-    strategy = distribute.strategy(strategy if strategy is not None else getattr(cfg, "strategy", "auto"))
+    strategy = distribute.strategy(strategy if strategy is not None else cfg.strategy)
     replicas = strategy.num_replicas_in_sync
     if cfg.batch_size % replicas:
         raise ValueError(f"train.batch_size={cfg.batch_size} (the global batch) must be a multiple of "
                          f"the {replicas} replicas of the {type(strategy).__name__}")
-    train_ds, val_ds, class_names = build_datasets(recipe)
-    num_batches = int(train_ds.cardinality())
-    if num_batches == 0:
+    data = build_datasets(recipe)
+    train_ds, val_ds, class_names = data.train, data.val, data.class_names
+    num_images = data.train_info.num_images
+    if num_images is not None and num_images < cfg.batch_size:
         raise ValueError(
-            f"the training set gives no full batch of {cfg.batch_size}; "
-            "lower train.batch_size or add images")
-    if num_batches < 0:  # unknown / infinite: needs train.steps
-        num_batches = cfg.steps or 1
-    if hasattr(config_lib, "schedule_steps"):
-        epochs, steps_per_epoch, _ = config_lib.schedule_steps(cfg, num_batches)
-    else:
-        epochs, steps_per_epoch = cfg.epochs, num_batches
+            f"the training set ({data.train_info.description}) has {num_images} images, fewer than one "
+            f"batch of train.batch_size={cfg.batch_size}: lower train.batch_size or add images")
+    num_batches = None if num_images is None else num_images // cfg.batch_size  # full batches
+    epochs, steps_per_epoch, total_steps = config_lib.schedule_steps(cfg, num_batches)
+    # The recipe written next to the model holds the settings the data decided.
+    recipe.data.image_size, recipe.data.max_boxes = list(data.image_size), data.max_boxes
+    if verbose or chief:
+        print(describe_plan(recipe, data, epochs, steps_per_epoch, total_steps))
     # Training needs boxes and labels only (extra keys trip Keras' build under
     # MultiWorkerMirroredStrategy); one iterator across epochs: resume can skip
     # the batches already trained on inside an epoch.
@@ -387,11 +382,11 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
         print(f"model.num_classes={recipe.model.num_classes} -> {len(class_names)}: the number of "
               f"classes in {recipe.data.train}")
         recipe.model.num_classes = len(class_names)
-        dump_recipe(recipe, os.path.join(files_dir, "recipe.yaml"))
-    precision = getattr(cfg, "mixed_precision", None)
+    dump_recipe(recipe, os.path.join(files_dir, "recipe.yaml"))
+    precision = cfg.mixed_precision
     with dtype_policy(precision), strategy.scope():
         model = build_model(recipe, class_names=class_names)
-        height, width = recipe.data.image_size
+        height, width = data.image_size
         model(keras.ops.zeros((1, height, width, 3)))  # build: checkpoints load into built models
         model.compile(optimizer=build_optimizer(recipe, steps_per_epoch))
     if hasattr(model, "_maybe_symbolic_build") and hasattr(model, "_symbolic_build"):
@@ -405,18 +400,17 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
               f"{cfg.batch_size // replicas} images each per step")
 
     checkpointer = Checkpointer(os.path.join(out_dir, "checkpoints"), steps_per_epoch,
-                                getattr(cfg, "checkpoint_every_n_steps", 0),
-                                getattr(cfg, "keep_checkpoints", 3), write=chief)
+                                cfg.checkpoint_every_n_steps, cfg.keep_checkpoints, write=chief)
     step = checkpointer.restore(model) if resume else 0
     if resume and verbose:
         print(f"resuming from step {step} (epoch {step // steps_per_epoch + 1}, batch "
               f"{step % steps_per_epoch + 1})" if step else "resume: no checkpoint found, starting afresh")
-    total_steps = epochs * steps_per_epoch
     if resume and step >= total_steps and verbose:
         print(f"the checkpoint is at step {step}: training already finished ({total_steps} steps)")
     guard = NonFiniteLossGuard(checkpointer, steps_per_epoch)
     coco = CocoMetricsCallback(val_ds, class_names=class_names,
-                               every_n_epochs=cfg.eval_every_n_epochs, verbose=verbose)
+                               every_n_epochs=config_lib.eval_period_epochs(cfg, steps_per_epoch),
+                               verbose=verbose)
     all_callbacks = [
         guard,
         checkpointer,
@@ -469,12 +463,15 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
     train_seconds = time.time() - start
 
     metrics = coco.history[-1][1] if coco.history else evaluate_model(model, val_ds, verbose=False)
+    val_description = f"{data.val_info.description} ({data.val_info.num_images} images)"
     if verbose or chief:
-        print(format_metrics(metrics, title=f"COCO metrics on the '{recipe.data.val}' val split"))
+        print(format_metrics(metrics, title=f"COCO metrics on {val_description}, not used for training"))
     model.save(os.path.join(files_dir, "model.keras"))
     save_predictions_picture(model, val_ds, os.path.join(files_dir, "predictions.png"))
-    record = {"metrics": metrics, "train_seconds": round(train_seconds, 1),
-              "epochs": epochs, "steps_per_epoch": steps_per_epoch,
+    record = {"metrics": metrics, "evaluated_on": val_description,
+              "num_val_images": data.val_info.num_images, "num_train_images": num_images,
+              "image_size": list(data.image_size), "train_seconds": round(train_seconds, 1),
+              "epochs": epochs, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
               "optimizer_steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
               "replicas": replicas, "mixed_precision": precision,
               "history": [[epoch, values] for epoch, values in coco.history]}

@@ -54,8 +54,8 @@ def test_unknown_key_names_key_file_allowed_and_suggests(tmp_path):
     ("train", "batch_size", 8.5, "expected an integer"),
     ("train", "learning_rate", "fast", "expected a number"),
     ("data", "cache", "yes", "true/false"),
-    ("data", "image_size", 128, "expected a list"),
-    ("data", "image_size", [128.5, 128], r"image_size\[0\]: expected an integer"),
+    ("data", "image_size", 128, "expected a string or a list of integers"),
+    ("data", "image_size", [128.5, 128], r"image_size: expected a string or a list of integers, received \[128.5"),
     ("data", "train", 3, "expected a string or a list of strings"),
     ("model", "head_args", [1], "expected a mapping"),
     ("model", "head", "yolo", "must be one of"),
@@ -128,11 +128,58 @@ def test_schedule_helpers():
     assert config.schedule_steps(cfg, 100) == (12, 100, 1200)
     assert config.lr_boundaries(config.TrainConfig(schedule="step"), 900) == [600, 800]
     cfg = config.TrainConfig(steps=90000, lr_steps=[60000, 80000], schedule="step")
-    epochs, per_epoch, total = config.schedule_steps(cfg, 7330)  # COCO train2017 / 16
-    assert total == 90000 and epochs == 13 and 0 <= epochs * per_epoch - 90000 < epochs
-    assert config.lr_boundaries(cfg, total) == [60000, 80000]
+    # COCO train2017 / 16 = 7330 batches: ceil(90000 / 7330) = 13 epochs of ceil(90000 / 13) = 6924 steps
+    assert config.schedule_steps(cfg, 7330) == (13, 6924, 90000)
+    assert config.lr_boundaries(cfg, 90000) == [60000, 80000]
     cfg = config.TrainConfig(steps=1000, lr_steps=[0.5, 0.75], schedule="step")
     assert config.lr_boundaries(cfg, 1000) == [500, 750]
+
+
+def test_schedule_with_min_steps_lengthens_small_datasets_in_whole_epochs():
+    cfg = config.TrainConfig(epochs=12, min_steps=1300)
+    # 360 images / 16 = 22 full batches: 12 x 22 = 264 < 1300 -> ceil(1300 / 22) = 60 epochs
+    assert config.schedule_steps(cfg, 22) == (60, 22, 1320)
+    # a large dataset keeps its 12 epochs
+    assert config.schedule_steps(cfg, 7330) == (12, 7330, 87960)
+    assert config.schedule_steps(config.TrainConfig(steps=100, min_steps=300), 40) == (8, 38, 300)
+
+
+def test_schedule_with_an_unknown_dataset_size():
+    # 90k steps of data of unknown size: "epochs" of 1000 steps, so evaluation still runs
+    assert config.schedule_steps(config.TrainConfig(steps=90000), None) == (90, 1000, 90000)
+    assert config.schedule_steps(config.TrainConfig(steps=300), None) == (1, 300, 300)
+    with pytest.raises(config.RecipeError, match="set train.steps"):
+        config.schedule_steps(config.TrainConfig(epochs=12), None)
+
+
+def test_eval_period_in_steps_rounds_to_whole_epochs():
+    assert config.eval_period_epochs(config.TrainConfig(eval_every_n_epochs=4), 22) == 4
+    assert config.eval_period_epochs(config.TrainConfig(eval_every_n_steps=500), 22) == 23  # 22.7
+    assert config.eval_period_epochs(config.TrainConfig(eval_every_n_steps=500), 7330) == 1
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("image_size", "big", "image_size"), ("image_size", [100, 128], "multiples of 32"),
+    ("max_boxes", "many", "max_boxes"), ("max_boxes", 0, "max_boxes"),
+    ("holdout_fraction", 1.5, "holdout_fraction"), ("max_image_size", 0, "max_image_size")])
+def test_data_auto_settings_are_validated(key, value, message):
+    data = dict(MINIMAL["data"], **{key: value})
+    with pytest.raises(config.RecipeError, match=message):
+        config.recipe_from_dict(dict(MINIMAL, data=data))
+
+
+def test_holdout_needs_a_single_training_spec():
+    data = dict(MINIMAL["data"], train=["voc:a", "voc:b"], val="holdout")
+    with pytest.raises(config.RecipeError, match="single data.train"):
+        config.recipe_from_dict(dict(MINIMAL, data=data))
+
+
+def test_load_recipe_records_where_each_setting_came_from():
+    recipe = config.load_recipe("retinanet_user_data", ["train.batch_size=8"])
+    assert recipe.origins["train.batch_size"] == "--set"
+    assert recipe.origins["data.image_size"] == "recipe retinanet_user_data.yaml"
+    assert "train.momentum" not in recipe.origins  # a dataclass default
+    assert "origins" not in recipe.to_dict()
 
 
 def test_base_inheritance_deep_merges(tmp_path):

@@ -48,7 +48,7 @@ def test_voc_round_trip_one_based_coordinates_and_difficult(tmp_path, caplog):
         ("000009", (16, 16), None),  # annotation missing
     ])
     with caplog.at_level(logging.WARNING, logger="fpn_keras.data"):
-        ds, names = data_lib.load(f"voc:{root}", "val")
+        ds, names = data_lib.load(f"voc:{root}", "val", class_names=voc.CLASS_NAMES)
     assert tuple(names) == voc.CLASS_NAMES and len(names) == 20 and names.category_ids is None
     els = {int(e["image_id"]): e for e in ds.as_numpy_iterator()}
     assert sorted(els) == [5, 2008000008]
@@ -94,3 +94,26 @@ def test_voc_errors(tmp_path):
     bad = _voc(tmp_path / "b", [("000002", None, _xml("x.jpg", 8, 8, []))])
     with pytest.raises(ValueError, match="no usable images.*1 missing image file"):
         voc.load(bad, "val")
+
+
+def test_voc_class_names_are_inferred_when_not_all_voc_classes(tmp_path, caplog):
+    root = _voc(tmp_path, [
+        ("000001", (16, 16), _xml("000001.jpg", 16, 16, [("widget", (1, 1, 5, 5), False)])),
+        ("000002", (16, 16), _xml("000002.jpg", 16, 16, [("dog", (1, 1, 5, 5), False),
+                                                         ("gadget", (6, 6, 9, 9), False)])),
+    ])
+    with caplog.at_level(logging.WARNING, logger="fpn_keras.data"):
+        ds, names = data_lib.load(f"voc:{root}", "val")
+    assert tuple(names) == ("dog", "gadget", "widget")  # sorted names found in Annotations/
+    assert "class names from the annotation files" in caplog.text
+    labels = {int(e["image_id"]): e["labels"].tolist() for e in ds.as_numpy_iterator()}
+    assert labels == {1: [2], 2: [0, 1]}
+    # only VOC classes in the files: the 20 VOC classes, in their usual order
+    assert voc.infer_class_names(_voc(tmp_path / "b", [
+        ("000001", (16, 16), _xml("000001.jpg", 16, 16, [("dog", (1, 1, 5, 5), False)]))])) == voc.CLASS_NAMES
+
+
+def test_voc_missing_split_lists_the_splits_there(tmp_path):
+    root = _voc(tmp_path, [("000001", (16, 16), _xml("000001.jpg", 16, 16, []))])
+    with pytest.raises(FileNotFoundError, match=r"train.txt; the folder has the splits \['val'\]"):
+        voc.load(root, "train")

@@ -1,6 +1,7 @@
 """Training at scale without losing work: schedules, checkpoint / resume after a
 SIGKILL, NaN and out-of-memory guards, learning-rate logging (issue 5)."""
 
+import dataclasses
 import csv
 import json
 import math
@@ -135,13 +136,13 @@ def test_nan_in_an_image_stops_training_naming_the_step_and_the_intact_checkpoin
     real = training.build_datasets
 
     def poisoned(recipe):
-        train, val, names = real(recipe)
+        data = real(recipe)
 
         def poison(i, batch):
             images, y = batch
             return tf.where(i == 1, tf.fill(tf.shape(images), float("nan")), images), y
 
-        return train.enumerate().map(poison), val, names
+        return dataclasses.replace(data, train=data.train.enumerate().map(poison))
 
     monkeypatch.setattr(training, "build_datasets", poisoned)
     out = str(tmp_path / "run")

@@ -27,9 +27,11 @@ Shared helpers (``ClassNames``, ``records_to_dataset``, ``safe_join``,
 ``check_image``) are used by the VOC loader too.
 """
 
+import dataclasses
 import json
 import logging
 import os
+import typing
 
 import numpy as np
 import tensorflow as tf
@@ -95,42 +97,48 @@ def safe_join(image_dir, file_name):
     return path
 
 
-def check_image(path, mode="header"):
-    """None if ``path`` looks like a decodable image, else the reason (a string).
+def inspect_image(path, mode="header"):
+    """-> (None or the reason ``path`` is not a decodable image, (height, width) or None).
 
-    ``mode``: "none" (exists, non-empty), "header" (default: PIL reads the
-    header, the format is one tf.io.decode_image supports and a JPEG/PNG
-    file is not truncated: it ends with its EOI/IEND marker), "full" (PIL
-    decodes the whole image; slow).
+    ``mode``: "none" (exists, non-empty; size unknown), "header" (default: PIL
+    reads the header, the format is one tf.io.decode_image supports and a
+    JPEG/PNG file is not truncated: it ends with its EOI/IEND marker), "full"
+    (PIL decodes the whole image; slow).
     """
     if mode not in ("none", "header", "full"):
         raise ValueError(f"check_images must be 'none', 'header' or 'full', got {mode!r}")
     if not os.path.isfile(path):
-        return "missing image file"
+        return "missing image file", None
     size = os.path.getsize(path)
     if size == 0:
-        return "empty image file"
+        return "empty image file", None
     if mode == "none":
-        return None
+        return None, None
     from PIL import Image
 
     try:
         with Image.open(path) as image:
             fmt = image.format
+            width, height = image.size
             if mode == "full":
                 image.load()
     except Exception as error:  # noqa: BLE001 - any PIL failure means unreadable
-        return f"unreadable image ({type(error).__name__}: {error})"
+        return f"unreadable image ({type(error).__name__}: {error})", None
     if fmt not in _SUPPORTED_FORMATS:
-        return f"unsupported image format {fmt}"
+        return f"unsupported image format {fmt}", None
     with open(path, "rb") as f:
         f.seek(max(size - 1024, 0))
         tail = f.read()
     if fmt == "JPEG" and b"\xff\xd9" not in tail:
-        return "truncated JPEG (no end-of-image marker)"
+        return "truncated JPEG (no end-of-image marker)", None
     if fmt == "PNG" and b"IEND" not in tail:
-        return "truncated PNG (no IEND chunk)"
-    return None
+        return "truncated PNG (no IEND chunk)", None
+    return None, (int(height), int(width))
+
+
+def check_image(path, mode="header"):
+    """None if ``path`` looks like a decodable image, else the reason (see ``inspect_image``)."""
+    return inspect_image(path, mode)[0]
 
 
 def _decode(path):
@@ -294,14 +302,17 @@ def read_annotations(annotations, image_dir, check_images="header"):
         if path is None:
             skips.add("file_name refused (absolute or outside the image folder)", repr(info["file_name"]))
             continue
-        reason = check_image(path, check_images)
+        reason, size = inspect_image(path, check_images)
         if reason is not None:
             skips.add(reason, path)
             continue
+        if size is None and all(isinstance(info[k], (int, float)) for k in ("height", "width")):
+            size = (int(info["height"]), int(info["width"]))
         negatives += not info["labels"]
         records.append({
             "path": path,
             "image_id": image_id,
+            "size": size,
             "boxes": np.asarray(info["boxes"], np.float32).reshape(-1, 4),
             "labels": np.asarray(info["labels"], np.int32),
             "ignore": np.asarray(info["ignore"], bool),
@@ -313,6 +324,57 @@ def read_annotations(annotations, image_dir, check_images="header"):
             f"{annotations}: no usable images in {image_dir} ({len(images)} listed; {problems})"
         )
     return records, class_names, skips
+
+
+@dataclasses.dataclass
+class DatasetInfo:
+    """What a loader knows about a dataset without decoding its images.
+
+    num_images: images that passed the checks (None: unknown).
+    image_sizes: int [num_images, 2] (height, width) or None when unknown.
+    max_boxes: the most non-ignored boxes in one image (None: unknown).
+    description: the spec and split, or which part of it (a held-out fraction).
+    """
+
+    num_images: typing.Optional[int] = None
+    image_sizes: typing.Optional[np.ndarray] = None
+    max_boxes: typing.Optional[int] = None
+    description: str = ""
+
+
+def records_info(records, description):
+    """-> the ``DatasetInfo`` of a list of records."""
+    sizes = [r.get("size") for r in records]
+    known = all(s is not None for s in sizes) and bool(sizes)
+    return DatasetInfo(
+        num_images=len(records),
+        image_sizes=np.asarray(sizes, np.int64).reshape(-1, 2) if known else None,
+        max_boxes=max((int(np.sum(~np.asarray(r["ignore"], bool))) for r in records), default=0),
+        description=description,
+    )
+
+
+def holdout_indices(num_images, fraction, seed):
+    """The sorted indices of the held-out ``fraction`` of ``num_images`` images:
+    ``round(fraction * num_images)`` of them (at least 1, and at least 1 image
+    left for training), chosen by a ``seed``-ed permutation (the same every run)."""
+    if not 0.0 < float(fraction) < 1.0:
+        raise ValueError(f"the held-out fraction must lie in (0, 1), got {fraction!r}")
+    if num_images < 2:
+        raise ValueError(f"cannot hold out images from a dataset of {num_images} image(s): "
+                         "give a separate validation set")
+    count = min(max(1, int(round(float(fraction) * num_images))), num_images - 1)
+    order = np.random.default_rng(int(seed or 0)).permutation(num_images)
+    return np.sort(order[:count])
+
+
+def split_records(records, fraction, seed, part):
+    """``part`` "train" (the rest) or "held_out" of ``records`` (see ``holdout_indices``)."""
+    held = np.zeros(len(records), bool)
+    held[holdout_indices(len(records), fraction, seed)] = True
+    if part not in ("train", "held_out"):
+        raise ValueError(f"part must be 'train' or 'held_out', got {part!r}")
+    return [r for r, h in zip(records, held) if h == (part == "held_out")]
 
 
 def limit_records(records, num_images, source):
@@ -342,4 +404,5 @@ def load(annotations, image_dir, split=None, shuffle=False, seed=None, check_ima
     return records_to_dataset(records, shuffle=shuffle, seed=seed), class_names
 
 
-__all__ = ["ClassNames", "check_image", "limit_records", "load", "read_annotations", "records_to_dataset", "safe_join"]
+__all__ = ["ClassNames", "DatasetInfo", "check_image", "holdout_indices", "inspect_image", "limit_records", "load", "read_annotations", "records_info",
+           "records_to_dataset", "safe_join", "split_records"]

@@ -10,7 +10,9 @@ Elements are the common format ``{"image", "image_id", "boxes", "labels",
 "ignore"}``:
 
 - labels index ``CLASS_NAMES`` (the 20 VOC classes, alphabetical as in TFDS)
-  or the ``class_names`` given (VOC-style XML exported by labelling tools);
+  or the ``class_names`` given; without them, a folder whose objects are not all
+  VOC classes (VOC-style XML exported by labelling tools) gets the sorted names
+  found in its annotation files (``infer_class_names``);
 - coordinates: VOC pixel coordinates are 1-based and inclusive (a box
   covering the first 10 pixel columns has xmin=1, xmax=10), so the xyxy box
   in this library's convention (0-based, exclusive max) is
@@ -27,6 +29,7 @@ with non-positive size are skipped with a warning naming them (counted in a
 summary log line); boxes partly outside the image are clipped.
 """
 
+import logging
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -36,11 +39,13 @@ import numpy as np
 from fpn_keras.data.coco import (
     ClassNames,
     SkipLog,
-    check_image,
+    inspect_image,
     limit_records,
     records_to_dataset,
     safe_join,
 )
+
+logger = logging.getLogger("fpn_keras.data")
 
 CLASS_NAMES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -111,6 +116,7 @@ def parse_xml(xml_path, class_index, skips):
         ignore.append(difficult not in (None, "0"))
     return {
         "filename": _text(root, "filename", xml_path, required=False),
+        "size": (int(height), int(width)) if width and height else None,
         "boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
         "labels": np.asarray(labels, np.int32),
         "ignore": np.asarray(ignore, bool),
@@ -127,14 +133,44 @@ def _image_ids(names):
     return ids if len(set(ids)) == len(ids) else list(range(len(names)))
 
 
+def infer_class_names(root):
+    """The class names of a VOC folder when none are given: the 20 VOC classes when
+    every ``<object><name>`` in ``Annotations/*.xml`` is one of them, else the sorted
+    names found there (a labelling tool's export). All splits of one folder get the
+    same names, so train and val labels agree."""
+    folder = os.path.join(root, "Annotations")
+    found = set()
+    for file_name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+        if not file_name.endswith(".xml"):
+            continue
+        try:
+            tree = ET.parse(os.path.join(folder, file_name))
+        except (ET.ParseError, OSError):
+            continue  # read_split names the bad file if its split uses it
+        found.update(n.text.strip() for n in tree.getroot().iter("name") if n.text and n.text.strip())
+    if found <= set(CLASS_NAMES):
+        return CLASS_NAMES
+    names = tuple(sorted(found))
+    logger.warning("voc:%s: class names from the annotation files (not the 20 VOC classes): %s",
+                   root, ", ".join(names))
+    return names
+
+
 def read_split(root, split, class_names=None, check_images="header"):
-    """Parse ``root`` for ``split`` -> (records, ClassNames, SkipLog)."""
+    """Parse ``root`` for ``split`` -> (records, ClassNames, SkipLog).
+
+    ``class_names``: label i -> name; None: ``infer_class_names(root)``."""
     root = os.fspath(root)
-    names_tuple = tuple(CLASS_NAMES if class_names is None else class_names)
+    names_tuple = tuple(infer_class_names(root) if class_names is None else class_names)
     class_index = {name: i for i, name in enumerate(names_tuple)}
     split_file = os.path.join(root, "ImageSets", "Main", f"{split}.txt")
     if not os.path.isfile(split_file):
-        raise FileNotFoundError(f"VOC split file not found: {split_file}")
+        folder = os.path.dirname(split_file)
+        present = sorted(f[:-4] for f in os.listdir(folder) if f.endswith(".txt") and "_" not in f) \
+            if os.path.isdir(folder) else []
+        hint = (f"; the folder has the splits {present}: choose one with --set data.train_split=NAME "
+                "(or data.val_split)") if present else ""
+        raise FileNotFoundError(f"VOC split file not found: {split_file}{hint}")
     with open(split_file, encoding="utf-8") as f:
         names = [line.split()[0] for line in f if line.strip()]
     if not names:
@@ -158,13 +194,13 @@ def read_split(root, split, class_names=None, check_images="header"):
         if path is None:
             skips.add("image path refused (outside JPEGImages)", repr(name))
             continue
-        reason = check_image(path, check_images)
+        reason, size = inspect_image(path, check_images)
         if reason is not None:
             skips.add(reason, path)
             continue
         negatives += not len(ann["labels"])
-        records.append({"path": path, "image_id": image_id, "boxes": ann["boxes"],
-                        "labels": ann["labels"], "ignore": ann["ignore"]})
+        records.append({"path": path, "image_id": image_id, "size": size or ann["size"],
+                        "boxes": ann["boxes"], "labels": ann["labels"], "ignore": ann["ignore"]})
     skips.summary(len(records), negatives)
     if not records:
         problems = ", ".join(f"{n} {r}" for r, n in sorted(skips.counts.items()))
