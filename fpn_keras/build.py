@@ -1,5 +1,6 @@
 """The one place where recipe settings become objects."""
 
+import inspect
 import math
 
 import keras
@@ -8,9 +9,43 @@ from fpn_keras import config as config_lib
 from fpn_keras.config import Recipe
 from fpn_keras.schedules import WarmupStepDecay
 from fpn_keras.layers.fpn import FeaturePyramid
-from fpn_keras.models.backbones import build_backbone
+from fpn_keras.models.backbones import BACKBONES, build_backbone, mobilenet_v3, resnet, small_resnet
 from fpn_keras.models.detector import HEADS, FPNDetector
 from fpn_keras.models.rpn import RPN
+
+
+BACKBONE_CONSTRUCTORS = {"resnet50": resnet, "resnet101": resnet, "mobilenet_v3_large": mobilenet_v3,
+                         "mobilenet_v3_small": mobilenet_v3, "small_resnet": small_resnet}
+
+
+def _parameters(function, exclude):
+    return [name for name, p in inspect.signature(function).parameters.items()
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name not in exclude]
+
+
+def _check_args(args, function, where, exclude=()):
+    allowed = _parameters(function, {"self", *exclude})
+    for key in args:
+        if key not in allowed:
+            raise config_lib.RecipeError(
+                f"unknown key '{where}.{key}'{config_lib.suggest(key, allowed)}; "
+                f"{function.__qualname__.split('.')[0]} takes {sorted(allowed)}")
+
+
+def check_model_args(recipe: Recipe):
+    """Checks model.backbone_args and model.head_args against the signatures of the
+    constructors they feed, before any data is loaded: an unknown key is a RecipeError
+    (exit 2) with a close-match suggestion."""
+    cfg = recipe.model
+    if cfg.backbone not in BACKBONE_CONSTRUCTORS:
+        raise config_lib.RecipeError(f"model.backbone: unknown backbone {cfg.backbone!r}"
+                                     f"{config_lib.suggest(cfg.backbone, BACKBONES)}; choose from {list(BACKBONES)}")
+    _check_args(cfg.backbone_args, BACKBONE_CONSTRUCTORS[cfg.backbone], "model.backbone_args",
+                exclude=("name", "weights"))
+    head_args = dict(cfg.head_args)
+    if cfg.head == "faster_rcnn" and isinstance(head_args.get("rpn"), dict):
+        _check_args(head_args["rpn"], RPN.__init__, "model.head_args.rpn")
+    _check_args(head_args, HEADS[cfg.head].__init__, "model.head_args", exclude=("num_classes",))
 
 
 def build_model(recipe: Recipe, class_names=None):

@@ -305,7 +305,8 @@ def _evaluate(args):
     elements, class_names, info = data_lib.load(spec, split, num_images=args.num_images, with_info=True,
                                                 **holdout, **extra)
     batches = data_lib.pipeline.prepare(elements, args.batch_size, size, training=False,
-                                        resize=run.get("resize") if args.data is None else None)
+                                        resize=run.get("resize") if args.data is None else None,
+                                        bounding_box_format=model.bounding_box_format)
     evaluator = CocoEvaluator(class_names=class_names,
                               category_ids=getattr(class_names, "category_ids", None))
     metrics = evaluate_model(model, batches, class_names=class_names, verbose=False, evaluator=evaluator)

@@ -152,7 +152,7 @@ HOLDOUT = "holdout"  # data.val: a held-out fraction of data.train
 UNKNOWN_SIZE_EPOCH = 1000  # steps per "epoch" when the training set's size is unknown
 
 
-def _suggest(key, allowed):
+def suggest(key, allowed):
     close = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
@@ -296,7 +296,7 @@ def _check_recipe(recipe, source):
     if data.augment is not None:
         for key in data.augment:
             if key not in AUGMENT_KEYS:
-                raise RecipeError(f"{source}: unknown key 'data.augment.{key}'{_suggest(key, AUGMENT_KEYS)}; "
+                raise RecipeError(f"{source}: unknown key 'data.augment.{key}'{suggest(key, AUGMENT_KEYS)}; "
                                   f"allowed keys in 'data.augment': {list(AUGMENT_KEYS)}")
     for key in ("batch_size", "epochs", "steps", "min_steps", "eval_every_n_steps", "max_image_size"):
         section = "data" if key == "max_image_size" else "train"
@@ -331,7 +331,7 @@ def recipe_from_dict(data, source="<dict>", required=True):
     allowed_top = sorted(SECTIONS) + [BASE_KEY]
     for key in data:
         if key not in SECTIONS:
-            raise RecipeError(f"{source}: unknown section '{key}'{_suggest(key, allowed_top)}; "
+            raise RecipeError(f"{source}: unknown section '{key}'{suggest(key, allowed_top)}; "
                               f"allowed: {allowed_top}")
     sections = {}
     for name, cls in SECTIONS.items():
@@ -345,7 +345,7 @@ def recipe_from_dict(data, source="<dict>", required=True):
         for key, value in values.items():
             if key not in fields:
                 raise RecipeError(
-                    f"{source}: unknown key '{name}.{key}'{_suggest(key, fields)}; "
+                    f"{source}: unknown key '{name}.{key}'{suggest(key, fields)}; "
                     f"allowed keys in '{name}': {sorted(fields)}")
             values[key] = _check_type(value, hints[key], f"{source}: {name}.{key}")
             choices = CHOICES.get((name, key))
@@ -379,10 +379,10 @@ def apply_override(data, assignment):
     section, key = keys[0], keys[1]
     if section not in SECTIONS:
         raise RecipeError(f"override {assignment!r}: unknown section '{section}'"
-                          f"{_suggest(section, SECTIONS)}; allowed: {sorted(SECTIONS)}")
+                          f"{suggest(section, SECTIONS)}; allowed: {sorted(SECTIONS)}")
     hints = typing.get_type_hints(SECTIONS[section])
     if key not in hints:
-        raise RecipeError(f"override {assignment!r}: unknown key '{section}.{key}'{_suggest(key, hints)}; "
+        raise RecipeError(f"override {assignment!r}: unknown key '{section}.{key}'{suggest(key, hints)}; "
                           f"allowed keys in '{section}': {sorted(hints)}")
     if len(keys) > 2 and dict not in (hints[key], *typing.get_args(hints[key])):
         raise RecipeError(f"override {assignment!r}: '{section}.{key}' is not a mapping")
@@ -433,7 +433,7 @@ def resolve_recipe_path(name_or_path, relative_to=None):
         if os.path.isfile(candidate):
             return candidate
     available = available_recipes()
-    raise RecipeError(f"no recipe {name_or_path!r}{_suggest(name_or_path, available)}: not a file, "
+    raise RecipeError(f"no recipe {name_or_path!r}{suggest(name_or_path, available)}: not a file, "
                       f"and not one of {available}")
 
 

@@ -16,7 +16,7 @@ from fpn_keras import config as config_lib
 from fpn_keras import data as data_lib
 from fpn_keras import distribute
 from fpn_keras import visualization
-from fpn_keras.build import build_model, build_optimizer
+from fpn_keras.build import build_model, build_optimizer, check_model_args
 from fpn_keras.config import Recipe, dump_recipe
 from fpn_keras.data.training_data import build_datasets
 from fpn_keras.evaluation import CocoMetricsCallback, evaluate_model
@@ -245,28 +245,27 @@ class LearningRateLogger(keras.callbacks.Callback):
 
 
 class BestModelSaver(keras.callbacks.Callback):
-    """Saves the model as `path` whenever the monitored COCO metric (logged by
-    CocoMetricsCallback, listed before this one) improves; `path`.json records it."""
+    """Saves the model as `path` whenever the logged COCO metric `monitor` (logged by
+    CocoMetricsCallback, listed before this one, e.g. "val_AP"; the model's
+    `primary_metric` with the "val_" prefix) improves; `path`.json records it."""
 
-    MONITORS = ("val_AP", "val_AR@100", "val_AR@1000")
-
-    def __init__(self, path):
+    def __init__(self, path, monitor):
         super().__init__()
         self.path = path
+        self.monitor = monitor
         self.best = None
         if os.path.exists(path + ".json"):
             with open(path + ".json") as f:
                 self.best = json.load(f)
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        monitor = next((m for m in self.MONITORS if m in logs), None)
-        if monitor is None or not math.isfinite(float(logs[monitor])):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not math.isfinite(float(value)):
             return
-        value = float(logs[monitor])
-        if self.best is not None and self.best["monitor"] == monitor and value <= self.best["value"]:
+        value = float(value)
+        if self.best is not None and self.best["monitor"] == self.monitor and value <= self.best["value"]:
             return
-        self.best = {"monitor": monitor, "value": value, "epoch": epoch + 1}
+        self.best = {"monitor": self.monitor, "value": value, "epoch": epoch + 1}
         self.model.save(self.path)
         _write_json(self.path + ".json", self.best)
 
@@ -344,6 +343,7 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
     Raises TrainingDivergedError (NaN/Inf loss) and TrainingOutOfMemoryError.
     """
     cfg = recipe.train
+    check_model_args(recipe)  # before any data is loaded
     os.makedirs(out_dir, exist_ok=True)
     chief = distribute.is_chief()
     # Every worker runs the same code (saving and predicting may need collectives);
@@ -368,6 +368,12 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
     epochs, steps_per_epoch, total_steps = config_lib.schedule_steps(cfg, num_batches)
     # The recipe written next to the model holds the settings the data decided.
     recipe.data.image_size, recipe.data.max_boxes = list(data.image_size), data.max_boxes
+    if recipe.model.head != "rpn" and len(class_names) != recipe.model.num_classes:
+        # A recipe trained on other data (e.g. the user-data recipe with --data coco:...):
+        # the dataset decides the number of classes.
+        data.settings["num_classes"] = (len(class_names), f"the dataset's categories (the recipe has "
+                                        f"{recipe.model.num_classes})")
+        recipe.model.num_classes = len(class_names)
     if verbose or chief:
         print(describe_plan(recipe, data, epochs, steps_per_epoch, total_steps))
     # Training needs boxes and labels only (extra keys trip Keras' build under
@@ -376,12 +382,6 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
     train_ds = train_ds.map(lambda images, y: (images, {"boxes": y["boxes"], "labels": y["labels"]})
                             if isinstance(y, dict) else (images, y)).repeat()
 
-    if recipe.model.head != "rpn" and len(class_names) != recipe.model.num_classes:
-        # A recipe trained on other data (e.g. the demo recipe with --data coco:...): the
-        # dataset decides the number of classes.
-        print(f"model.num_classes={recipe.model.num_classes} -> {len(class_names)}: the number of "
-              f"classes in {recipe.data.train}")
-        recipe.model.num_classes = len(class_names)
     dump_recipe(recipe, os.path.join(files_dir, "recipe.yaml"))
     precision = cfg.mixed_precision
     with dtype_policy(precision), strategy.scope():
@@ -415,7 +415,7 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
         guard,
         checkpointer,
         coco,
-        BestModelSaver(os.path.join(files_dir, "best.keras")),
+        BestModelSaver(os.path.join(files_dir, "best.keras"), coco.prefix + model.primary_metric),
         LearningRateLogger(),
         *callbacks,
     ]

@@ -133,6 +133,9 @@ def test_bad_recipe_key_exits_2_with_one_line():
     (["--data", "voc:/no/such/VOC2007"], "VOC folder '/no/such/VOC2007' does not exist"),
     (["--data", "imagenet"], "unknown dataset spec 'imagenet'"),
     (["--strategy", "quantum"], "--strategy 'quantum'"),
+    (["--set", "model.head_args.chanels=8"], "unknown key 'model.head_args.chanels' (did you mean 'channels'?)"),
+    (["--set", "model.backbone_args.width=[8,8,8,8]"], "'model.backbone_args.width' (did you mean 'widths'?)"),
+    (["--val-data", "voc:/no/such/VOC2007"], "VOC folder '/no/such/VOC2007' does not exist"),
 ])
 def test_train_config_errors_exit_2(capsys, tmp_path, args, expected):
     code, _, err = call(capsys, "train", "--recipe", "retinanet_synthetic", "--out", tmp_path, *args)

@@ -1,4 +1,5 @@
 import math
+import os
 
 import keras
 import numpy as np
@@ -183,3 +184,43 @@ def test_compile_jit_default_is_off_under_tensorflow_and_explicit_values_pass_th
     assert model.jit_compile is True and model.head.nms_implementation == "generic"
     model.compile(optimizer="adam", jit_compile=False)
     assert model.jit_compile is False and model.head.nms_implementation == "auto"
+
+
+def test_import_fpn_keras_is_enough_to_reload_a_model_file_in_a_fresh_process(tmp_path):
+    import subprocess
+    import sys
+
+    from fpn_keras.models.backbones import small_resnet
+
+    model = FPNDetector(num_classes=2, backbone=small_resnet((8, 16, 16, 16)),
+                        head=RetinaNet(num_classes=2, min_level=3, max_level=5, channels=8, num_convs=1),
+                        fpn_channels=8, class_names=["a", "b"])
+    model(np.zeros((1, 64, 64, 3), "float32"))
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    code = ("import keras, fpn_keras, numpy as np; m = keras.saving.load_model(%r); "
+            "print(type(m).__name__, m.class_names, m.predict_on_batch(np.zeros((1, 64, 64, 3)))['boxes'].shape)" % path)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "FPNDetector ['a', 'b'] (1, 100, 4)" in result.stdout
+
+
+def test_export_writes_the_whole_inference_path_or_refuses(tmp_path):
+    import tensorflow as tf
+
+    from fpn_keras.models.backbones import small_resnet
+
+    model = FPNDetector(num_classes=2, backbone=small_resnet((8, 16, 16, 16)),
+                        head=RetinaNet(num_classes=2, min_level=3, max_level=5, channels=8, num_convs=1),
+                        fpn_channels=8)
+    model(np.zeros((1, 64, 64, 3), "float32"))
+    with pytest.raises(ValueError, match="image_size"):
+        model.export(str(tmp_path / "a"))
+    with pytest.raises(ValueError, match="fpn_keras.export"):
+        model.export(str(tmp_path / "b"), format="onnx", image_size=(64, 64))
+    model.export(str(tmp_path / "sm"), image_size=(64, 64))
+    outputs = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_default"](
+        images=tf.zeros([1, 80, 96, 3], tf.uint8))
+    assert {"detection_boxes", "detection_scores", "detection_classes", "num_detections"} <= set(outputs)
+    assert outputs["detection_boxes"].shape == (1, 100, 4)

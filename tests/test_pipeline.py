@@ -188,3 +188,13 @@ def test_prepare_invalid_arguments():
         pipeline.prepare(ds, batch_size=1, image_size=(100, 128))
     with pytest.raises(ValueError, match="batch_size"):
         pipeline.prepare(ds, batch_size=0)
+
+
+def test_prepare_gives_boxes_in_the_model_format_with_padding_kept():
+    element = {"image": tf.zeros([64, 64, 3], tf.uint8), "image_id": tf.constant(1, tf.int64),
+               "boxes": tf.constant([[8.0, 4.0, 24.0, 36.0]]), "labels": tf.constant([2])}
+    dataset = tf.data.Dataset.from_tensors(element)
+    for fmt, expected in (("xyxy", [8, 4, 24, 36]), ("yxyx", [4, 8, 36, 24]),
+                          ("xywh", [8, 4, 16, 32]), ("center_xywh", [16, 20, 16, 32])):
+        _, targets = next(iter(pipeline.prepare(dataset, 1, (64, 64), max_boxes=2, bounding_box_format=fmt)))
+        np.testing.assert_allclose(targets["boxes"][0], [expected, [-1, -1, -1, -1]], err_msg=fmt)

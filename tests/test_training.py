@@ -201,3 +201,42 @@ def test_loss_guard_stops_training_and_no_checkpoint_is_written_after_a_non_fini
     assert "ckpt-000000001.weights.h5 (step 1, epoch 1, intact)" in guard.message
     assert checkpointer.latest()["step"] == 1
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.json", "ckpt-000000001.weights.h5"]
+
+
+def test_best_model_of_an_rpn_run_is_kept_by_the_logged_ar1000(tmp_path):
+    recipe = tiny_recipe(eval_every_n_epochs=1, checkpoint_every_n_steps=0)
+    recipe.model.head = "rpn"
+    recipe.model.head_args = {"min_level": 3, "max_level": 5, "channels": 16}
+    out = str(tmp_path / "rpn")
+    training.train(recipe, out, verbose=0)
+    with open(os.path.join(out, "best.keras.json")) as f:
+        best = json.load(f)
+    with open(os.path.join(out, "history.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert best["monitor"] == "val_AR1000"
+    values = [float(r["val_AR1000"]) for r in rows]
+    assert best["value"] == pytest.approx(max(values)) and best["epoch"] == 1 + values.index(max(values))
+
+
+def test_best_model_saver_keeps_the_higher_value_only(tmp_path):
+    saver = training.BestModelSaver(str(tmp_path / "best.keras"), "val_AR1000")
+    saved = []
+    saver.model = type("Model", (), {"save": lambda self, path: saved.append(path)})()
+    for epoch, value in enumerate([0.2, 0.1, 0.3, float("nan")]):
+        saver.on_epoch_end(epoch, {"val_AP": 0.9, "val_AR1000": value})
+    assert len(saved) == 2 and saver.best == {"monitor": "val_AR1000", "value": 0.3, "epoch": 3}
+
+
+def test_any_bounding_box_format_trains_exactly_like_xyxy(tmp_path):
+    """The pipeline gives boxes in the model's format: the same run in yxyx or center_xywh
+    has the same losses and the same COCO AP as in xyxy."""
+    results = {}
+    for fmt in ("xyxy", "yxyx", "center_xywh"):
+        recipe = tiny_recipe(epochs=1, eval_every_n_epochs=1, checkpoint_every_n_steps=0)
+        recipe.model.bounding_box_format = fmt
+        _, metrics = training.train(recipe, str(tmp_path / fmt), verbose=0)
+        with open(tmp_path / fmt / "history.csv") as f:
+            row = next(csv.DictReader(f))
+        results[fmt] = (float(row["loss"]), float(row["box_loss"]), metrics["AP"], metrics["AR100"])
+    for fmt in ("yxyx", "center_xywh"):
+        np.testing.assert_allclose(results[fmt], results["xyxy"], rtol=1e-4, atol=1e-6, err_msg=fmt)

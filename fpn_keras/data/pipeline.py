@@ -10,6 +10,7 @@ inside ``tf.data`` (graph mode). Augmentations live in
 
 import tensorflow as tf
 
+from fpn_keras.boxes.convert import check_format, from_xyxy
 from fpn_keras.data import transforms
 from fpn_keras.data.transforms import Augment, random_horizontal_flip  # noqa: F401 (re-export)
 
@@ -137,6 +138,7 @@ def prepare(
     drop_remainder=None,
     augment=None,
     resize=None,
+    bounding_box_format="xyxy",
 ):
     """Turn a dataset of detection elements into batches for ``FPNDetector.fit``.
 
@@ -159,9 +161,13 @@ def prepare(
     count as background), in evaluation batches they keep their label and
     ``"ignore"`` marks them for ``CocoEvaluator`` (``iscrowd``).
 
+    ``bounding_box_format``: the format of the batches' boxes (the model's
+    ``bounding_box_format``; any of ``fpn_keras.boxes.convert.FORMATS``); the
+    padding rows stay -1.
+
     Returns:
         ``tf.data.Dataset`` of ``(images float32 [B, H, W, 3] in 0..255,
-        {"boxes": float32 [B, max_boxes, 4] xyxy padded with -1,
+        {"boxes": float32 [B, max_boxes, 4] in ``bounding_box_format`` padded with -1,
         "labels": int32 [B, max_boxes] padded with -1,
         "ignore": bool [B, max_boxes] padded with False,
         "image_id": int64 [B], "image_scale": float32 [B]})``, (H, W) = image_size
@@ -255,4 +261,13 @@ def prepare(
         ),
         drop_remainder=drop_remainder,
     )
+    if bounding_box_format != "xyxy":
+        dataset = dataset.map(lambda images, targets: (images, _convert_boxes(
+            targets, check_format(bounding_box_format), height, width)), num_parallel_calls=autotune)
     return dataset.prefetch(autotune)
+
+
+def _convert_boxes(targets, bounding_box_format, height, width):
+    """xyxy batch boxes [B, M, 4] -> `bounding_box_format` (padding rows stay -1)."""
+    boxes = from_xyxy(targets["boxes"], bounding_box_format, height, width)
+    return dict(targets, boxes=tf.where(targets["labels"][..., None] >= 0, boxes, -1.0))

@@ -166,12 +166,13 @@ def build_datasets(recipe):
     cache = _resolve_cache(recipe, specs + ([] if holdout else [cfg.val]), [train_info, val_info], settings)
     batch = recipe.train.batch_size
     train = pipeline.prepare(train, batch, image_size, training=True, max_boxes=max_boxes,
-                             seed=recipe.train.seed, cache=cache, augment=cfg.augment, resize=cfg.resize)
+                             seed=recipe.train.seed, cache=cache, augment=cfg.augment, resize=cfg.resize,
+                             bounding_box_format=recipe.model.bounding_box_format)
     # Evaluation batches are never truncated: an image with more boxes than the
     # training padding keeps all of them (max_boxes only bounds training targets).
     val_boxes = max(max_boxes, val_info.max_boxes or 0)
     val = pipeline.prepare(val, batch, image_size, training=False, max_boxes=val_boxes, cache=cache,
-                           resize=cfg.resize)
+                           resize=cfg.resize, bounding_box_format=recipe.model.bounding_box_format)
     return TrainingData(train, val, class_names, train_info, val_info, image_size, max_boxes, settings)
 
 

@@ -163,6 +163,12 @@ class FPNDetector(keras.Model):
         return {}
 
     @property
+    def primary_metric(self):
+        """The COCO metric that ranks checkpoints of this model (a key of `evaluate_model`'s
+        result): AR1000 for proposals (head="rpn", the paper's Table 1), else AP."""
+        return "AR1000" if isinstance(self.head, RPN) else "AP"
+
+    @property
     def metrics(self):
         metrics = super().metrics
         return metrics + [t for t in self.loss_trackers.values() if t not in metrics]
@@ -220,6 +226,29 @@ class FPNDetector(keras.Model):
         # Padding rows stay padding whatever the format conversion made of them.
         boxes = ops.where(labels[..., None] >= 0, boxes, -1.0)
         return boxes, labels
+
+    # ------------------------------------------------------------- export
+    def export(self, filepath, format="tf_saved_model", image_size=None, **kwargs):
+        """Exports the whole inference path (resize, backbone, FPN, head, decoding, NMS,
+        boxes in input pixels), unlike `keras.Model.export`, which traces `call()` only
+        and would write raw head tensors.
+
+        format: "tf_saved_model" (`fpn_keras.export.saved_model`, TF Serving layout) or
+            "tflite" (`fpn_keras.export.tflite`; kwargs quantize, representative_data,
+            input_type). image_size: (height, width) the model runs at (its training size).
+        """
+        if image_size is None:
+            raise ValueError("FPNDetector.export needs image_size=(height, width), the size the model "
+                             "was trained at (recipe data.image_size)")
+        from fpn_keras import export
+
+        if format == "tf_saved_model":
+            return export.saved_model(self, filepath, image_size, **kwargs)
+        if format == "tflite":
+            return export.tflite(self, filepath, image_size, **kwargs)
+        raise ValueError(f"FPNDetector.export: format must be 'tf_saved_model' or 'tflite', received "
+                         f"{format!r} (keras' other formats would hold raw head outputs without decoding "
+                         "or NMS; use fpn_keras.export)")
 
     # ---------------------------------------------------------- serialising
     def get_config(self):
