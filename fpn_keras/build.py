@@ -61,7 +61,7 @@ def build_model(recipe: Recipe, class_names=None):
             head_args["rpn"] = RPN(name="rpn", **head_args["rpn"])
         head = HEADS[cfg.head](num_classes=cfg.num_classes, name="head", **head_args)
     neck = FeaturePyramid(head.min_level, head.max_level, cfg.fpn_channels, separable=cfg.fpn_separable,
-                          name="neck", **getattr(head, "neck_args", {}))
+                          name="neck", **head.neck_args)
     return FPNDetector(
         num_classes=head.num_classes,
         backbone=backbone,
@@ -69,6 +69,7 @@ def build_model(recipe: Recipe, class_names=None):
         neck=neck,
         bounding_box_format=cfg.bounding_box_format,
         class_names=class_names,
+        image_size=None if recipe.data.image_size == config_lib.AUTO else recipe.data.image_size,
     )
 
 
@@ -76,7 +77,7 @@ def base_learning_rate(recipe: Recipe):
     """The recipe's learning rate, scaled linearly with the global batch when asked
     (train.scale_lr_with_batch: learning_rate is for reference_batch_size images)."""
     cfg = recipe.train
-    if getattr(cfg, "scale_lr_with_batch", False):
+    if cfg.scale_lr_with_batch:
         return cfg.learning_rate * cfg.batch_size / cfg.reference_batch_size
     return cfg.learning_rate
 
@@ -87,7 +88,7 @@ def build_schedule(recipe: Recipe, total_steps):
     lr = base_learning_rate(recipe)
     total_steps = max(1, int(total_steps))
     warmup = min(cfg.warmup_steps, total_steps // 2)
-    factor = getattr(cfg, "warmup_factor", 0.0)
+    factor = cfg.warmup_factor
     if cfg.schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(
             lr * factor if warmup else lr, max(1, total_steps - warmup), alpha=0.01,
@@ -113,7 +114,7 @@ def build_optimizer(recipe: Recipe, steps_per_epoch):
     cfg = recipe.train
     learning_rate = build_schedule(recipe, total_training_steps(recipe, steps_per_epoch))
     common = {"learning_rate": learning_rate, "clipnorm": cfg.clipnorm,
-              "global_clipnorm": getattr(cfg, "global_clipnorm", None)}
+              "global_clipnorm": cfg.global_clipnorm}
     if cfg.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(momentum=cfg.momentum, weight_decay=cfg.weight_decay or None,
                                          **common)
@@ -124,7 +125,7 @@ def build_optimizer(recipe: Recipe, steps_per_epoch):
     if cfg.weight_decay:
         # No weight decay on biases and normalisation parameters (detectron2's default).
         optimizer.exclude_from_weight_decay(var_names=["bias", "beta", "gamma"])
-    if getattr(cfg, "mixed_precision", None) == "mixed_float16":
+    if cfg.mixed_precision == "mixed_float16":
         # Dynamic loss scaling keeps float16 gradients from underflowing.
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer

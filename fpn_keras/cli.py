@@ -92,7 +92,7 @@ def _add_evaluate(sub):
     p.add_argument("--split", default=None,
                    help="split to evaluate (default: data.val_split of that recipe.yaml, else val)")
     p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="input canvas size (default: from the recipe.yaml next to the model, else 128 128)")
+                   help="input canvas size (default: the size stored in the model file)")
     p.add_argument("--batch-size", type=int, default=8, help="batch size (default: 8)")
     p.add_argument("--num-images", type=int, default=None, metavar="N",
                    help="evaluate the first N images only (default: all)")
@@ -111,7 +111,7 @@ def _add_predict(sub):
     p.add_argument("--score-threshold", type=float, default=0.3, metavar="T",
                    help="keep detections scoring at least T (default: 0.3)")
     p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="size a .keras model runs at (default: from the recipe.yaml next to it, else 128 128)")
+                   help="size a .keras model runs at (default: the size stored in the model file)")
     p.add_argument("--box-format", default=None,
                    help="box format of a SavedModel's outputs (default: xyxy; a .keras model knows its own)")
 
@@ -131,7 +131,7 @@ def _add_export(sub):
     p.add_argument("--out", required=True, metavar="PATH",
                    help="saved_model: output folder, e.g. saved_models/NAME/1; tflite: output file, e.g. model.tflite")
     p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="size the model runs at (default: from the recipe.yaml next to the model, else 128 128)")
+                   help="size the model runs at (default: the size stored in the model file)")
     p.add_argument("--quantize", default="none", choices=QUANTIZE, help="tflite only: quantization (default: none)")
     p.add_argument("--input-type", default="float32", choices=["float32", "uint8"],
                    help="tflite only: input tensor type, float32 0..255 or uint8 pixels (default: float32)")
@@ -217,10 +217,14 @@ def _run_recipe(model_path):
         return yaml.safe_load(f) or {}
 
 
-def _image_size(model_path, size):
+def _image_size(model, size):
+    """--image-size, else the size stored with the model (FPNDetector.image_size)."""
     if size is not None:
         return tuple(size)
-    return tuple(_run_recipe(model_path).get("data", {}).get("image_size") or (128, 128))
+    if model.image_size is None:
+        raise UsageError("the model file does not store the image size it was trained at: "
+                         "pass --image-size H W")
+    return tuple(model.image_size)
 
 
 def load_keras_model(path):
@@ -299,8 +303,8 @@ def _evaluate(args):
     check_data_spec(spec)
     if args.batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, received {args.batch_size}")
-    size = _image_size(args.model, args.image_size)
     model = load_keras_model(args.model)
+    size = _image_size(model, args.image_size)
     extra = {"image_size": size} if spec == "synthetic" else {}
     elements, class_names, info = data_lib.load(spec, split, num_images=args.num_images, with_info=True,
                                                 **holdout, **extra)
@@ -354,7 +358,7 @@ def _predictor(model_path, image_size, box_format):
     from fpn_keras.export.saved_model import serving_functions
 
     model = load_keras_model(model_path)
-    from_images, _ = serving_functions(model, image_size)
+    from_images, _ = serving_functions(model, _image_size(model, image_size))
     function = tf.function(from_images, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
     return function, list(model.class_names or []), box_format or model.bounding_box_format
 
@@ -370,8 +374,7 @@ def _predict(args):
     if not os.path.exists(args.model):
         raise UsageError(f"model {args.model!r} does not exist")
     images = [_read_image(path) for path in args.images]
-    predict, class_names, box_format = _predictor(args.model, _image_size(args.model, args.image_size),
-                                                  args.box_format)
+    predict, class_names, box_format = _predictor(args.model, args.image_size, args.box_format)
     os.makedirs(args.out, exist_ok=True)
     results, used = {}, set()
     for path, image in zip(args.images, images):
@@ -412,14 +415,14 @@ def _representative_images(spec, size, count):
 
 
 def _export(args):
-    _require_file(args.model, "model file")
-    size = _image_size(args.model, args.image_size)
+    model = load_keras_model(args.model)
+    size = _image_size(model, args.image_size)
     if args.format == "saved_model":
         if args.quantize != "none" or args.representative_data:
             raise UsageError("--quantize and --representative-data apply to --format tflite only")
         from fpn_keras.export import saved_model
 
-        saved_model(load_keras_model(args.model), args.out, image_size=size)
+        saved_model(model, args.out, image_size=size)
         print(f"Exported {args.model} to {args.out} (SavedModel: serving_default, serve_image_bytes)")
         return
     quantize = None if args.quantize == "none" else args.quantize
@@ -432,7 +435,7 @@ def _export(args):
                                                       args.num_calibration_images))
     from fpn_keras.export import tflite
 
-    tflite(load_keras_model(args.model), args.out, size, quantize=quantize,
+    tflite(model, args.out, size, quantize=quantize,
            representative_data=representative, input_type=args.input_type)
     print(f"Exported {args.model} to {args.out} (TFLite, input [1, {size[0]}, {size[1]}, 3] "
           f"{args.input_type}, quantize={args.quantize})")

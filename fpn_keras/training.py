@@ -14,9 +14,11 @@ import tensorflow as tf
 
 from fpn_keras import config as config_lib
 from fpn_keras import data as data_lib
-from fpn_keras import distribute
+from fpn_keras import distribute, keras_workarounds
 from fpn_keras import visualization
 from fpn_keras.build import build_model, build_optimizer, check_model_args
+from fpn_keras.callbacks import (NON_FINITE_DATA, BestModelSaver, Checkpointer, LearningRateLogger,
+                                 NonFiniteLossGuard, check_finite_batches, write_json)
 from fpn_keras.config import Recipe, dump_recipe
 from fpn_keras.data.training_data import build_datasets
 from fpn_keras.evaluation import CocoMetricsCallback, evaluate_model
@@ -83,193 +85,6 @@ class TrainingOutOfMemoryError(RuntimeError):
     """The accelerator ran out of memory; the message suggests what to lower."""
 
 
-def _write_json(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)  # atomic: a kill never leaves a half-written file
-
-
-class Checkpointer(keras.callbacks.Callback):
-    """Checkpoints (weights + optimizer state, step counter included) every
-    `every_n_steps` optimizer steps and at each epoch end; keeps the last `keep`.
-
-    Files: `directory/ckpt-<step>.weights.h5` and `directory/checkpoint.json`
-    ({"step", "epoch", "step_in_epoch", "path", "all"}), written atomically (a
-    SIGKILL mid-save leaves the previous checkpoint in place). The step is
-    `optimizer.iterations`, so resuming continues the LR schedule. A non-finite
-    loss stops all further saving: the last checkpoint stays the last finite one.
-    Only the chief writes under multi-worker training (the others write to a
-    throwaway directory, as tf.distribute expects every worker to save).
-    """
-
-    def __init__(self, directory, steps_per_epoch, every_n_steps=0, keep=3, write=True):
-        super().__init__()
-        self.directory = directory
-        self.steps_per_epoch = int(steps_per_epoch)
-        self.every_n_steps = int(every_n_steps or 0)
-        self.keep = max(1, int(keep))
-        self.write = write
-        self.poisoned = False
-        os.makedirs(directory, exist_ok=True)
-
-    @property
-    def state_path(self):
-        return os.path.join(self.directory, "checkpoint.json")
-
-    def latest(self):
-        """-> the checkpoint.json dict, or None."""
-        if not os.path.exists(self.state_path):
-            return None
-        with open(self.state_path) as f:
-            state = json.load(f)
-        # Stored relative to the directory (the run folder may move).
-        state["path"] = os.path.join(self.directory, os.path.basename(state.get("path", "")))
-        state["all"] = [os.path.join(self.directory, os.path.basename(p)) for p in state.get("all", [])]
-        return state if os.path.exists(state["path"]) else None
-
-    def restore(self, model):
-        """Loads the latest checkpoint into `model` (built, compiled) -> its step, or 0."""
-        state = self.latest()
-        if state is None:
-            return 0
-        if model.optimizer is not None and not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-        model.load_weights(state["path"])
-        return int(state["step"])
-
-    def _step(self):
-        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-
-    def save(self):
-        if self.poisoned:
-            return
-        step = self._step()
-        state = self.latest() if self.write else None
-        if state is not None and state["step"] == step:
-            return
-        path = os.path.join(self.directory, f"ckpt-{step:09d}.weights.h5")
-        if not self.write:  # non-chief worker: save (collectives) but throw away
-            path = os.path.join(tempfile.mkdtemp(), "ckpt.weights.h5")
-        tmp = path[: -len(".weights.h5")] + ".tmp.weights.h5"
-        self.model.save_weights(tmp, overwrite=True)
-        if not self.write:
-            return
-        os.replace(tmp, path)
-        kept = [p for p in (state or {}).get("all", []) if p != path and os.path.exists(p)] + [path]
-        for old in kept[: -self.keep]:
-            os.remove(old)
-        _write_json(self.state_path, {
-            "step": step, "epoch": step // self.steps_per_epoch,
-            "step_in_epoch": step % self.steps_per_epoch, "path": os.path.basename(path),
-            "all": [os.path.basename(p) for p in kept[-self.keep:]]})
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self.poisoned = True
-            return
-        if self.every_n_steps and self._step() % self.every_n_steps == 0:
-            self.save()
-
-    def on_epoch_end(self, epoch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self.poisoned = True
-        self.save()
-
-
-NON_FINITE_DATA = "fpn_keras: non-finite values in a training batch"
-
-
-def _check_finite_batches(dataset):
-    """Fails the input pipeline on NaN / Inf pixels or boxes, naming the batch's
-    index in `dataset`: such values do not always show in the loss (ReLU maps NaN
-    to 0 on CPU) but poison the BatchNorm statistics."""
-
-    def check(index, batch):
-        images, y = batch
-        finite = tf.reduce_all(tf.math.is_finite(tf.cast(images, tf.float32)))
-        if isinstance(y, dict) and "boxes" in y:
-            finite = finite & tf.reduce_all(tf.math.is_finite(tf.cast(y["boxes"], tf.float32)))
-        with tf.control_dependencies([tf.debugging.Assert(finite, [NON_FINITE_DATA, "batch index:", index])]):
-            return tf.identity(images), y
-
-    return dataset.enumerate().map(check)
-
-
-class NonFiniteLossGuard(keras.callbacks.Callback):
-    """Stops training at the first NaN / Inf loss and remembers where (see `message`);
-    `describe` words the same message for a non-finite batch caught in the pipeline."""
-
-    def __init__(self, checkpointer=None, steps_per_epoch=None):
-        super().__init__()
-        self.checkpointer = checkpointer
-        self.steps_per_epoch = steps_per_epoch
-        self.message = None
-        self._epoch = 0
-        self._batch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._batch = batch
-
-    def describe(self, what, step, batch=None):
-        last = self.checkpointer.latest() if self.checkpointer is not None else None
-        where = (f"{last['path']} (step {last['step']}, epoch {last['epoch'] + 1}, intact)"
-                 if last else "none written yet")
-        batch = self._batch if batch is None else batch
-        return (f"training stopped: {what} at epoch {self._epoch + 1}, batch {batch + 1} of the epoch "
-                f"(optimizer step {step}). Last finite checkpoint: {where}. Check the data "
-                "(NaN/Inf pixels or boxes), lower train.learning_rate, add warmup or set "
-                "train.global_clipnorm; resume with --resume.")
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is None or self.message or math.isfinite(float(np.asarray(loss).reshape(-1)[0])):
-            return
-        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        self.message = self.describe(f"the loss became {float(np.asarray(loss).reshape(-1)[0])}", step, batch)
-        self.model.stop_training = True
-
-
-class LearningRateLogger(keras.callbacks.Callback):
-    """Adds the optimizer's current learning rate to the epoch logs (so that
-    TensorBoard and CSVLogger listed after it record it as `learning_rate`)."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-
-
-class BestModelSaver(keras.callbacks.Callback):
-    """Saves the model as `path` whenever the logged COCO metric `monitor` (logged by
-    CocoMetricsCallback, listed before this one, e.g. "val_AP"; the model's
-    `primary_metric` with the "val_" prefix) improves; `path`.json records it."""
-
-    def __init__(self, path, monitor):
-        super().__init__()
-        self.path = path
-        self.monitor = monitor
-        self.best = None
-        if os.path.exists(path + ".json"):
-            with open(path + ".json") as f:
-                self.best = json.load(f)
-
-    def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is None or not math.isfinite(float(value)):
-            return
-        value = float(value)
-        if self.best is not None and self.best["monitor"] == self.monitor and value <= self.best["value"]:
-            return
-        self.best = {"monitor": self.monitor, "value": value, "epoch": epoch + 1}
-        self.model.save(self.path)
-        _write_json(self.path + ".json", self.best)
-
-
 @contextlib.contextmanager
 def dtype_policy(name):
     """Sets the Keras global dtype policy for the block (None: leave it)."""
@@ -282,52 +97,6 @@ def dtype_policy(name):
         yield
     finally:
         keras.config.set_dtype_policy(previous)
-
-
-def _skip_data_build(model, strategy):
-    """Keras' fit first "symbolically builds" the model from a batch it reduces
-    across replicas with `strategy.reduce`, which fails under
-    MultiWorkerMirroredStrategy (PerReplica -> Tensor). The model is built before
-    fit here, so that step needs no data: finish it without any."""
-    original = model._maybe_symbolic_build
-
-    def maybe_symbolic_build(iterator=None, data_batch=None):
-        if not all(layer.built for layer in model._flatten_layers()):
-            return original(iterator=iterator, data_batch=data_batch)
-        with strategy.scope():
-            model._symbolic_build(data_batch=None)  # builds the optimizer, post-build hooks
-
-    model._maybe_symbolic_build = maybe_symbolic_build
-
-
-def _rank1_logs(model):
-    """Keras 3 reduces the logs across workers with strategy.reduce("MEAN", v,
-    axis=0), which fails on scalars under MultiWorkerMirroredStrategy ("Invalid
-    reduction dimension 0 for input with 0 dimensions", tensorflow#72388): give
-    it [1]-shaped values (the reduction returns scalars again)."""
-    original = model.compute_metrics
-
-    def compute_metrics(*args, **kwargs):
-        logs = original(*args, **kwargs)
-        return {name: tf.reshape(value, (1,)) if tf.is_tensor(value) and value.shape.rank == 0 else value
-                for name, value in logs.items()}
-
-    model.compute_metrics = compute_metrics
-
-
-def _trim_replicated_predictions(model):
-    """Under a multi-replica strategy Keras' predict_on_batch runs the whole batch
-    on every replica and concatenates the replicas' outputs (R x B rows); the first
-    B rows are the batch's predictions (evaluation and pictures use those)."""
-    original = model.predict_on_batch
-
-    def predict_on_batch(x):
-        outputs = original(x)
-        batch = int(x.shape[0])
-        return {name: value[:batch] for name, value in outputs.items()} if isinstance(outputs, dict) \
-            else outputs
-
-    model.predict_on_batch = predict_on_batch
 
 
 def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callbacks=()):
@@ -390,11 +159,11 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
         model(keras.ops.zeros((1, height, width, 3)))  # build: checkpoints load into built models
         model.compile(optimizer=build_optimizer(recipe, steps_per_epoch))
     if hasattr(model, "_maybe_symbolic_build") and hasattr(model, "_symbolic_build"):
-        _skip_data_build(model, strategy)
+        keras_workarounds.skip_data_build(model, strategy)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        _rank1_logs(model)
+        keras_workarounds.rank1_logs(model)
     if replicas > 1:
-        _trim_replicated_predictions(model)
+        keras_workarounds.trim_replicated_predictions(model)
     if verbose and replicas > 1:
         print(f"{type(strategy).__name__}: {replicas} replicas, "
               f"{cfg.batch_size // replicas} images each per step")
@@ -429,7 +198,7 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
         epoch, offset = divmod(step, steps_per_epoch)
         if offset and step < total_steps:
             fit_start = step
-            model.fit(_check_finite_batches(train_ds.skip(offset)), initial_epoch=epoch, epochs=epoch + 1,
+            model.fit(check_finite_batches(train_ds.skip(offset)), initial_epoch=epoch, epochs=epoch + 1,
                       steps_per_epoch=steps_per_epoch - offset, callbacks=all_callbacks,
                       verbose=verbose, shuffle=False)
             epoch += 1
@@ -438,7 +207,7 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
                 epoch = epochs
         if epoch < epochs:
             fit_start = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-            model.fit(_check_finite_batches(train_ds), initial_epoch=epoch, epochs=epochs, steps_per_epoch=steps_per_epoch,
+            model.fit(check_finite_batches(train_ds), initial_epoch=epoch, epochs=epochs, steps_per_epoch=steps_per_epoch,
                       callbacks=all_callbacks, verbose=verbose, shuffle=False)
     except tf.errors.InvalidArgumentError as error:
         if NON_FINITE_DATA not in str(error):
@@ -475,7 +244,7 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
               "optimizer_steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
               "replicas": replicas, "mixed_precision": precision,
               "history": [[epoch, values] for epoch, values in coco.history]}
-    _write_json(os.path.join(files_dir, "metrics.json"), record)
+    write_json(os.path.join(files_dir, "metrics.json"), record)
     visualization.plot_curves(os.path.join(files_dir, "history.csv"), coco.history,
                               os.path.join(files_dir, "curves.png"))
     return model, metrics

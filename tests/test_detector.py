@@ -224,3 +224,32 @@ def test_export_writes_the_whole_inference_path_or_refuses(tmp_path):
         images=tf.zeros([1, 80, 96, 3], tf.uint8))
     assert {"detection_boxes", "detection_scores", "detection_classes", "num_detections"} <= set(outputs)
     assert outputs["detection_boxes"].shape == (1, 100, 4)
+
+
+def test_predict_images_gives_boxes_in_each_images_pixels_like_the_saved_model(tmp_path):
+    from PIL import Image
+
+    from fpn_keras.export import saved_model
+
+    model = FPNDetector(num_classes=2, backbone=small_resnet((8, 16, 16, 16)),
+                        head=RetinaNet(num_classes=2, min_level=3, max_level=5, channels=8, num_convs=1,
+                                       score_threshold=0.0),
+                        fpn_channels=8, image_size=(64, 64), bounding_box_format="yxyx")
+    model(np.zeros((1, 64, 64, 3), "float32"))
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((50, 100), (128, 64))]
+    Image.fromarray(images[1]).save(tmp_path / "b.png")
+    results = model.predict_images([images[0], str(tmp_path / "b.png")])
+    saved_model(model, str(tmp_path / "sm"))  # image_size from the model
+    serve = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_default"]
+    for image, result in zip(images, results):
+        expected = serve(images=tf.constant(image[None]))
+        n = int(expected["num_detections"][0])
+        assert len(result["boxes"]) == n > 0
+        np.testing.assert_allclose(result["boxes"], expected["detection_boxes"][0, :n], atol=1e-3)
+        np.testing.assert_allclose(result["scores"], expected["detection_scores"][0, :n], atol=1e-5)
+        h, w = image.shape[:2]
+        assert result["boxes"][:, [0, 2]].max() <= h and result["boxes"][:, [1, 3]].max() <= w  # yxyx
+    # the size travels with the model file
+    model.save(str(tmp_path / "m.keras"))
+    assert keras.saving.load_model(str(tmp_path / "m.keras")).image_size == (64, 64)

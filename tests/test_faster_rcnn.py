@@ -136,7 +136,7 @@ def test_save_load_round_trip_and_config(tmp_path):
     after = loaded.predict(x, verbose=0)
     for key in before:
         np.testing.assert_array_equal(before[key], after[key])
-    assert loaded.head.rpn.post_nms_topk_test == 100 and loaded.head.box_head.fc_dim == 64
+    assert loaded.head.rpn.post_nms_topk_test == 100 and loaded.head.roi_heads.box_head.fc_dim == 64
     assert loaded.neck.extra_levels_type == "max_pool"
 
 

@@ -10,9 +10,9 @@ non-deterministic), a python int (stateful op seed) or a shape-[2] integer
 tensor (stateless: the same seed always gives the same result; this is what
 ``pipeline.prepare`` uses for its deterministic mode).
 
-``Augment`` collects the options of a training recipe; ``apply`` runs them
-in the order flip -> colour jitter -> (scale jitter + crop | multi-scale |
-plain resize) -> pad.
+``Augment`` collects the options of a training recipe; ``pipeline.prepare``
+applies them in the order flip -> (scale jitter + crop | multi-scale | plain
+resize) -> colour jitter -> pad.
 """
 
 import dataclasses

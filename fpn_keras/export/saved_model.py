@@ -20,20 +20,14 @@ import os
 import keras
 import tensorflow as tf
 
-from fpn_keras.boxes.convert import from_xyxy
+from fpn_keras.postprocess import finalize_detections
+from fpn_keras.preprocessing import fit_to_canvas
 
 
-def _fit_into(image, size):
-    """uint8 [H, W, 3] -> (float32 [size_h, size_w, 3] resized keeping aspect and
-    zero-padded bottom/right, scale, original (H, W))."""
-    height = tf.cast(tf.shape(image)[0], tf.float32)
-    width = tf.cast(tf.shape(image)[1], tf.float32)
-    scale = tf.minimum(size[0] / height, size[1] / width)
-    new_h = tf.cast(tf.round(height * scale), tf.int32)
-    new_w = tf.cast(tf.round(width * scale), tf.int32)
-    resized = tf.image.resize(tf.cast(image, tf.float32), tf.stack([new_h, new_w]))
-    padded = tf.image.pad_to_bounding_box(resized, 0, 0, size[0], size[1])
-    return padded, scale, tf.stack([height, width])
+def serving_outputs(detections):
+    """`finalize_detections`' dict -> the serving output names (SavedModel and TFLite)."""
+    return {"detection_boxes": detections["boxes"], "detection_scores": detections["scores"],
+            "detection_classes": detections["labels"], "num_detections": detections["num_detections"]}
 
 
 def serving_functions(model, image_size):
@@ -42,23 +36,13 @@ def serving_functions(model, image_size):
 
     def detect(images, scales, original_sizes):
         raw = model(images, training=False)
-        detections = model.head.detect(raw, size)
         # Back to the input image's pixels: undo the resize, clip to the original size.
-        boxes = detections["boxes"] / scales[:, None, None]
-        limits = tf.concat([original_sizes[:, ::-1], original_sizes[:, ::-1]], -1)[:, None, :]
-        boxes = tf.minimum(tf.maximum(boxes, 0.0), limits)
-        boxes = from_xyxy(boxes, model.bounding_box_format,
-                          original_sizes[:, 0:1, None], original_sizes[:, 1:2, None])
-        valid = detections["labels"][..., None] >= 0
-        return {
-            "detection_boxes": tf.where(valid, tf.cast(boxes, tf.float32), -1.0),
-            "detection_scores": detections["scores"],
-            "detection_classes": tf.cast(detections["labels"], tf.int32),
-            "num_detections": tf.cast(detections["num_detections"], tf.int32),
-        }
+        detections = finalize_detections(model.head.detect(raw, size), model.bounding_box_format, size,
+                                         scales, original_sizes)
+        return serving_outputs(detections)
 
     def prepare(image):
-        return _fit_into(image, size)
+        return fit_to_canvas(image, size)
 
     signature = (tf.TensorSpec([size[0], size[1], 3], tf.float32), tf.TensorSpec([], tf.float32),
                  tf.TensorSpec([2], tf.float32))
@@ -79,13 +63,14 @@ def serving_functions(model, image_size):
     return from_images, from_bytes
 
 
-def saved_model(model, path, image_size):
+def saved_model(model, path, image_size=None):
     """Writes `model` as a SavedModel at `path` (e.g. saved_models/<name>/<version>).
 
-    image_size: (height, width) the model runs at; inputs of any size are
-    resized (keeping aspect ratio) and padded to it inside the graph.
+    image_size: (height, width) the model runs at (default: `model.image_size`);
+    inputs of any size are resized (keeping aspect ratio) and padded to it inside
+    the graph (the contract of `fpn_keras.preprocessing`).
     """
-    from_images, from_bytes = serving_functions(model, image_size)
+    from_images, from_bytes = serving_functions(model, model._require_image_size("export", image_size))
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", from_images,

@@ -42,7 +42,8 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from fpn_keras.boxes.convert import from_xyxy
+from fpn_keras.export.saved_model import serving_outputs
+from fpn_keras.postprocess import finalize_detections
 
 OUTPUT_NAMES = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 # Index i of the raw output tensor "StatefulPartitionedCall:<i>" -> its name.
@@ -53,9 +54,11 @@ QUANTIZE_MODES = (None, "float16", "dynamic_range", "int8")
 
 
 def _check_model(model, image_size):
-    if not hasattr(model, "head") or not hasattr(model.head, "detect"):
+    from fpn_keras.models.detector import FPNDetector
+
+    if not isinstance(model, FPNDetector):
         raise ValueError(f"tflite export needs an FPNDetector, received {type(model).__name__}")
-    size = tuple(int(s) for s in image_size)
+    size = model._require_image_size("tflite export", image_size)
     if len(size) != 2 or min(size) <= 0:
         raise ValueError(f"image_size must be (height, width), received {image_size!r}")
     if not model.built:
@@ -73,14 +76,7 @@ def inference_function(model, image_size, input_type="float32"):
         raw = model(tf.cast(images, tf.float32), training=False)
         with tf.name_scope(POSTPROCESS_SCOPE):  # int8: these ops are kept float
             detections = model.head.detect(raw, (height, width))
-            boxes = from_xyxy(detections["boxes"], model.bounding_box_format, height, width)
-            valid = detections["labels"][..., None] >= 0
-            return {
-                "detection_boxes": tf.where(valid, tf.cast(boxes, tf.float32), -1.0),
-                "detection_scores": tf.cast(detections["scores"], tf.float32),
-                "detection_classes": tf.cast(detections["labels"], tf.int32),
-                "num_detections": tf.cast(detections["num_detections"], tf.int32),
-            }
+            return serving_outputs(finalize_detections(detections, model.bounding_box_format, (height, width)))
 
     spec = tf.TensorSpec([1, height, width, 3], tf.dtypes.as_dtype(input_type), name="images")
     return tf.function(detect, input_signature=[spec], autograph=False)
@@ -108,7 +104,7 @@ def _representative_dataset(representative_data, image_size, input_type):
     return generator
 
 
-def convert(model, image_size, quantize=None, representative_data=None, input_type="float32"):
+def convert(model, image_size=None, quantize=None, representative_data=None, input_type="float32"):
     """Returns the .tflite flatbuffer (bytes); see `tflite` for the arguments."""
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"quantize must be one of {list(QUANTIZE_MODES)}, received {quantize!r}")
@@ -116,14 +112,11 @@ def convert(model, image_size, quantize=None, representative_data=None, input_ty
         raise ValueError(f"input_type must be 'float32' or 'uint8', received {input_type!r}")
     size = _check_model(model, image_size)
     # Faster R-CNN: RoIAlign through gathers (TFLite builtins), not TF's CropAndResize.
-    previous = getattr(model.head, "roi_align_implementation", None)
-    if previous is not None:
-        model.head.roi_align_implementation = "generic"
+    previous = model.set_implementations(roi_align="generic")
     try:
         return _convert(model, size, quantize, representative_data, input_type)
     finally:
-        if previous is not None:
-            model.head.roi_align_implementation = previous
+        model.set_implementations(*previous)
 
 
 def _convert(model, size, quantize, representative_data, input_type):
@@ -196,7 +189,7 @@ def _quantize_network_only(calibrated):
                                       denylisted_ops=["TOPK_V2", "UNPACK"])
 
 
-def tflite(model, path, image_size, quantize=None, representative_data=None, input_type="float32"):
+def tflite(model, path, image_size=None, quantize=None, representative_data=None, input_type="float32"):
     """Writes `model` as a TFLite flatbuffer at `path` (builtin ops only).
 
     Args:

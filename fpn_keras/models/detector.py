@@ -6,16 +6,26 @@ detections use the model's `bounding_box_format`, in input-image pixels.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from fpn_keras import distribute
 from fpn_keras import schedules  # noqa: F401 (registers the LR schedules for load_model)
-from fpn_keras.boxes.convert import check_format, clip_boxes, from_xyxy, to_xyxy
+from fpn_keras.boxes.convert import check_format, clip_boxes, to_xyxy
 from fpn_keras.layers.fpn import FeaturePyramid
 from fpn_keras.models.backbones import build_backbone
 from fpn_keras.models.faster_rcnn import FasterRCNN
 from fpn_keras.models.retinanet import RetinaNet
 from fpn_keras.models.rpn import RPN
+from fpn_keras.postprocess import finalize_detections
+from fpn_keras.preprocessing import fit_to_canvas
+
+
+def _read_image(path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
 
 HEADS = {"retinanet": RetinaNet, "faster_rcnn": FasterRCNN, "rpn": RPN}
 
@@ -57,13 +67,24 @@ class FPNDetector(keras.Model):
         fpn_channels: channels of the default neck (256 in the paper).
         backbone_weights: None, "imagenet" or a local weights path, for a named backbone.
         class_names: optional names of the classes, stored with the model.
+        image_size: (height, width) of the input canvas the model was trained at
+            (multiples of 32), stored with the model: `predict_images` and the
+            exports resize every image to fit it (keeping its aspect ratio, padding
+            bottom/right) and map boxes back to the image's pixels. None: unknown
+            (`predict_images` and `export` then need it).
     """
 
     def __init__(self, num_classes=None, backbone="resnet50", head="retinanet",
                  bounding_box_format="xyxy", neck=None, fpn_channels=256,
-                 backbone_weights=None, class_names=None, **kwargs):
+                 backbone_weights=None, class_names=None, image_size=None, **kwargs):
         super().__init__(**kwargs)
         self.bounding_box_format = check_format(bounding_box_format)
+        if image_size is not None:
+            image_size = tuple(int(s) for s in image_size)
+            if len(image_size) != 2 or min(image_size) <= 0 or any(s % 32 for s in image_size):
+                raise ValueError(f"image_size must be (height, width), positive multiples of 32; "
+                                 f"received {image_size!r}")
+        self.image_size = image_size
         backbone, head, neck = _deserialize(backbone), _deserialize(head), _deserialize(neck)
 
         self._backbone_name = backbone if isinstance(backbone, str) else None
@@ -88,7 +109,7 @@ class FPNDetector(keras.Model):
 
         if neck is None:
             neck = FeaturePyramid(head.min_level, head.max_level, fpn_channels, name="neck",
-                                  **getattr(head, "neck_args", {}))
+                                  **head.neck_args)
         elif neck.min_level > head.min_level or neck.max_level < head.max_level:
             raise ValueError(
                 f"the neck gives P{neck.min_level}-P{neck.max_level} but the head needs "
@@ -109,7 +130,8 @@ class FPNDetector(keras.Model):
         images = self._check_images(images)
         features = self.backbone(images, training=training)  # {"C2".."C5"}
         pyramid = self.neck(features)  # {"P<min>".."P<max>"}
-        return self.head(pyramid, training=training)
+        image_shape = (ops.shape(images)[1], ops.shape(images)[2])
+        return self.head(pyramid, image_shape, training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Matches anchors to `y` and returns the total loss (per-term losses are tracked)."""
@@ -147,26 +169,26 @@ class FPNDetector(keras.Model):
         """The inference path: images (or an (images, ...) tuple) -> padded detections."""
         images = data[0] if isinstance(data, (tuple, list)) else data
         raw = self(images, training=False)
-        height, width = ops.shape(images)[1], ops.shape(images)[2]
-        detections = self.head.detect(raw, (height, width))
-        boxes = from_xyxy(detections["boxes"], self.bounding_box_format, height, width)
-        detections["boxes"] = ops.where(detections["labels"][..., None] >= 0, boxes, -1.0)
-        return detections
+        image_shape = (ops.shape(images)[1], ops.shape(images)[2])
+        return finalize_detections(self.head.detect(raw, image_shape), self.bounding_box_format, image_shape)
 
     # -------------------------------------------------------------- helpers
     @property
     def evaluation_settings(self):
-        """How COCO evaluation should score this model: proposals (head="rpn")
-        are scored class-agnostically with AR@10/100/1000, as in the FPN paper's Table 1."""
-        if isinstance(self.head, RPN):
-            return {"max_dets": (10, 100, 1000), "class_agnostic": True}
-        return {}
+        """How COCO evaluation should score this model (the head's, see fpn_keras.models.head)."""
+        return dict(self.head.evaluation_settings)
 
     @property
     def primary_metric(self):
-        """The COCO metric that ranks checkpoints of this model (a key of `evaluate_model`'s
-        result): AR1000 for proposals (head="rpn", the paper's Table 1), else AP."""
-        return "AR1000" if isinstance(self.head, RPN) else "AP"
+        """The COCO metric that ranks checkpoints of this model: the head's ("AP"; "AR1000"
+        for an RPN, the paper's Table 1)."""
+        return self.head.primary_metric
+
+    def set_implementations(self, nms=None, roi_align=None):
+        """The one place that chooses the NMS / RoIAlign kernels of the whole model
+        ("auto" or "generic", see fpn_keras.models.head), for training (`compile`) and
+        for every exporter -> the previous (nms, roi_align), to restore them."""
+        return self.head.set_implementations(nms=nms, roi_align=roi_align)
 
     @property
     def metrics(self):
@@ -189,10 +211,7 @@ class FPNDetector(keras.Model):
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
         implementation = "generic" if jit_compile is True and keras.backend.backend() == "tensorflow" \
             else "auto"
-        for part in (self.head, getattr(self.head, "rpn", None)):
-            for name in ("nms_implementation", "roi_align_implementation"):
-                if part is not None and hasattr(part, name):
-                    setattr(part, name, implementation)
+        self.set_implementations(nms=implementation, roi_align=implementation)
 
     def compile_from_config(self, config):
         """Restores compile() settings (optimizer included) when a .keras file is loaded."""
@@ -227,6 +246,39 @@ class FPNDetector(keras.Model):
         boxes = ops.where(labels[..., None] >= 0, boxes, -1.0)
         return boxes, labels
 
+    def predict_images(self, images, batch_size=8):
+        """Detections on images of any sizes, in their own pixels.
+
+        images: a list of uint8 / float [H_i, W_i, 3] arrays (0..255) or image file paths.
+        Each image is resized to fit `image_size` (aspect kept, padded bottom/right), as
+        in training (`fpn_keras.data.pipeline.prepare`) and in the exports. Returns a list
+        with one dict per image: "boxes" [n, 4] in `bounding_box_format` relative to that
+        image, "scores" [n], "labels" [n] (only the n real detections).
+        """
+        size = self._require_image_size("predict_images")
+        arrays = [_read_image(image) if isinstance(image, str) else image for image in images]
+        results = []
+        for start in range(0, len(arrays), batch_size):
+            chunk = arrays[start:start + batch_size]
+            canvases, scales, sizes = zip(*(fit_to_canvas(image, size) for image in chunk))
+            canvas = ops.stack(canvases)
+            raw = self(canvas, training=False)
+            detections = finalize_detections(self.head.detect(raw, size), self.bounding_box_format, size,
+                                             ops.stack(scales), ops.stack(sizes))
+            numpy = {k: ops.convert_to_numpy(v) for k, v in detections.items()}
+            for i in range(len(chunk)):
+                n = int(numpy["num_detections"][i])
+                results.append({"boxes": numpy["boxes"][i, :n], "scores": numpy["scores"][i, :n],
+                                "labels": numpy["labels"][i, :n]})
+        return results
+
+    def _require_image_size(self, what, image_size=None):
+        size = image_size if image_size is not None else self.image_size
+        if size is None:
+            raise ValueError(f"FPNDetector.{what} needs the input size the model was trained at: build "
+                             "the model with image_size=(height, width) or pass image_size")
+        return tuple(int(s) for s in size)
+
     # ------------------------------------------------------------- export
     def export(self, filepath, format="tf_saved_model", image_size=None, **kwargs):
         """Exports the whole inference path (resize, backbone, FPN, head, decoding, NMS,
@@ -235,11 +287,10 @@ class FPNDetector(keras.Model):
 
         format: "tf_saved_model" (`fpn_keras.export.saved_model`, TF Serving layout) or
             "tflite" (`fpn_keras.export.tflite`; kwargs quantize, representative_data,
-            input_type). image_size: (height, width) the model runs at (its training size).
+            input_type). image_size: (height, width) the model runs at (default: its
+            `image_size`).
         """
-        if image_size is None:
-            raise ValueError("FPNDetector.export needs image_size=(height, width), the size the model "
-                             "was trained at (recipe data.image_size)")
+        image_size = self._require_image_size("export", image_size)
         from fpn_keras import export
 
         if format == "tf_saved_model":
@@ -261,6 +312,7 @@ class FPNDetector(keras.Model):
             "neck": keras.saving.serialize_keras_object(self.neck),
             "bounding_box_format": self.bounding_box_format,
             "class_names": list(self.class_names),
+            "image_size": None if self.image_size is None else list(self.image_size),
         })
         return config
 

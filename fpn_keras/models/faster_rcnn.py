@@ -1,22 +1,23 @@
-"""Faster R-CNN with FPN (FPN paper Section 4.2): RPN proposals -> multi-level
-RoIAlign -> 2fc box head.
+"""Faster R-CNN with FPN (FPN paper Section 4.2): RPN -> proposals -> RoI heads
+(multi-level RoIAlign -> 2fc box head). Follows the head protocol of
+`fpn_keras.models.head`.
 
 Shapes: B batch, P proposals, S sampled RoIs, M ground truths, K classes,
 D = max_detections. Boxes are `xyxy` in input-image pixels.
 """
 
 import keras
-from keras import layers, ops
+from keras import ops
 
 from fpn_keras import distribute
 from fpn_keras.boxes.coder import BoxCoder
 from fpn_keras.boxes.convert import clip_boxes
-from fpn_keras.layers.box_head import BoxHead
-from fpn_keras.layers.roi_align import multilevel_roi_align
+from fpn_keras.layers.roi_heads import RoIHeads
 from fpn_keras.losses import smooth_l1_loss
 from fpn_keras.matching import Matcher
-from fpn_keras.models.retinanet import select_detections
+from fpn_keras.models.head import DetectionHead
 from fpn_keras.models.rpn import RPN
+from fpn_keras.postprocess import select_detections
 from fpn_keras.targets import check_labels, sample_rois
 
 
@@ -25,7 +26,7 @@ def _deserialize(value):
 
 
 @keras.saving.register_keras_serializable(package="fpn_keras")
-class FasterRCNN(layers.Layer):
+class FasterRCNN(DetectionHead):
     """Faster R-CNN head bundle.
 
     Args:
@@ -59,8 +60,6 @@ class FasterRCNN(layers.Layer):
                 f"RoI levels P{roi_min_level}-P{roi_max_level} must lie within the RPN's "
                 f"P{self.min_level}-P{self.max_level}")
         self.roi_min_level, self.roi_max_level = int(roi_min_level), int(roi_max_level)
-        self.pooled_size, self.sampling_ratio = int(pooled_size), int(sampling_ratio)
-        self.canonical_level, self.canonical_size = int(canonical_level), float(canonical_size)
         self.batch_size_per_image = int(batch_size_per_image)
         self.positive_fraction = float(positive_fraction)
         self.matcher = Matcher(positive_threshold, positive_threshold, allow_low_quality_matches=False)
@@ -72,42 +71,48 @@ class FasterRCNN(layers.Layer):
         self.pre_nms_topk = int(pre_nms_topk)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self.box_head = BoxHead(num_classes, fc_dim, num_fc, name="box_head")
+        self.roi_heads = RoIHeads(num_classes, roi_min_level, roi_max_level, pooled_size, sampling_ratio,
+                                  canonical_level, canonical_size, fc_dim, num_fc, name="roi_heads")
         self.loss_names = self.rpn.loss_names + ("cls_loss", "box_loss")
 
     def build(self, input_shape):
         if not self.rpn.built:  # a deserialised RPN arrives built
             self.rpn.build(input_shape)
-        channels = input_shape[f"P{self.roi_min_level}"][-1]
-        self.box_head.build((None, None, self.pooled_size, self.pooled_size, channels))
+        self.roi_heads.build({f"P{l}": input_shape[f"P{l}"]
+                              for l in range(self.roi_min_level, self.roi_max_level + 1)})
         self.built = True
 
-    def call(self, pyramid, training=False):
-        """-> {"rpn": the RPN's raw outputs, "features": {"P2".."P5"} for RoIAlign}."""
+    def call(self, pyramid, image_shape, training=False):
+        """RPN -> proposals -> RoI heads. Returns {"rpn": the RPN's raw outputs,
+        "features": {"P2".."P5"}, "proposals": [B, P, 4], "valid": [B, P]} and, at
+        inference, the RoI heads' "cls_logits" [B, P, K + 1] and "box_deltas" [B, P, K, 4]
+        on the proposals. In training the RoI heads run in `compute_losses`, on RoIs
+        sampled against the ground truth (which `call` does not see)."""
         features = {f"P{l}": pyramid[f"P{l}"] for l in range(self.roi_min_level, self.roi_max_level + 1)}
-        return {"rpn": self.rpn(pyramid, training=training), "features": features}
+        rpn_raw = self.rpn(pyramid, image_shape, training=training)
+        proposals, _, valid = self.rpn.propose(rpn_raw, image_shape, training=training)
+        raw = {"rpn": rpn_raw, "features": features, "proposals": proposals, "valid": valid}
+        if not training:
+            raw["cls_logits"], raw["box_deltas"] = self.roi_heads(features, proposals)
+        return raw
 
-    # "auto": TF's CropAndResize kernel under TensorFlow, gathers elsewhere; the TFLite
-    # export sets "generic" (builtin ops only). Not a constructor argument: not saved.
-    roi_align_implementation = "auto"
-    nms_implementation = "auto"  # see RetinaNet.nms_implementation
-
-    def _pool(self, features, rois):
-        return multilevel_roi_align(features, rois, self.roi_min_level, self.roi_max_level,
-                                    self.pooled_size, self.sampling_ratio, True,
-                                    self.canonical_level, self.canonical_size,
-                                    implementation=self.roi_align_implementation)
+    def set_implementations(self, nms=None, roi_align=None):
+        """Also sets the RPN's NMS and the RoI heads' RoIAlign (see
+        `DetectionHead.set_implementations`)."""
+        self.rpn.set_implementations(nms=nms)
+        previous = super().set_implementations(nms=nms, roi_align=roi_align)
+        self.roi_heads.implementation = self.roi_align_implementation
+        return previous
 
     def compute_losses(self, raw, gt_boxes, gt_labels, image_shape):
         """RPN losses + Fast R-CNN softmax cross-entropy and L1 on foreground RoIs,
         both divided by the number of sampled RoIs."""
-        losses = self.rpn.compute_losses(raw["rpn"], gt_boxes, gt_labels)
+        losses = self.rpn.compute_losses(raw["rpn"], gt_boxes, gt_labels, image_shape)
         gt_labels = check_labels(gt_labels, self.num_classes)
-        proposals, _, valid = self.rpn.propose(raw["rpn"], image_shape, training=True)
         rois, cls_targets, matched_boxes = sample_rois(
-            proposals, valid, gt_boxes, gt_labels, self.matcher, self.num_classes,
+            raw["proposals"], raw["valid"], gt_boxes, gt_labels, self.matcher, self.num_classes,
             self.batch_size_per_image, self.positive_fraction, self.seed_generator)
-        cls_logits, box_deltas = self.box_head(self._pool(raw["features"], rois))
+        cls_logits, box_deltas = self.roi_heads(raw["features"], rois)
         cls_logits = ops.cast(cls_logits, "float32")
         sampled = cls_targets >= 0
         # Sampled RoIs of the global batch (all replicas; see fpn_keras.distribute).
@@ -127,11 +132,10 @@ class FasterRCNN(layers.Layer):
 
     def detect(self, raw, image_shape):
         """-> {"boxes" [B, D, 4], "scores" [B, D], "labels" [B, D], "num_detections" [B]}."""
-        proposals, _, valid = self.rpn.propose(raw["rpn"], image_shape, training=False)
-        cls_logits, box_deltas = self.box_head(self._pool(raw["features"], proposals))
-        probs = ops.softmax(ops.cast(cls_logits, "float32"), axis=-1)[..., : self.num_classes]
+        proposals, valid = raw["proposals"], raw["valid"]
+        probs = ops.softmax(ops.cast(raw["cls_logits"], "float32"), axis=-1)[..., : self.num_classes]
         probs = ops.where(valid[..., None], probs, 0.0)  # [B, P, K]
-        boxes = self.box_coder.decode(box_deltas, proposals[:, :, None, :])  # [B, P, K, 4]
+        boxes = self.box_coder.decode(raw["box_deltas"], proposals[:, :, None, :])  # [B, P, K, 4]
         boxes = clip_boxes(boxes, *image_shape)
         num_proposals = proposals.shape[1]
         # [B, P, K] -> [B, P * K] candidates, each with its class.
@@ -151,9 +155,9 @@ class FasterRCNN(layers.Layer):
             "num_classes": self.num_classes,
             "rpn": keras.saving.serialize_keras_object(self.rpn),
             "roi_min_level": self.roi_min_level, "roi_max_level": self.roi_max_level,
-            "pooled_size": self.pooled_size, "sampling_ratio": self.sampling_ratio,
-            "canonical_level": self.canonical_level, "canonical_size": self.canonical_size,
-            "fc_dim": self.box_head.fc_dim, "num_fc": self.box_head.num_fc,
+            "pooled_size": self.roi_heads.pooled_size, "sampling_ratio": self.roi_heads.sampling_ratio,
+            "canonical_level": self.roi_heads.canonical_level, "canonical_size": self.roi_heads.canonical_size,
+            "fc_dim": self.roi_heads.box_head.fc_dim, "num_fc": self.roi_heads.box_head.num_fc,
             "batch_size_per_image": self.batch_size_per_image,
             "positive_fraction": self.positive_fraction,
             "positive_threshold": self.matcher.positive_threshold,

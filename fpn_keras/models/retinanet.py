@@ -1,30 +1,27 @@
 """The RetinaNet head bundle: dense head + anchors + matching + losses + decoding.
 
 Shapes: B batch, N anchors (all levels), M ground truths, K classes,
-D = max_detections. Boxes are `xyxy` in input-image pixels.
-
-Like every head, it offers three methods used by `FPNDetector`:
-  call(pyramid)                     -> raw outputs
-  compute_losses(raw, gt_boxes, gt_labels) -> {"cls_loss": ..., "box_loss": ...}
-  detect(raw, image_shape)           -> padded detections
+D = max_detections. Boxes are `xyxy` in input-image pixels. Follows the head
+protocol of `fpn_keras.models.head`.
 """
 
 import keras
-from keras import layers, ops
+from keras import ops
 
 from fpn_keras import distribute
 from fpn_keras.anchors import AnchorGenerator
 from fpn_keras.boxes.coder import BoxCoder
 from fpn_keras.boxes.convert import clip_boxes
-from fpn_keras.boxes.nms import batched_nms
 from fpn_keras.layers.dense_heads import RetinaNetHead
 from fpn_keras.losses import giou_loss, sigmoid_focal_loss, smooth_l1_loss
 from fpn_keras.matching import Matcher
+from fpn_keras.models.head import DetectionHead
+from fpn_keras.postprocess import select_detections
 from fpn_keras.targets import check_labels, label_anchors
 
 
 @keras.saving.register_keras_serializable(package="fpn_keras")
-class RetinaNet(layers.Layer):
+class RetinaNet(DetectionHead):
     """RetinaNet (Lin et al., 2017, "Focal Loss for Dense Object Detection") on P3-P7.
 
     Args:
@@ -39,9 +36,6 @@ class RetinaNet(layers.Layer):
     """
 
     loss_names = ("cls_loss", "box_loss")
-    # "auto": TF's NMS kernel under TensorFlow; "generic" (keras.ops) under XLA, see
-    # FPNDetector.compile. Not a constructor argument: not saved.
-    nms_implementation = "auto"
 
     def __init__(self, num_classes=80, min_level=3, max_level=7, anchor_scale=4.0,
                  anchor_scales=(1.0, 2 ** (1 / 3), 2 ** (2 / 3)), aspect_ratios=(0.5, 1.0, 2.0),
@@ -81,7 +75,7 @@ class RetinaNet(layers.Layer):
         self.head.build(input_shape)
         self.built = True
 
-    def call(self, pyramid, training=False):
+    def call(self, pyramid, image_shape=None, training=False):
         """pyramid {"P3".."P7"} -> raw outputs, per level:
         {"cls_logits": {"P3": [B, N3, K], ...}, "box_deltas": {..: [B, Nl, 4]},
          "anchors": {..: [Nl, 4]}}."""
@@ -191,20 +185,3 @@ class RetinaNet(layers.Layer):
         })
         return config
 
-
-def select_detections(boxes, scores, classes, iou_threshold, max_detections, score_threshold,
-                      implementation="auto"):
-    """Class-aware NMS and padding: [B, C, 4], [B, C], [B, C] -> detections dict (see detect)."""
-    indices, num_detections = batched_nms(
-        boxes, scores, classes, iou_threshold=iou_threshold,
-        max_output_size=max_detections, score_threshold=score_threshold,
-        implementation=implementation)
-    valid = indices >= 0  # [B, D]
-    safe = ops.maximum(indices, 0)
-    boxes = ops.take_along_axis(boxes, safe[..., None], axis=1)
-    return {
-        "boxes": ops.where(valid[..., None], boxes, -1.0),
-        "scores": ops.where(valid, ops.take_along_axis(scores, safe, axis=1), 0.0),
-        "labels": ops.where(valid, ops.cast(ops.take_along_axis(classes, safe, axis=1), "int32"), -1),
-        "num_detections": num_detections,
-    }

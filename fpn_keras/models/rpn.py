@@ -2,11 +2,12 @@
 
 Shapes: B batch, N anchors (all levels), M ground truths, P proposals per image.
 Used inside `FasterRCNN`, or alone as `FPNDetector(head="rpn")`, whose detections
-are the proposals (one class, "object"; score = objectness probability).
+are the proposals (one class, "object"; score = objectness probability). Follows the
+head protocol of `fpn_keras.models.head`.
 """
 
 import keras
-from keras import layers, ops
+from keras import ops
 
 from fpn_keras import distribute
 from fpn_keras.anchors import AnchorGenerator
@@ -15,11 +16,12 @@ from fpn_keras.layers.dense_heads import RPNHead
 from fpn_keras.layers.proposals import generate_proposals
 from fpn_keras.losses import smooth_l1_loss
 from fpn_keras.matching import Matcher, sample_balanced
+from fpn_keras.models.head import DetectionHead
 from fpn_keras.targets import label_anchors
 
 
 @keras.saving.register_keras_serializable(package="fpn_keras")
-class RPN(layers.Layer):
+class RPN(DetectionHead):
     """RPN on P2-P6: one anchor size per level (anchor_scale 8: 32..512) x 3 ratios.
 
     Training: IoU >= 0.7 positive, < 0.3 negative, low-quality matches allowed;
@@ -34,7 +36,9 @@ class RPN(layers.Layer):
 
     loss_names = ("rpn_cls_loss", "rpn_box_loss")
     neck_args = {"extra_levels_type": "max_pool"}  # the paper's P6: subsampled P5
-    nms_implementation = "auto"  # see RetinaNet.nms_implementation
+    # Proposals are scored class-agnostically with AR@10/100/1000 (the FPN paper's Table 1).
+    primary_metric = "AR1000"
+    evaluation_settings = {"max_dets": (10, 100, 1000), "class_agnostic": True}
 
     def __init__(self, min_level=2, max_level=6, anchor_scale=8.0, aspect_ratios=(0.5, 1.0, 2.0),
                  positive_threshold=0.7, negative_threshold=0.3, batch_size_per_image=256,
@@ -69,7 +73,7 @@ class RPN(layers.Layer):
                              if self.min_level <= int(k[1:]) <= self.max_level})
         self.built = True
 
-    def call(self, pyramid, training=False):
+    def call(self, pyramid, image_shape=None, training=False):
         """-> {"objectness": {"P2": [B, N2]}, "deltas": {"P2": [B, N2, 4]}, "anchors": {"P2": [N2, 4]}}."""
         levels = {f"P{l}": pyramid[f"P{l}"] for l in range(self.min_level, self.max_level + 1)}
         objectness, deltas = self.head(levels)

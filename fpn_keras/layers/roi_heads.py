@@ -1,0 +1,53 @@
+"""The RoI heads of Faster R-CNN (FPN paper Section 4.2): multi-level RoIAlign + 2fc box head.
+
+Shapes: B batch, R RoIs, S pooled size, C channels, K classes.
+"""
+
+import keras
+from keras import layers
+
+from fpn_keras.layers.box_head import BoxHead
+from fpn_keras.layers.roi_align import multilevel_roi_align
+
+
+@keras.saving.register_keras_serializable(package="fpn_keras")
+class RoIHeads(layers.Layer):
+    """Pools each RoI from its pyramid level (Eq. (1) of the FPN paper: level =
+    floor(canonical_level + log2(sqrt(wh) / canonical_size)), clamped to
+    [min_level, max_level]) with RoIAlign, then runs the `BoxHead`.
+
+    call(features {"P2".."P5": [B, H_l, W_l, C]}, rois [B, R, 4] xyxy input pixels)
+      -> (cls_logits [B, R, K + 1] (background last), box_deltas [B, R, K, 4]).
+    `implementation`: the RoIAlign kernel, "auto" or "generic" (set through
+    `FasterRCNN.set_implementations`; not saved).
+    """
+
+    implementation = "auto"
+
+    def __init__(self, num_classes, min_level=2, max_level=5, pooled_size=7, sampling_ratio=2,
+                 canonical_level=4, canonical_size=224.0, fc_dim=1024, num_fc=2, **kwargs):
+        super().__init__(**kwargs)
+        self.min_level, self.max_level = int(min_level), int(max_level)
+        self.pooled_size, self.sampling_ratio = int(pooled_size), int(sampling_ratio)
+        self.canonical_level, self.canonical_size = int(canonical_level), float(canonical_size)
+        self.box_head = BoxHead(num_classes, fc_dim, num_fc, name="box_head")
+
+    def build(self, input_shape):
+        channels = input_shape[f"P{self.min_level}"][-1]
+        self.box_head.build((None, None, self.pooled_size, self.pooled_size, channels))
+        self.built = True
+
+    def call(self, features, rois):
+        pooled = multilevel_roi_align(features, rois, self.min_level, self.max_level, self.pooled_size,
+                                      self.sampling_ratio, True, self.canonical_level, self.canonical_size,
+                                      implementation=self.implementation)
+        return self.box_head(pooled)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "num_classes": self.box_head.num_classes, "min_level": self.min_level, "max_level": self.max_level,
+            "pooled_size": self.pooled_size, "sampling_ratio": self.sampling_ratio,
+            "canonical_level": self.canonical_level, "canonical_size": self.canonical_size,
+            "fc_dim": self.box_head.fc_dim, "num_fc": self.box_head.num_fc})
+        return config

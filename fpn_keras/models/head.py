@@ -1,0 +1,72 @@
+"""The head protocol: what every detection head provides, and the only thing
+`FPNDetector` relies on.
+
+Shapes: B batch, M ground truths (padded with -1), K classes, D = max_detections.
+Boxes are `xyxy` in input-image pixels; (height, width) is the input canvas.
+
+A head is a Keras layer with
+
+  attributes
+    num_classes          K (1 for the RPN: "object")
+    min_level, max_level the pyramid levels it reads (P<min>..P<max>)
+    loss_names           the keys of `compute_losses`, in logging order
+    max_detections       D
+    neck_args            extra `FeaturePyramid` options it needs ({} by default)
+    primary_metric       the COCO metric that ranks its checkpoints ("AP"; the RPN: "AR1000")
+    evaluation_settings  options of `CocoEvaluator.evaluate` ({}; the RPN: class-agnostic AR)
+
+  methods
+    call(pyramid, image_shape, training)
+                             {"P<l>": [B, H_l, W_l, C]}, (height, width) -> raw outputs (a
+                             dict of tensors and per-level dicts; only this head reads them)
+    compute_losses(raw, gt_boxes [B, M, 4], gt_labels [B, M], image_shape)
+                             -> {name: scalar} for `loss_names`, each already normalised
+                             over the global batch (fpn_keras.distribute)
+    detect(raw, image_shape) -> `Detections`: {"boxes": [B, D, 4] xyxy, "scores": [B, D],
+                             "labels": [B, D] int32 (-1 padding), "num_detections": [B] int32}
+    set_implementations(nms=None, roi_align=None)
+                             which kernels it uses: "auto" (TF's NMS / CropAndResize
+                             kernels under TensorFlow) or "generic" (keras.ops: XLA,
+                             JAX, TFLite builtins). `FPNDetector.implementations` is the
+                             one place that sets them, for training and every exporter.
+
+To add a head: subclass `DetectionHead` in a new module of `fpn_keras/models/`, set the
+attributes, implement the three methods, and name it in `fpn_keras.models.detector.HEADS`.
+"""
+
+from keras import layers
+
+IMPLEMENTATIONS = ("auto", "generic")
+
+
+class DetectionHead(layers.Layer):
+    """Base class of the heads (see the module docstring for the protocol)."""
+
+    loss_names = ()
+    neck_args = {}
+    primary_metric = "AP"
+    evaluation_settings = {}
+    # Not constructor arguments, not saved: chosen by FPNDetector.implementations.
+    nms_implementation = "auto"
+    roi_align_implementation = "auto"
+
+    def compute_losses(self, raw, gt_boxes, gt_labels, image_shape):
+        raise NotImplementedError(f"{type(self).__name__} does not implement compute_losses")
+
+    def detect(self, raw, image_shape):
+        raise NotImplementedError(f"{type(self).__name__} does not implement detect")
+
+    def set_implementations(self, nms=None, roi_align=None):
+        """Chooses the NMS / RoIAlign kernels ("auto" or "generic"; None: keep) ->
+        the previous (nms, roi_align), to restore them."""
+        previous = (self.nms_implementation, self.roi_align_implementation)
+        for name, value in (("nms", nms), ("roi_align", roi_align)):
+            if value is None:
+                continue
+            if value not in IMPLEMENTATIONS:
+                raise ValueError(f"{name} implementation must be one of {IMPLEMENTATIONS}, received {value!r}")
+            setattr(self, f"{name}_implementation", value)
+        return previous
+
+
+__all__ = ["DetectionHead", "IMPLEMENTATIONS"]

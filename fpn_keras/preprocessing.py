@@ -1,0 +1,36 @@
+"""The preprocessing contract: how an image of any size becomes the model's input.
+
+The model runs on a fixed canvas of `image_size` (height, width), multiples of 32 (the
+coarsest backbone stride). An image of h x w pixels is resized by
+`scale = min(height / h, width / w)` (aspect ratio kept; new size rounded, at least 1
+pixel), bilinearly, values clipped to 0..255, and zero-padded at the bottom/right to the
+canvas. Boxes on the canvas map back to the image's pixels by dividing by `scale` and
+clipping to (h, w) (`fpn_keras.postprocess.finalize_detections`).
+
+`fit_to_canvas` (keras.ops) serves `FPNDetector.predict_images` and the SavedModel; the
+tf.data training/evaluation pipeline (`fpn_keras.data.pipeline.resize_and_pad`, which
+also scales boxes and takes training scale jitter) applies the same contract in TF ops
+(tests/test_preprocessing.py checks that both give the same pixels).
+"""
+
+from keras import ops
+
+
+def fit_to_canvas(image, canvas):
+    """image [h, w, 3] (any numeric dtype, 0..255), canvas (height, width) ->
+    (float32 [height, width, 3], scale float32 [], original size float32 [2] (h, w))."""
+    canvas_h, canvas_w = int(canvas[0]), int(canvas[1])
+    shape = ops.shape(image)
+    height = ops.cast(shape[0], "float32")
+    width = ops.cast(shape[1], "float32")
+    scale = ops.minimum(canvas_h / height, canvas_w / width)
+    new_h = ops.clip(ops.cast(ops.round(height * scale), "int32"), 1, canvas_h)
+    new_w = ops.clip(ops.cast(ops.round(width * scale), "int32"), 1, canvas_w)
+    resized = ops.image.resize(ops.cast(image, "float32")[None], (new_h, new_w), interpolation="bilinear",
+                               antialias=False)[0]
+    resized = ops.clip(resized, 0.0, 255.0)
+    padded = ops.pad(resized, [[0, canvas_h - new_h], [0, canvas_w - new_w], [0, 0]])
+    return padded, scale, ops.stack([height, width])
+
+
+__all__ = ["fit_to_canvas"]
