@@ -71,3 +71,17 @@ def test_tfds_not_prepared_gives_instructions(tmp_path):
     assert "download=True" in message and "could not find data" in message
     with pytest.raises(ValueError, match="unknown TFDS dataset"):
         data_lib.load("tfds:no_such_dataset_xyz", "train", data_dir=str(tmp_path))
+
+
+def test_tfds_split_size_is_known_and_a_holdout_splits_it():
+    with tfds_lib.testing.mock_data(num_examples=10, policy=tfds_lib.testing.MockPolicy.USE_CODE):
+        _, _, info = data_lib.load("tfds:voc/2007", "train", with_info=True)
+        held, _, held_info = data_lib.load("tfds:voc/2007", "train", holdout=0.2, part="held_out",
+                                           with_info=True, seed=0)
+        rest, _, rest_info = data_lib.load("tfds:voc/2007", "train", holdout=0.2, part="train",
+                                           with_info=True, seed=0)
+        held_ids = [int(e["image_id"]) for e in held]
+        rest_ids = [int(e["image_id"]) for e in rest]
+    assert info.num_images == 10  # the steps per epoch of a TFDS split come from its size
+    assert (held_info.num_images, rest_info.num_images) == (2, 8) == (len(held_ids), len(rest_ids))
+    assert not set(held_ids) & set(rest_ids)

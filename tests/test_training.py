@@ -206,7 +206,7 @@ def test_loss_guard_stops_training_and_no_checkpoint_is_written_after_a_non_fini
 def test_best_model_of_an_rpn_run_is_kept_by_the_logged_ar1000(tmp_path):
     recipe = tiny_recipe(eval_every_n_epochs=1, checkpoint_every_n_steps=0)
     recipe.model.head = "rpn"
-    recipe.model.head_args = {"min_level": 3, "max_level": 5, "channels": 16}
+    recipe.model.head_args = {"min_level": 3, "max_level": 5, "anchor_scale": 4.0}
     out = str(tmp_path / "rpn")
     training.train(recipe, out, verbose=0)
     with open(os.path.join(out, "best.keras.json")) as f:
@@ -221,7 +221,7 @@ def test_best_model_of_an_rpn_run_is_kept_by_the_logged_ar1000(tmp_path):
 def test_best_model_saver_keeps_the_higher_value_only(tmp_path):
     saver = training.BestModelSaver(str(tmp_path / "best.keras"), "val_AR1000")
     saved = []
-    saver.model = type("Model", (), {"save": lambda self, path: saved.append(path)})()
+    saver.set_model(type("Model", (), {"save": lambda self, path: saved.append(path)})())
     for epoch, value in enumerate([0.2, 0.1, 0.3, float("nan")]):
         saver.on_epoch_end(epoch, {"val_AP": 0.9, "val_AR1000": value})
     assert len(saved) == 2 and saver.best == {"monitor": "val_AR1000", "value": 0.3, "epoch": 3}
