@@ -7,10 +7,11 @@ pixel), bilinearly, values clipped to 0..255, and zero-padded at the bottom/righ
 canvas. Boxes on the canvas map back to the image's pixels by dividing by `scale` and
 clipping to (h, w) (`fpn_keras.postprocess.finalize_detections`).
 
-`fit_to_canvas` (keras.ops) serves `FPNDetector.predict_images` and the SavedModel; the
-tf.data training/evaluation pipeline (`fpn_keras.data.pipeline.resize_and_pad`, which
-also scales boxes and takes training scale jitter) applies the same contract in TF ops
-(tests/test_preprocessing.py checks that both give the same pixels).
+`fit_to_canvas` (keras.ops, any backend, static image sizes) serves
+`FPNDetector.predict_images`; `fpn_keras.data.pipeline.resize_and_pad` applies the same
+contract in TF ops, where sizes are dynamic: the tf.data training/evaluation pipeline
+(which also scales boxes and takes training scale jitter) and the SavedModel's
+serving signatures (tests/test_preprocessing.py checks that both give the same pixels).
 """
 
 from keras import ops

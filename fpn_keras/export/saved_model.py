@@ -21,7 +21,7 @@ import keras
 import tensorflow as tf
 
 from fpn_keras.postprocess import finalize_detections
-from fpn_keras.preprocessing import fit_to_canvas
+from fpn_keras.data.pipeline import resize_and_pad
 
 
 def serving_outputs(detections):
@@ -42,7 +42,9 @@ def serving_functions(model, image_size):
         return serving_outputs(detections)
 
     def prepare(image):
-        return fit_to_canvas(image, size)
+        # The preprocessing contract (fpn_keras.preprocessing) in TF ops: sizes are dynamic here.
+        canvas, _, scale = resize_and_pad(image, tf.zeros([0, 4]), size, stride=1)
+        return canvas, scale, tf.cast(tf.shape(image)[:2], tf.float32)
 
     signature = (tf.TensorSpec([size[0], size[1], 3], tf.float32), tf.TensorSpec([], tf.float32),
                  tf.TensorSpec([2], tf.float32))

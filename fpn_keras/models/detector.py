@@ -131,7 +131,7 @@ class FPNDetector(keras.Model):
         features = self.backbone(images, training=training)  # {"C2".."C5"}
         pyramid = self.neck(features)  # {"P<min>".."P<max>"}
         image_shape = (ops.shape(images)[1], ops.shape(images)[2])
-        return self.head(pyramid, image_shape, training=training)
+        return self.head(pyramid, image_shape=image_shape, training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Matches anchors to `y` and returns the total loss (per-term losses are tracked)."""

@@ -89,7 +89,7 @@ class FasterRCNN(DetectionHead):
         on the proposals. In training the RoI heads run in `compute_losses`, on RoIs
         sampled against the ground truth (which `call` does not see)."""
         features = {f"P{l}": pyramid[f"P{l}"] for l in range(self.roi_min_level, self.roi_max_level + 1)}
-        rpn_raw = self.rpn(pyramid, image_shape, training=training)
+        rpn_raw = self.rpn(pyramid, image_shape=image_shape, training=training)
         proposals, _, valid = self.rpn.propose(rpn_raw, image_shape, training=training)
         raw = {"rpn": rpn_raw, "features": features, "proposals": proposals, "valid": valid}
         if not training:
