@@ -30,8 +30,9 @@ __all__ = [*_LAZY, "__version__"]
 _COMMAND_LINE = bool(sys.argv) and os.path.basename(sys.argv[0]) in ("fpn-keras", "-m")
 
 if _COMMAND_LINE:
-    # Quiet TensorFlow's C++ logging unless the user asked otherwise (before its first import).
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow's C++ log: warnings and errors only, unless the user asked otherwise (before
+    # its first import). Warnings stay visible: tf.data names an image it drops (decode error).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 else:
     importlib.import_module("fpn_keras.build")  # imports, and so registers, every model class
 

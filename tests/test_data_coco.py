@@ -237,3 +237,31 @@ def test_coco_results_json_uses_original_ids_and_pixels(tmp_path):
     ev.evaluate(), ev.accumulate(), ev.summarize()
     # every detection matches except the one clipped box ([30,20,20,20] in the file)
     assert ev.stats[1] > 0.6
+
+
+def test_an_image_that_fails_to_decode_after_the_header_check_is_dropped_with_a_warning(tmp_path):
+    """A PNG whose header and IEND chunk are intact but whose pixel data is corrupt passes
+    the header check (it is counted in DatasetInfo) and fails in tf.data: the element is
+    dropped and TensorFlow logs it at warning level, which the CLI shows
+    (TF_CPP_MIN_LOG_LEVEL=1)."""
+    import subprocess
+    import sys
+
+    img = tmp_path / "img"
+    os.makedirs(img)
+    for i in range(3):
+        Image.fromarray(np.full((20, 20, 3), 80 * i, np.uint8)).save(img / f"{i}.png")
+    data = bytearray((img / "1.png").read_bytes())
+    start = data.index(b"IDAT") + 8
+    data[start:start + 20] = bytes(b ^ 0x55 for b in data[start:start + 20])
+    (img / "1.png").write_bytes(bytes(data))
+    ann = tmp_path / "a.json"
+    ann.write_text(json.dumps({"images": [{"id": i, "file_name": f"{i}.png", "width": 20, "height": 20}
+                                          for i in range(3)],
+                               "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
+    code = (f"from fpn_keras import data; ds, _, info = data.load('coco:{ann}:{img}', 'train', with_info=True); "
+            "print('counted', info.num_images, 'decoded', sum(1 for _ in ds))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="1"))
+    assert "counted 3 decoded 2" in result.stdout, result.stderr[-2000:]
+    assert "Invalid PNG data" in result.stderr
