@@ -1,8 +1,6 @@
 """Training a recipe end to end: data -> model -> fit -> COCO evaluation -> artefacts."""
 
 import contextlib
-import json
-import math
 import os
 import re
 import tempfile
@@ -13,7 +11,6 @@ import numpy as np
 import tensorflow as tf
 
 from fpn_keras import config as config_lib
-from fpn_keras import data as data_lib
 from fpn_keras import distribute, keras_workarounds
 from fpn_keras import visualization
 from fpn_keras.build import build_model, build_optimizer, check_model_args
