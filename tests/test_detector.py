@@ -145,6 +145,14 @@ def test_ragged_targets_are_accepted():
     ds = tf.data.Dataset.from_tensors((images, y)).repeat(2)
     history = model.fit(ds, epochs=1, verbose=0).history
     assert history["loss"][0] > 0
+    # The same targets padded with -1 give exactly the same loss.
+    padded = {"boxes": np.array([[[8, 8, 40, 30], [-1, -1, -1, -1]], [[30, 20, 60, 60], [1, 1, 20, 20]]],
+                                "float32"),
+              "labels": np.array([[0, -1], [2, 1]], "int32")}
+    raw = model(images, training=False)
+    ragged_loss = float(model.compute_loss(images, y, raw))
+    assert ragged_loss > 0 and ragged_loss == pytest.approx(float(model.compute_loss(images, padded, raw)),
+                                                            rel=1e-6)
 
 
 def test_label_out_of_range_fails_the_step_with_a_clear_error():

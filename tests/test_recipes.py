@@ -32,8 +32,14 @@ def test_recipe_builds(name):
     recipe = load_recipe(name, ["model.backbone_weights=null"])
     model = build_model(recipe)
     outputs = model(np.zeros((1, 128, 128, 3), np.float32), training=False)
-    assert outputs
+    assert isinstance(outputs, dict) and outputs
     assert isinstance(model.head, HEADS[recipe.model.head])
+    # The recipe's settings reached the model, and it detects in the padded output format.
+    assert model.head.min_level == recipe.model.head_args.get("min_level", model.head.min_level)
+    assert model.num_classes == (1 if recipe.model.head == "rpn" else recipe.model.num_classes)
+    detections = model.predict_on_batch(np.zeros((1, 128, 128, 3), np.float32))
+    assert detections["boxes"].shape == (1, model.head.max_detections, 4)
+    assert detections["labels"].shape == detections["scores"].shape == (1, model.head.max_detections)
 
 
 def test_faithful_numbers():
