@@ -327,14 +327,12 @@ def _evaluate(args):
 
 
 def _read_image(path):
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from fpn_keras.preprocessing import read_image
 
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as error:
-        raise UsageError(f"cannot read image {path!r}: {error}") from None
+        return read_image(path)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def _predictor(model_path, image_size, box_format):

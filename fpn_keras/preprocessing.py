@@ -14,7 +14,20 @@ contract in TF ops, where sizes are dynamic: the tf.data training/evaluation pip
 serving signatures (tests/test_preprocessing.py checks that both give the same pixels).
 """
 
+import numpy as np
 from keras import ops
+
+
+def read_image(path):
+    """An image file -> uint8 [h, w, 3] RGB (grayscale / RGBA converted); ValueError naming
+    the file when it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"cannot read image {path!r}: {error}") from None
 
 
 def fit_to_canvas(image, canvas):
@@ -34,4 +47,4 @@ def fit_to_canvas(image, canvas):
     return padded, scale, ops.stack([height, width])
 
 
-__all__ = ["fit_to_canvas"]
+__all__ = ["fit_to_canvas", "read_image"]

@@ -80,6 +80,50 @@ def _describe(spec, split, kind, holdout, part):
     return f"{text} without its held-out {holdout:.0%}"
 
 
+def _reader(spec, split, generator_images, kwargs):
+    """Reads `spec` once (for COCO/VOC: parses the annotations and checks every image
+    header) -> (class_names, make), where make(holdout, part, num_images) -> (dataset,
+    DatasetInfo) builds one part of it."""
+    kind, args = parse_spec(spec)
+    if kind in ("coco", "voc"):
+        check = kwargs.pop("check_images", "header")
+        shuffle, seed = kwargs.pop("shuffle", False), kwargs.pop("seed", None)
+        if kind == "coco":
+            records, class_names, _ = coco.read_annotations(args[0], args[1], check)
+        else:
+            records, class_names, _ = voc.read_split(args[0], split, kwargs.pop("class_names", None), check)
+        if kwargs:
+            raise TypeError(f"{spec}: unknown loader options {sorted(kwargs)}")
+
+        def make(holdout, part, num_images):
+            description = _describe(spec, split, kind, holdout, part)
+            chosen = records if holdout is None else coco.split_records(records, holdout, seed, part)
+            chosen = coco.limit_records(chosen, num_images, description)
+            return (coco.records_to_dataset(chosen, shuffle=shuffle, seed=seed),
+                    coco.records_info(chosen, description))
+
+        return class_names, make
+    seed = kwargs.get("seed")
+    if kind == "synthetic":
+        if generator_images is not None:
+            kwargs["num_images"] = generator_images
+        elements = synthetic.load(split, **kwargs)
+        elements = elements.map(lambda e: dict(e, ignore=tf.zeros_like(e["labels"], tf.bool)))
+        class_names = ClassNames(synthetic.CLASS_NAMES)
+    else:
+        elements, class_names = tfds.load(args[0], split, **kwargs)
+
+    def make(holdout, part, num_images):
+        dataset = elements if holdout is None else _split_dataset(elements, holdout, seed, part, spec)
+        if kind == "tfds" or holdout is not None:
+            dataset = _limit(dataset, num_images, spec)
+        size = int(dataset.cardinality())
+        return dataset, coco.DatasetInfo(num_images=size if size >= 0 else None,
+                                         description=_describe(spec, split, kind, holdout, part))
+
+    return class_names, make
+
+
 def load(spec, split, num_images=None, holdout=None, part="train", with_info=False, **kwargs):
     """Loads a dataset by spec -> (tf.data.Dataset of elements, class_names), or
     (dataset, class_names, `DatasetInfo`) with `with_info=True`.
@@ -104,40 +148,16 @@ def load(spec, split, num_images=None, holdout=None, part="train", with_info=Fal
     every spec but a TFDS split of unknown size), their sizes and the most boxes in
     one image (COCO and VOC folders).
     """
-    kind, args = parse_spec(spec)
-    description = _describe(spec, split, kind, holdout, part)
-    info = coco.DatasetInfo(description=description)
-    if kind in ("coco", "voc"):
-        check = kwargs.pop("check_images", "header")
-        shuffle, seed = kwargs.pop("shuffle", False), kwargs.get("seed")
-        if kind == "coco":
-            records, class_names, _ = coco.read_annotations(args[0], args[1], check)
-        else:
-            records, class_names, _ = voc.read_split(args[0], split, kwargs.pop("class_names", None), check)
-        kwargs.pop("seed", None)
-        if kwargs:
-            raise TypeError(f"{spec}: unknown loader options {sorted(kwargs)}")
-        if holdout is not None:
-            records = coco.split_records(records, holdout, seed, part)
-        records = coco.limit_records(records, num_images, description)
-        dataset = coco.records_to_dataset(records, shuffle=shuffle, seed=seed)
-        info = coco.records_info(records, description)
-    else:
-        if kind == "synthetic":
-            if num_images is not None and holdout is None:
-                kwargs["num_images"] = num_images
-            dataset = synthetic.load(split, **kwargs)
-            dataset = dataset.map(lambda e: dict(e, ignore=tf.zeros_like(e["labels"], tf.bool)))
-            class_names = ClassNames(synthetic.CLASS_NAMES)
-        else:
-            dataset, class_names = tfds.load(args[0], split, **kwargs)
-        if holdout is not None:
-            dataset = _split_dataset(dataset, holdout, kwargs.get("seed"), part, spec)
-        if kind == "tfds" or holdout is not None:
-            dataset = _limit(dataset, num_images, spec)
-        size = int(dataset.cardinality())
-        info.num_images = size if size >= 0 else None
+    class_names, make = _reader(spec, split, num_images if holdout is None else None, kwargs)
+    dataset, info = make(holdout, part, num_images)
     return (dataset, class_names, info) if with_info else (dataset, class_names)
 
 
-__all__ = ["ClassNames", "DatasetInfo", "coco", "load", "parse_spec", "pipeline", "synthetic", "tfds", "transforms", "voc"]
+def load_holdout(spec, split, holdout, num_train_images=None, num_held_out_images=None, **kwargs):
+    """Both parts of a held-out split, reading `spec` once (see `load`) ->
+    (class_names, (train dataset, DatasetInfo), (held-out dataset, DatasetInfo))."""
+    class_names, make = _reader(spec, split, None, kwargs)
+    return class_names, make(holdout, "train", num_train_images), make(holdout, "held_out", num_held_out_images)
+
+
+__all__ = ["ClassNames", "DatasetInfo", "coco", "load", "load_holdout", "parse_spec", "pipeline", "synthetic", "tfds", "transforms", "voc"]

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from fpn_keras import config as config_lib
-from fpn_keras.data import coco, load, pipeline
+from fpn_keras.data import coco, load, load_holdout, pipeline
 
 CACHE_LIMIT_BYTES = 2 * 1024**3
 FALLBACK_MAX_BOXES = 100
@@ -63,30 +63,41 @@ def _origin(recipe, key):
     return recipe.origins.get(key, "default")
 
 
-def _load_all(cfg, specs, split, num_images, holdout, part, image_size):
-    """Loads and concatenates `specs` -> (elements, class_names, DatasetInfo)."""
-    datasets, infos, class_names = [], [], None
+def _load_all(cfg, specs, split, num_images, holdout, image_size):
+    """Loads and concatenates `specs` -> (class_names, (elements, DatasetInfo)), or with
+    `holdout` -> (class_names, (train elements, info), (held-out elements, info)), each
+    spec read once."""
+    parts, class_names = [], None
     for spec in specs:
         extra = dict(cfg.load_args)
         if spec == "synthetic":
             extra.setdefault("image_size", image_size)
-        dataset, names, info = load(spec, split, num_images=num_images if spec == "synthetic" else None,
-                                    holdout=holdout, part=part, with_info=True, seed=cfg.seed, **extra)
+        limits = num_images if spec == "synthetic" else (None, None)
+        if holdout is None:
+            dataset, names, info = load(spec, split, num_images=limits[0], with_info=True, seed=cfg.seed, **extra)
+            loaded = [(dataset, info)]
+        else:
+            names, *loaded = load_holdout(spec, split, holdout, *limits, seed=cfg.seed, **extra)
         if class_names is not None and list(names) != list(class_names):
             raise ValueError(f"data.train: {spec} has classes {list(names)[:5]}..., which differ "
                              f"from {specs[0]}'s {list(class_names)[:5]}...")
         class_names = names if class_names is None else class_names
-        datasets.append(dataset)
-        infos.append(info)
-    elements = datasets[0]
-    for more in datasets[1:]:
+        parts.append(loaded)
+    return (class_names, *(_concatenate([p[k] for p in parts]) for k in range(len(parts[0]))))
+
+
+def _concatenate(loaded):
+    """[(elements, DatasetInfo), ...] -> (concatenated elements, combined DatasetInfo)."""
+    elements = loaded[0][0]
+    for more, _ in loaded[1:]:
         elements = elements.concatenate(more)
+    infos = [info for _, info in loaded]
     if len(infos) == 1:
-        return elements, class_names, infos[0]
+        return elements, infos[0]
     known = all(i.num_images is not None for i in infos)
     sizes = [i.image_sizes for i in infos]
     boxes = [i.max_boxes for i in infos]
-    return elements, class_names, coco.DatasetInfo(
+    return elements, coco.DatasetInfo(
         num_images=sum(i.num_images for i in infos) if known else None,
         image_sizes=np.concatenate(sizes) if all(s is not None for s in sizes) else None,
         max_boxes=max(boxes) if all(b is not None for b in boxes) else None,
@@ -149,17 +160,16 @@ def build_datasets(recipe):
     specs = cfg.train if isinstance(cfg.train, list) else [cfg.train]
     generator_size = tuple(cfg.image_size) if cfg.image_size != config_lib.AUTO else (128, 128)
     holdout = cfg.holdout_fraction if cfg.val == config_lib.HOLDOUT else None
-    train, class_names, train_info = _load_all(cfg, specs, cfg.train_split, cfg.num_train_images,
-                                               holdout, "train", generator_size)
+    limits = (cfg.num_train_images, cfg.num_val_images)
     if holdout is None:
-        val, val_names, val_info = _load_all(cfg, [cfg.val], cfg.val_split, cfg.num_val_images, None, "train",
-                                             generator_size)
+        class_names, (train, train_info) = _load_all(cfg, specs, cfg.train_split, limits, None, generator_size)
+        val_names, (val, val_info) = _load_all(cfg, [cfg.val], cfg.val_split, limits[1:], None, generator_size)
         if list(val_names) != list(class_names):
             raise ValueError(f"data.val: {cfg.val} has classes {list(val_names)[:8]}, which differ from "
                              f"data.train's {list(class_names)[:8]}: the labels would not match")
     else:
-        val, _, val_info = _load_all(cfg, specs, cfg.train_split, cfg.num_val_images, holdout, "held_out",
-                                     generator_size)
+        class_names, (train, train_info), (val, val_info) = _load_all(cfg, specs, cfg.train_split, limits,
+                                                                        holdout, generator_size)
     settings = {}
     image_size = _resolve_image_size(recipe, train_info, settings)
     max_boxes = _resolve_max_boxes(recipe, train_info, settings)

@@ -6,7 +6,6 @@ detections use the model's `bounding_box_format`, in input-image pixels.
 """
 
 import keras
-import numpy as np
 from keras import ops
 
 from fpn_keras import distribute
@@ -18,14 +17,8 @@ from fpn_keras.models.faster_rcnn import FasterRCNN
 from fpn_keras.models.retinanet import RetinaNet
 from fpn_keras.models.rpn import RPN
 from fpn_keras.postprocess import finalize_detections
-from fpn_keras.preprocessing import fit_to_canvas
+from fpn_keras.preprocessing import fit_to_canvas, read_image
 
-
-def _read_image(path):
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
 
 HEADS = {"retinanet": RetinaNet, "faster_rcnn": FasterRCNN, "rpn": RPN}
 
@@ -256,7 +249,7 @@ class FPNDetector(keras.Model):
         image, "scores" [n], "labels" [n] (only the n real detections).
         """
         size = self._require_image_size("predict_images")
-        arrays = [_read_image(image) if isinstance(image, str) else image for image in images]
+        arrays = [read_image(image) if isinstance(image, str) else image for image in images]
         results = []
         for start in range(0, len(arrays), batch_size):
             chunk = arrays[start:start + batch_size]
