@@ -1,12 +1,20 @@
 """Matching anchors (or proposals) to ground-truth boxes by IoU.
 
 Shapes: B batch, N anchors, M ground-truth boxes (padded).
-Labels: 1 positive, 0 negative, -1 ignored (between the thresholds).
+
+One target encoding, used by the matcher, the samplers, `fpn_keras.targets` and
+every head's loss (torchvision's `Matcher` uses the same two negative values):
+
+    >= 0        a positive: the matched ground truth's index (matcher) or its
+                class id (class targets)
+    BACKGROUND  -1: below the negative threshold, or a sampled background RoI
+    IGNORED     -2: between the thresholds, not sampled, or an unused slot: no loss
 """
 
 from keras import ops
 
-POSITIVE, NEGATIVE, IGNORE = 1, 0, -1
+BACKGROUND = -1
+IGNORED = -2
 
 
 class Matcher:
@@ -31,21 +39,19 @@ class Matcher:
         self.allow_low_quality_matches = bool(allow_low_quality_matches)
 
     def __call__(self, iou, gt_valid):
-        """iou [B, N, M], gt_valid [B, M] bool -> (matched_idx [B, N] int32, labels [B, N] int32)."""
+        """iou [B, N, M], gt_valid [B, M] bool -> matches [B, N] int32: the matched
+        ground truth's index for positives, BACKGROUND or IGNORED otherwise."""
         # Invalid ground truth: IoU -1 so it is never the argmax of a real overlap.
         iou = ops.where(gt_valid[:, None, :], iou, -1.0)
         matched_idx = ops.cast(ops.argmax(iou, axis=-1), "int32")  # [B, N]
         max_iou = ops.max(iou, axis=-1)  # [B, N]
-        labels = ops.where(
-            max_iou >= self.positive_threshold,
-            POSITIVE,
-            ops.where(max_iou < self.negative_threshold, NEGATIVE, IGNORE),
-        )
+        positive = max_iou >= self.positive_threshold
         if self.allow_low_quality_matches:
             best_per_gt = ops.max(iou, axis=1, keepdims=True)  # [B, 1, M]
             is_best = (iou == best_per_gt) & (best_per_gt > 0.0) & gt_valid[:, None, :]
-            labels = ops.where(ops.any(is_best, axis=-1), POSITIVE, labels)
-        return matched_idx, ops.cast(labels, "int32")
+            positive = positive | ops.any(is_best, axis=-1)
+        unmatched = ops.where(max_iou < self.negative_threshold, BACKGROUND, IGNORED)
+        return ops.cast(ops.where(positive, matched_idx, unmatched), "int32")
 
     def get_config(self):
         return {
@@ -69,21 +75,22 @@ def _select_random(mask, priority, max_count, quota=None):
     return mask & (ranked >= cutoff) & (count[:, None] > 0)
 
 
-def sample_balanced(labels, num_samples, positive_fraction, seed=None):
+def sample_balanced(targets, num_samples, positive_fraction, seed=None):
     """Random balanced sample of positives and negatives per image (detectron2's
     `subsample_labels`), with static shapes.
 
-    labels [B, N] (1 positive, 0 negative, -1 ignored) -> (positive_mask,
+    targets [B, N] in the encoding above (>= 0 positive, BACKGROUND negative,
+    IGNORED never sampled) -> (positive_mask,
     negative_mask), both [B, N] bool: at most num_samples * positive_fraction
     positives, then negatives up to num_samples in total (fewer when there
     are not enough). `seed`: an int or `keras.random.SeedGenerator`.
     """
     import keras
 
-    priority = keras.random.uniform(ops.shape(labels), seed=seed)
+    priority = keras.random.uniform(ops.shape(targets), seed=seed)
     max_positives = int(num_samples * positive_fraction)
-    positives = _select_random(labels == POSITIVE, priority, max_positives)
+    positives = _select_random(targets >= 0, priority, max_positives)
     num_positives = ops.sum(ops.cast(positives, "int32"), axis=1)
-    negatives = _select_random(labels == NEGATIVE, priority, num_samples,
+    negatives = _select_random(targets == BACKGROUND, priority, num_samples,
                                quota=num_samples - num_positives)
     return positives, negatives

@@ -1,6 +1,8 @@
 """Training targets as pure functions on padded tensors.
 
 Shapes: B batch, N anchors, M ground-truth boxes (padded with label -1).
+Targets use the one encoding of `fpn_keras.matching`: class id >= 0,
+BACKGROUND (-1), IGNORED (-2).
 """
 
 import keras
@@ -8,10 +10,7 @@ from keras import ops
 
 from fpn_keras.boxes.convert import box_area
 from fpn_keras.boxes.iou import pairwise_iou
-from fpn_keras.matching import IGNORE, POSITIVE
-
-BACKGROUND = -1  # class target of a negative anchor
-IGNORED = -2  # class target of an anchor in the ignore band
+from fpn_keras.matching import BACKGROUND, IGNORED, sample_balanced
 
 
 def valid_ground_truth(gt_boxes, gt_labels):
@@ -36,15 +35,16 @@ def label_anchors(anchors, gt_boxes, gt_labels, matcher):
     gt_labels = ops.cast(gt_labels, "int32")
     gt_valid = valid_ground_truth(gt_boxes, gt_labels)
     iou = pairwise_iou(anchors[None], gt_boxes)  # [B, N, M]
-    matched_idx, match_labels = matcher(iou, gt_valid)
-    matched_boxes = ops.take_along_axis(gt_boxes, matched_idx[..., None], axis=1)
-    matched_labels = ops.take_along_axis(gt_labels, matched_idx, axis=1)
-    cls_targets = ops.where(
-        match_labels == POSITIVE,
-        matched_labels,
-        ops.where(match_labels == IGNORE, IGNORED, BACKGROUND),
-    )
-    return ops.cast(cls_targets, "int32"), matched_boxes
+    matches = matcher(iou, gt_valid)
+    matched_boxes, matched_labels = _gather_matched(matches, gt_boxes, gt_labels)
+    return ops.cast(ops.where(matches >= 0, matched_labels, matches), "int32"), matched_boxes
+
+
+def _gather_matched(matches, gt_boxes, gt_labels):
+    """The ground-truth box and label of each match (of gt 0 where there is none)."""
+    index = ops.maximum(matches, 0)
+    return (ops.take_along_axis(gt_boxes, index[..., None], axis=1),
+            ops.take_along_axis(gt_labels, index, axis=1))
 
 
 def check_labels(gt_labels, num_classes):
@@ -86,7 +86,7 @@ def check_labels(gt_labels, num_classes):
     return gt_labels
 
 
-def sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, matcher, num_classes,
+def sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, matcher,
                 num_samples=512, positive_fraction=0.25, seed=None):
     """Fast R-CNN training RoIs (detectron2's `label_and_sample_proposals`), static shapes.
 
@@ -99,19 +99,16 @@ def sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, matcher, num_cla
         gt_labels [B, M] (-1 padding).
 
     Returns:
-        rois [B, S, 4]; cls_targets [B, S] int32 (class id, `num_classes` for
-        background, -1 for unused slots); matched_boxes [B, S, 4].
+        rois [B, S, 4]; cls_targets [B, S] int32 (class id, BACKGROUND for a
+        sampled background RoI, IGNORED for an unused slot); matched_boxes [B, S, 4].
     """
-    from fpn_keras.matching import sample_balanced
-
     gt_labels = ops.cast(gt_labels, "int32")
     gt_valid = valid_ground_truth(gt_boxes, gt_labels)
     candidates = ops.concatenate([proposals, gt_boxes], axis=1)  # [B, P + M, 4]
     candidate_valid = ops.concatenate([proposal_valid, gt_valid], axis=1)
     iou = pairwise_iou(candidates, gt_boxes)  # [B, P + M, M]
-    matched_idx, match_labels = matcher(iou, gt_valid)
-    match_labels = ops.where(candidate_valid, match_labels, IGNORE)
-    foreground, background = sample_balanced(match_labels, num_samples, positive_fraction, seed)
+    matches = ops.where(candidate_valid, matcher(iou, gt_valid), IGNORED)
+    foreground, background = sample_balanced(matches, num_samples, positive_fraction, seed)
 
     total = candidates.shape[1]
     k = min(num_samples, total) if isinstance(total, int) else num_samples
@@ -122,8 +119,7 @@ def sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, matcher, num_cla
     picked_fg = ops.take_along_axis(foreground, picked, axis=1)
     picked_bg = ops.take_along_axis(background, picked, axis=1)
     rois = ops.take_along_axis(candidates, picked[..., None], axis=1)
-    matched = ops.take_along_axis(matched_idx, picked, axis=1)
-    matched_boxes = ops.take_along_axis(gt_boxes, matched[..., None], axis=1)
-    matched_labels = ops.take_along_axis(gt_labels, matched, axis=1)
-    cls_targets = ops.where(picked_fg, matched_labels, ops.where(picked_bg, num_classes, -1))
+    matched_boxes, matched_labels = _gather_matched(
+        ops.take_along_axis(matches, picked, axis=1), gt_boxes, gt_labels)
+    cls_targets = ops.where(picked_fg, matched_labels, ops.where(picked_bg, BACKGROUND, IGNORED))
     return rois, ops.cast(cls_targets, "int32"), matched_boxes

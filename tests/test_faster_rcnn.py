@@ -10,12 +10,10 @@ from fpn_keras.layers.box_head import BoxHead
 from fpn_keras.layers.dense_heads import RPNHead
 from fpn_keras.layers.fpn import FeaturePyramid
 from fpn_keras.layers.proposals import generate_proposals
-from fpn_keras.matching import Matcher, sample_balanced
 from fpn_keras.models.backbones import small_resnet
 from fpn_keras.models.detector import FPNDetector
 from fpn_keras.models.faster_rcnn import FasterRCNN
 from fpn_keras.models.rpn import RPN
-from fpn_keras.targets import sample_rois
 
 
 def tiny_faster_rcnn(num_classes=3):
@@ -39,21 +37,6 @@ def test_parameter_counts_match_detectron2_with_resnet50_channels():
     assert rpn_head.count_params() == 593_935
     assert fcs == 13_895_680
     assert predictor == 462_275  # 91 logits + 90 x 4 class-specific deltas
-
-
-def test_balanced_sampling_counts_and_positive_fraction():
-    labels = np.full((3, 6000), 0, "int32")
-    labels[0, :1000] = 1       # plenty of positives: 128 + 128
-    labels[1, :10] = 1         # few positives: 10 + 246
-    labels[2, :] = -1          # only 5 negatives, 2 positives, the rest ignored
-    labels[2, :2] = 1
-    labels[2, 10:15] = 0
-    pos, neg = sample_balanced(labels, 256, 0.5, seed=0)
-    pos, neg = ops.convert_to_numpy(pos), ops.convert_to_numpy(neg)
-    assert pos.sum(1).tolist() == [128, 10, 2]
-    assert neg.sum(1).tolist() == [128, 246, 5]
-    assert np.all(labels[pos] == 1) and np.all(labels[neg] == 0)
-    assert not np.any(pos & neg)
 
 
 def grid_anchors(start, step, side, n):
@@ -83,19 +66,6 @@ def test_proposals_shapes_ordering_and_per_level_nms():
     _, _, valid_05 = generate_proposals(objectness, deltas, anchors, (100, 100), BoxCoder(),
                                         pre_nms_topk=10, post_nms_topk=12, nms_threshold=0.5)
     assert 0 < ops.convert_to_numpy(valid_05).sum(1).max() < 12
-
-
-def test_roi_sampling_counts_classes_and_ground_truth_as_proposals():
-    proposals = np.array([[[0, 0, 10, 10], [0, 0, 10, 11], [50, 50, 60, 60], [0, 0, 0, 0]]], "float32")
-    valid = np.array([[True, True, True, False]])
-    gt_boxes = np.array([[[0, 0, 10, 10], [-1, -1, -1, -1]]], "float32")
-    gt_labels = np.array([[2, -1]], "int32")
-    rois, cls, matched = sample_rois(proposals, valid, gt_boxes, gt_labels, Matcher(0.5, 0.5, False),
-                                     num_classes=3, num_samples=6, positive_fraction=0.5, seed=0)
-    cls = ops.convert_to_numpy(cls)[0]
-    # Foreground: two proposals + the ground truth itself (at most 3 of 6); background: one; K=3 marks it.
-    assert sorted(cls.tolist()) == [-1, -1, 2, 2, 2, 3]
-    assert np.all(ops.convert_to_numpy(matched)[0][cls == 2] == [0, 0, 10, 10])
 
 
 def test_faster_rcnn_trains_and_losses_fall():

@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from fpn_keras.matching import Matcher
-from fpn_keras.targets import BACKGROUND, IGNORED, label_anchors
+from fpn_keras.matching import BACKGROUND, IGNORED, Matcher, sample_balanced
 
 IOU = np.array([[
     [0.70, 0.10],  # >= 0.5 with gt 0 -> positive, gt 0
@@ -14,18 +13,24 @@ IOU = np.array([[
 ]], "float32")
 
 
+B, I = BACKGROUND, IGNORED
+
+
 def test_matcher_decisions_hand_computed():
-    idx, labels = Matcher(0.5, 0.4, allow_low_quality_matches=False)(IOU, np.array([[True, True]]))
-    assert ops.convert_to_numpy(labels).tolist() == [[1, -1, 0, 0, 0]]
-    assert ops.convert_to_numpy(idx)[0, [0, 1, 3]].tolist() == [0, 0, 1]
-    _, labels = Matcher(0.5, 0.4, allow_low_quality_matches=True)(IOU, np.array([[True, True]]))
-    assert ops.convert_to_numpy(labels).tolist() == [[1, -1, 0, 1, 0]]
+    matches = Matcher(0.5, 0.4, allow_low_quality_matches=False)(IOU, np.array([[True, True]]))
+    assert ops.convert_to_numpy(matches).tolist() == [[0, I, B, B, B]]
+    matches = Matcher(0.5, 0.4, allow_low_quality_matches=True)(IOU, np.array([[True, True]]))
+    assert ops.convert_to_numpy(matches).tolist() == [[0, I, B, 1, B]]
 
 
 def test_invalid_ground_truth_never_matches():
-    idx, labels = Matcher(0.5, 0.4, True)(IOU, np.array([[True, False]]))
-    assert ops.convert_to_numpy(labels).tolist() == [[1, -1, 0, 0, 0]]
-    assert np.all(ops.convert_to_numpy(idx) == 0)
+    matches = Matcher(0.5, 0.4, True)(IOU, np.array([[True, False]]))
+    # gt 1 is invalid: anchor 3 (its best) stays background, and no anchor points at it.
+    assert ops.convert_to_numpy(matches).tolist() == [[0, I, B, B, B]]
+
+
+def test_encoding_constants_are_distinct_negatives():
+    assert BACKGROUND < 0 and IGNORED < 0 and BACKGROUND != IGNORED
 
 
 def test_thresholds_validated():
@@ -33,15 +38,16 @@ def test_thresholds_validated():
         Matcher(0.4, 0.5)
 
 
-def test_label_anchors_with_degenerate_box_and_padding():
-    anchors = np.array([[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]], "float32")
-    gt_boxes = np.array([[[0, 0, 10, 10], [20, 20, 20, 20], [-1, -1, -1, -1]]], "float32")
-    gt_labels = np.array([[3, 1, -1]], "int32")
-    cls, matched = label_anchors(anchors, gt_boxes, gt_labels, Matcher(0.5, 0.4, True))
-    # Anchor 0 matches class 3; the zero-area box at anchor 1 is never a positive.
-    assert ops.convert_to_numpy(cls).tolist() == [[3, BACKGROUND, BACKGROUND]]
-    np.testing.assert_allclose(ops.convert_to_numpy(matched)[0, 0], [0, 0, 10, 10])
-    cls, _ = label_anchors(anchors, gt_boxes[:, :1] * 0 + np.array([0, 0, 12, 10], "float32"),
-                           gt_labels[:, :1], Matcher(0.9, 0.4, False))
-    # IoU 100/120 = 0.83: between 0.4 and 0.9 -> ignored.
-    assert ops.convert_to_numpy(cls)[0, 0] == IGNORED
+def test_balanced_sampling_counts_and_positive_fraction():
+    labels = np.full((3, 6000), BACKGROUND, "int32")
+    labels[0, :1000] = 7       # plenty of positives: 128 + 128
+    labels[1, :10] = 0         # few positives: 10 + 246
+    labels[2, :] = IGNORED         # only 5 negatives, 2 positives, the rest ignored
+    labels[2, :2] = 3
+    labels[2, 10:15] = BACKGROUND
+    pos, neg = sample_balanced(labels, 256, 0.5, seed=0)
+    pos, neg = ops.convert_to_numpy(pos), ops.convert_to_numpy(neg)
+    assert pos.sum(1).tolist() == [128, 10, 2]
+    assert neg.sum(1).tolist() == [128, 246, 5]
+    assert np.all(labels[pos] >= 0) and np.all(labels[neg] == BACKGROUND)
+    assert not np.any(pos & neg)

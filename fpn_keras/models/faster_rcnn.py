@@ -14,7 +14,7 @@ from fpn_keras.boxes.coder import BoxCoder
 from fpn_keras.boxes.convert import clip_boxes
 from fpn_keras.layers.roi_heads import RoIHeads
 from fpn_keras.losses import smooth_l1_loss
-from fpn_keras.matching import Matcher
+from fpn_keras.matching import IGNORED, Matcher
 from fpn_keras.models.head import DetectionHead
 from fpn_keras.models.rpn import RPN
 from fpn_keras.postprocess import select_detections
@@ -110,18 +110,20 @@ class FasterRCNN(DetectionHead):
         losses = self.rpn.compute_losses(raw["rpn"], gt_boxes, gt_labels, image_shape)
         gt_labels = check_labels(gt_labels, self.num_classes)
         rois, cls_targets, matched_boxes = sample_rois(
-            raw["proposals"], raw["valid"], gt_boxes, gt_labels, self.matcher, self.num_classes,
+            raw["proposals"], raw["valid"], gt_boxes, gt_labels, self.matcher,
             self.batch_size_per_image, self.positive_fraction, self.seed_generator)
         cls_logits, box_deltas = self.roi_heads(raw["features"], rois)
         cls_logits = ops.cast(cls_logits, "float32")
-        sampled = cls_targets >= 0
+        sampled = cls_targets != IGNORED
+        foreground = cls_targets >= 0
         # Sampled RoIs of the global batch (all replicas; see fpn_keras.distribute).
         normaliser = ops.maximum(distribute.global_sum(ops.sum(ops.cast(sampled, "float32"))), 1.0)
-        ce = ops.sparse_categorical_crossentropy(ops.maximum(cls_targets, 0), cls_logits, from_logits=True)
+        # Softmax index: the class id, or num_classes (the last logit) for background.
+        softmax_index = ops.where(foreground, cls_targets, self.num_classes)
+        ce = ops.sparse_categorical_crossentropy(softmax_index, cls_logits, from_logits=True)
         losses["cls_loss"] = ops.sum(ops.where(sampled, ce, 0.0)) / normaliser
 
-        foreground = sampled & (cls_targets < self.num_classes)
-        class_index = ops.clip(cls_targets, 0, self.num_classes - 1)
+        class_index = ops.maximum(cls_targets, 0)
         # The deltas of each RoI's ground-truth class: [B, S, K, 4] -> [B, S, 4].
         deltas = ops.take_along_axis(ops.cast(box_deltas, "float32"),
                                      class_index[..., None, None], axis=2)[:, :, 0, :]

@@ -90,9 +90,7 @@ class RPN(DetectionHead):
         deltas = ops.cast(self._concat(raw["deltas"], axis=1), "float32")  # [B, N, 4]
         objects = ops.where(ops.cast(gt_labels, "int32") >= 0, 0, -1)
         cls_targets, matched_boxes = label_anchors(anchors, gt_boxes, objects, self.matcher)
-        # label_anchors: 0 positive, -1 background, -2 ignored -> matcher labels 1 / 0 / -1.
-        labels = ops.where(cls_targets >= 0, 1, ops.where(cls_targets == -1, 0, -1))
-        positive, negative = sample_balanced(labels, self.batch_size_per_image,
+        positive, negative = sample_balanced(cls_targets, self.batch_size_per_image,
                                              self.positive_fraction, self.seed_generator)
         # Sampled anchors of the global batch (all replicas; see fpn_keras.distribute).
         normaliser = distribute.global_sum(
