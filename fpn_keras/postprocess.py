@@ -2,6 +2,9 @@
 
 Shapes: B batch, C candidates, D = max_detections.
 
+- `top_candidates`: one level's best (anchor, class) scores, decoded and clipped: the
+  first step of RetinaNet's `detect` and of the RPN's proposals.
+- `gather_kept`: values at the indices NMS kept, padded.
 - `select_detections`: score threshold, class-aware NMS, top-D, padding: what each
   head's `detect` ends with.
 - `finalize_detections`: the inference tail after `head.detect`: boxes back to the
@@ -12,8 +15,36 @@ Shapes: B batch, C candidates, D = max_detections.
 
 from keras import ops
 
-from fpn_keras.boxes.convert import from_xyxy
+from fpn_keras.boxes.convert import clip_boxes, from_xyxy
 from fpn_keras.boxes.nms import batched_nms
+
+
+def top_candidates(logits, deltas, anchors, k, box_coder, image_shape):
+    """One level's k best (anchor, class) logits, their boxes decoded and clipped.
+
+    logits [B, N, K] (K = 1 for objectness), deltas [B, N, 4], anchors [N, 4] xyxy,
+    image_shape (height, width) -> (boxes [B, k, 4] xyxy, logits [B, k] descending,
+    classes [B, k] int32). k is cut to N * K when N is static. Ranking logits, not
+    probabilities: sigmoid is monotonic, so only the k kept need one.
+    """
+    num_classes = logits.shape[-1]
+    flat = ops.reshape(logits, (ops.shape(logits)[0], -1))  # [B, N * K], anchor-major
+    if isinstance(logits.shape[1], int):
+        k = min(k, logits.shape[1] * num_classes)
+    top_logits, top_idx = ops.top_k(flat, k=k)
+    anchor_idx = top_idx // num_classes
+    top_deltas = ops.take_along_axis(deltas, anchor_idx[..., None], axis=1)
+    boxes = box_coder.decode(top_deltas, ops.take(anchors, anchor_idx, axis=0))
+    return clip_boxes(boxes, *image_shape), top_logits, ops.cast(top_idx % num_classes, "int32")
+
+
+def gather_kept(indices, values, fill):
+    """values [B, C] or [B, C, 4] at the kept indices [B, D] of `batched_nms` (-1: none
+    kept) -> [B, D] or [B, D, 4], `fill` in the rows where none was kept."""
+    valid, safe = indices >= 0, ops.maximum(indices, 0)
+    if len(values.shape) == 3:
+        valid, safe = valid[..., None], safe[..., None]
+    return ops.where(valid, ops.take_along_axis(values, safe, axis=1), fill)
 
 
 def select_detections(boxes, scores, classes, iou_threshold, max_detections, score_threshold,
@@ -28,13 +59,10 @@ def select_detections(boxes, scores, classes, iou_threshold, max_detections, sco
         boxes, scores, classes, iou_threshold=iou_threshold,
         max_output_size=max_detections, score_threshold=score_threshold,
         implementation=implementation)
-    valid = indices >= 0  # [B, D]
-    safe = ops.maximum(indices, 0)
-    boxes = ops.take_along_axis(boxes, safe[..., None], axis=1)
     return {
-        "boxes": ops.where(valid[..., None], boxes, -1.0),
-        "scores": ops.where(valid, ops.take_along_axis(scores, safe, axis=1), 0.0),
-        "labels": ops.where(valid, ops.cast(ops.take_along_axis(classes, safe, axis=1), "int32"), -1),
+        "boxes": gather_kept(indices, boxes, -1.0),
+        "scores": gather_kept(indices, scores, 0.0),
+        "labels": gather_kept(indices, ops.cast(classes, "int32"), -1),
         "num_detections": num_detections,
     }
 

@@ -19,6 +19,19 @@ def _norm_layer(norm, channels, name):
     raise ValueError(f"norm must be None, 'group' or 'batch', received {norm!r}")
 
 
+def per_anchor(x, num_anchors, depth):
+    """[B, H, W, A * depth] -> [B, H*W*A, depth] float32, in the anchor generator's order
+    (row, column, anchor). The anchor count stays static when H and W are known
+    (TFLite and XLA need it); outputs are float32 under mixed precision, since the
+    losses, decoding and NMS need it."""
+    height, width = x.shape[1], x.shape[2]
+    if isinstance(height, int) and isinstance(width, int):
+        shape = (-1, height * width * num_anchors, depth)
+    else:
+        shape = (ops.shape(x)[0], -1, depth)
+    return ops.cast(ops.reshape(x, shape), "float32")
+
+
 @keras.saving.register_keras_serializable(package="fpn_keras")
 class RetinaNetHead(layers.Layer):
     """RetinaNet class and box subnets (Lin et al., 2017, "Focal Loss", Figure 3).
@@ -93,15 +106,8 @@ class RetinaNetHead(layers.Layer):
         for name, x in features.items():
             cls = self.cls_logits(self._tower(x, self.cls_convs, self.cls_norms, training))
             box = self.box_deltas(self._tower(x, self.box_convs, self.box_norms, training))
-            height, width = x.shape[1], x.shape[2]
-            # Keep the anchor count static when the level's size is known.
-            num = height * width * self.num_anchors if isinstance(height, int) and isinstance(width, int) else -1
-            # [B, H, W, A*K] -> [B, H*W*A, K]; [B, H, W, A*4] -> [B, H*W*A, 4]
-            # Outputs in float32 under mixed precision (losses, decoding and NMS need it).
-            cls_per_level[name] = ops.cast(ops.reshape(cls, (-1, num, self.num_classes)) if num != -1 else
-                                           ops.reshape(cls, (ops.shape(x)[0], -1, self.num_classes)), "float32")
-            box_per_level[name] = ops.cast(ops.reshape(box, (-1, num, 4)) if num != -1 else
-                                           ops.reshape(box, (ops.shape(x)[0], -1, 4)), "float32")
+            cls_per_level[name] = per_anchor(cls, self.num_anchors, self.num_classes)
+            box_per_level[name] = per_anchor(box, self.num_anchors, 4)
         return cls_per_level, box_per_level
 
     def get_config(self):
@@ -146,15 +152,8 @@ class RPNHead(layers.Layer):
         objectness, deltas = {}, {}
         for name, x in features.items():
             x = ops.relu(self.conv(x))
-            logits, box = self.objectness(x), self.deltas(x)
-            height, width = x.shape[1], x.shape[2]
-            static = isinstance(height, int) and isinstance(width, int)
-            num = height * width * self.num_anchors if static else -1
-            batch = -1 if static else ops.shape(x)[0]
-            # [B, H, W, A] -> [B, H*W*A]; [B, H, W, 4A] -> [B, H*W*A, 4]
-            # Outputs in float32 under mixed precision (losses, decoding and NMS need it).
-            objectness[name] = ops.cast(ops.reshape(logits, (batch, num) if static else (batch, -1)), "float32")
-            deltas[name] = ops.cast(ops.reshape(box, (batch, num, 4) if static else (batch, -1, 4)), "float32")
+            objectness[name] = per_anchor(self.objectness(x), self.num_anchors, 1)[..., 0]
+            deltas[name] = per_anchor(self.deltas(x), self.num_anchors, 4)
         return objectness, deltas
 
     def get_config(self):

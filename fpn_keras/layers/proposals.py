@@ -5,8 +5,8 @@ Shapes: B batch, Nl anchors of level l, P = post_nms_topk proposals.
 
 from keras import ops
 
-from fpn_keras.boxes.convert import clip_boxes
 from fpn_keras.boxes.nms import batched_nms
+from fpn_keras.postprocess import gather_kept, top_candidates
 
 _DROPPED = -1e9  # logit given to boxes too small to keep
 
@@ -23,14 +23,9 @@ def generate_proposals(objectness, deltas, anchors, image_shape, box_coder, pre_
     """
     all_boxes, all_logits, all_levels = [], [], []
     for i, name in enumerate(sorted(objectness, key=lambda n: int(n[1:]))):
-        logits = ops.stop_gradient(ops.cast(objectness[name], "float32"))
-        num = logits.shape[1]
-        k = min(pre_nms_topk, num) if isinstance(num, int) else pre_nms_topk
-        top_logits, top_idx = ops.top_k(logits, k=k)
-        level_deltas = ops.take_along_axis(
-            ops.stop_gradient(ops.cast(deltas[name], "float32")), top_idx[..., None], axis=1)
-        boxes = box_coder.decode(level_deltas, ops.take(anchors[name], top_idx, axis=0))
-        boxes = clip_boxes(boxes, *image_shape)
+        boxes, top_logits, _ = top_candidates(
+            ops.stop_gradient(objectness[name])[..., None], ops.stop_gradient(deltas[name]),
+            anchors[name], pre_nms_topk, box_coder, image_shape)
         wide = (boxes[..., 2] - boxes[..., 0]) > min_size
         tall = (boxes[..., 3] - boxes[..., 1]) > min_size
         all_boxes.append(boxes)
@@ -42,9 +37,5 @@ def generate_proposals(objectness, deltas, anchors, image_shape, box_coder, pre_
     indices, _ = batched_nms(boxes, logits, levels, iou_threshold=nms_threshold,
                              max_output_size=post_nms_topk, score_threshold=_DROPPED / 2,
                              implementation=implementation)
-    valid = indices >= 0
-    safe = ops.maximum(indices, 0)
-    proposals = ops.take_along_axis(boxes, safe[..., None], axis=1)
-    proposals = ops.where(valid[..., None], proposals, 0.0)
-    logits = ops.where(valid, ops.take_along_axis(logits, safe, axis=1), _DROPPED)
-    return ops.stop_gradient(proposals), logits, valid
+    proposals = gather_kept(indices, boxes, 0.0)
+    return ops.stop_gradient(proposals), gather_kept(indices, logits, _DROPPED), indices >= 0

@@ -17,7 +17,6 @@ from fpn_keras.losses import smooth_l1_loss
 from fpn_keras.matching import IGNORED, Matcher
 from fpn_keras.models.head import DetectionHead
 from fpn_keras.models.rpn import RPN
-from fpn_keras.postprocess import select_detections
 from fpn_keras.targets import check_labels, sample_rois
 
 
@@ -65,10 +64,7 @@ class FasterRCNN(DetectionHead):
         self.matcher = Matcher(positive_threshold, positive_threshold, allow_low_quality_matches=False)
         self.box_coder = BoxCoder(box_coder_weights)
         self.smooth_l1_beta = float(smooth_l1_beta)
-        self.score_threshold = float(score_threshold)
-        self.nms_iou_threshold = float(nms_iou_threshold)
-        self.max_detections = int(max_detections)
-        self.pre_nms_topk = int(pre_nms_topk)
+        self.set_detection_options(pre_nms_topk, score_threshold, nms_iou_threshold, max_detections)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.roi_heads = RoIHeads(num_classes, roi_min_level, roi_max_level, pooled_size, sampling_ratio,
@@ -148,8 +144,7 @@ class FasterRCNN(DetectionHead):
         scores, top = ops.top_k(scores, k=k)
         boxes = ops.take_along_axis(boxes, top[..., None], axis=1)
         classes = ops.take(classes[0], top, axis=0)
-        return select_detections(boxes, scores, classes, self.nms_iou_threshold,
-                                 self.max_detections, self.score_threshold, self.nms_implementation)
+        return self.select(boxes, scores, classes)
 
     def get_config(self):
         config = super().get_config()
@@ -164,8 +159,6 @@ class FasterRCNN(DetectionHead):
             "positive_fraction": self.positive_fraction,
             "positive_threshold": self.matcher.positive_threshold,
             "box_coder_weights": list(self.box_coder.weights),
-            "smooth_l1_beta": self.smooth_l1_beta, "score_threshold": self.score_threshold,
-            "nms_iou_threshold": self.nms_iou_threshold, "max_detections": self.max_detections,
-            "pre_nms_topk": self.pre_nms_topk, "seed": self.seed,
+            "smooth_l1_beta": self.smooth_l1_beta, "seed": self.seed, **self.detection_options(),
         })
         return config

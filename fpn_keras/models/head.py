@@ -34,7 +34,9 @@ To add a head: subclass `DetectionHead` in a new module of `fpn_keras/models/`, 
 attributes, implement the three methods, and name it in `fpn_keras.models.detector.HEADS`.
 """
 
-from keras import layers
+from keras import layers, ops
+
+from fpn_keras.postprocess import select_detections
 
 IMPLEMENTATIONS = ("auto", "generic")
 
@@ -49,6 +51,38 @@ class DetectionHead(layers.Layer):
     # Not constructor arguments, not saved: chosen by FPNDetector.implementations.
     nms_implementation = "auto"
     roi_align_implementation = "auto"
+
+    @property
+    def level_names(self):
+        """["P<min_level>", ..., "P<max_level>"]: the order of every per-level concat."""
+        return [f"P{l}" for l in range(self.min_level, self.max_level + 1)]
+
+    def select_levels(self, pyramid):
+        """The head's levels of the pyramid, {"P<l>": [B, H_l, W_l, C]}."""
+        return {name: pyramid[name] for name in self.level_names}
+
+    def concat_levels(self, per_level, axis):
+        """Concatenates a per-level dict along the anchor axis, in `level_names` order."""
+        return ops.concatenate([per_level[name] for name in self.level_names], axis=axis)
+
+    def set_detection_options(self, pre_nms_topk, score_threshold, nms_iou_threshold, max_detections):
+        """The inference settings of a head that scores classes: `pre_nms_topk`
+        candidates kept before NMS, then `select_detections`' threshold, IoU and D."""
+        self.pre_nms_topk = int(pre_nms_topk)
+        self.score_threshold = float(score_threshold)
+        self.nms_iou_threshold = float(nms_iou_threshold)
+        self.max_detections = int(max_detections)
+
+    def detection_options(self):
+        """The `set_detection_options` values, for `get_config`."""
+        return {"pre_nms_topk": self.pre_nms_topk, "score_threshold": self.score_threshold,
+                "nms_iou_threshold": self.nms_iou_threshold, "max_detections": self.max_detections}
+
+    def select(self, boxes, scores, classes):
+        """Candidates [B, C, 4] xyxy / [B, C] / [B, C] -> `Detections` with this head's
+        options and NMS implementation (see `fpn_keras.postprocess.select_detections`)."""
+        return select_detections(boxes, scores, classes, self.nms_iou_threshold, self.max_detections,
+                                 self.score_threshold, self.nms_implementation)
 
     def compute_losses(self, raw, gt_boxes, gt_labels, image_shape):
         raise NotImplementedError(f"{type(self).__name__} does not implement compute_losses")

@@ -11,12 +11,11 @@ from keras import ops
 from fpn_keras import distribute
 from fpn_keras.anchors import AnchorGenerator
 from fpn_keras.boxes.coder import BoxCoder
-from fpn_keras.boxes.convert import clip_boxes
 from fpn_keras.layers.dense_heads import RetinaNetHead
 from fpn_keras.losses import giou_loss, sigmoid_focal_loss, smooth_l1_loss
 from fpn_keras.matching import Matcher
 from fpn_keras.models.head import DetectionHead
-from fpn_keras.postprocess import select_detections
+from fpn_keras.postprocess import top_candidates
 from fpn_keras.targets import check_labels, label_anchors
 
 
@@ -66,10 +65,7 @@ class RetinaNet(DetectionHead):
         self.box_loss = box_loss
         self.smooth_l1_beta = float(smooth_l1_beta)
         self.box_loss_weight = float(box_loss_weight)
-        self.pre_nms_topk = int(pre_nms_topk)
-        self.score_threshold = float(score_threshold)
-        self.nms_iou_threshold = float(nms_iou_threshold)
-        self.max_detections = int(max_detections)
+        self.set_detection_options(pre_nms_topk, score_threshold, nms_iou_threshold, max_detections)
 
     def build(self, input_shape):
         self.head.build(input_shape)
@@ -79,15 +75,11 @@ class RetinaNet(DetectionHead):
         """pyramid {"P3".."P7"} -> raw outputs, per level:
         {"cls_logits": {"P3": [B, N3, K], ...}, "box_deltas": {..: [B, Nl, 4]},
          "anchors": {..: [Nl, 4]}}."""
-        levels = {f"P{l}": pyramid[f"P{l}"] for l in range(self.min_level, self.max_level + 1)}
+        levels = self.select_levels(pyramid)
         cls_logits, box_deltas = self.head(levels, training=training)
         shapes = {name: (ops.shape(x)[1], ops.shape(x)[2]) for name, x in levels.items()}
         anchors = self.anchor_generator(shapes)
         return {"cls_logits": cls_logits, "box_deltas": box_deltas, "anchors": anchors}
-
-    def _concat(self, per_level):
-        return ops.concatenate([per_level[f"P{l}"] for l in range(self.min_level, self.max_level + 1)],
-                               axis=-2)
 
     def compute_losses(self, raw, gt_boxes, gt_labels, image_shape=None):
         """Focal + box loss, each summed and divided by the number of positive anchors.
@@ -95,9 +87,9 @@ class RetinaNet(DetectionHead):
         gt_boxes [B, M, 4] xyxy clipped to the image; gt_labels [B, M] (-1 padding).
         Returns {"cls_loss": scalar, "box_loss": scalar}.
         """
-        cls_logits = ops.cast(self._concat(raw["cls_logits"]), "float32")  # [B, N, K]
-        box_deltas = ops.cast(self._concat(raw["box_deltas"]), "float32")  # [B, N, 4]
-        anchors = self._concat(raw["anchors"])  # [N, 4]
+        cls_logits = ops.cast(self.concat_levels(raw["cls_logits"], axis=-2), "float32")  # [B, N, K]
+        box_deltas = ops.cast(self.concat_levels(raw["box_deltas"], axis=-2), "float32")  # [B, N, 4]
+        anchors = self.concat_levels(raw["anchors"], axis=-2)  # [N, 4]
         gt_labels = check_labels(gt_labels, self.num_classes)
         cls_targets, matched_boxes = label_anchors(anchors, gt_boxes, gt_labels, self.matcher)
 
@@ -130,30 +122,17 @@ class RetinaNet(DetectionHead):
         "labels": [B, D] int32 (-1 padding), "num_detections": [B] int32}.
         """
         all_boxes, all_scores, all_classes = [], [], []
-        for l in range(self.min_level, self.max_level + 1):
-            name = f"P{l}"
-            logits = ops.cast(raw["cls_logits"][name], "float32")  # [B, Nl, K]
-            batch = ops.shape(logits)[0]
-            flat = ops.reshape(logits, (batch, -1))  # [B, Nl * K]
-            k = self.pre_nms_topk
-            if isinstance(logits.shape[1], int):  # static anchor count of this level
-                k = min(k, logits.shape[1] * self.num_classes)
-            # Top-k on logits: sigmoid is monotonic, so only k sigmoids are needed.
-            top_logits, top_idx = ops.top_k(flat, k=k)
-            anchor_idx = top_idx // self.num_classes
-            classes = top_idx % self.num_classes
-            deltas = ops.take_along_axis(
-                ops.cast(raw["box_deltas"][name], "float32"), anchor_idx[..., None], axis=1)
-            anchors = ops.take(raw["anchors"][name], anchor_idx, axis=0)  # [B, k, 4]
-            boxes = clip_boxes(self.box_coder.decode(deltas, anchors), *image_shape)
+        for name in self.level_names:
+            boxes, logits, classes = top_candidates(
+                raw["cls_logits"][name], raw["box_deltas"][name], raw["anchors"][name],
+                self.pre_nms_topk, self.box_coder, image_shape)
             all_boxes.append(boxes)
-            all_scores.append(ops.sigmoid(top_logits))
+            all_scores.append(ops.sigmoid(logits))
             all_classes.append(classes)
         boxes = ops.concatenate(all_boxes, axis=1)
         scores = ops.concatenate(all_scores, axis=1)
         classes = ops.concatenate(all_classes, axis=1)
-        return select_detections(boxes, scores, classes, self.nms_iou_threshold,
-                                 self.max_detections, self.score_threshold, self.nms_implementation)
+        return self.select(boxes, scores, classes)
 
     def get_config(self):
         config = super().get_config()
@@ -178,10 +157,7 @@ class RetinaNet(DetectionHead):
             "box_loss": self.box_loss,
             "smooth_l1_beta": self.smooth_l1_beta,
             "box_loss_weight": self.box_loss_weight,
-            "pre_nms_topk": self.pre_nms_topk,
-            "score_threshold": self.score_threshold,
-            "nms_iou_threshold": self.nms_iou_threshold,
-            "max_detections": self.max_detections,
+            **self.detection_options(),
         })
         return config
 

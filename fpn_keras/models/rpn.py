@@ -75,19 +75,16 @@ class RPN(DetectionHead):
 
     def call(self, pyramid, image_shape=None, training=False):
         """-> {"objectness": {"P2": [B, N2]}, "deltas": {"P2": [B, N2, 4]}, "anchors": {"P2": [N2, 4]}}."""
-        levels = {f"P{l}": pyramid[f"P{l}"] for l in range(self.min_level, self.max_level + 1)}
+        levels = self.select_levels(pyramid)
         objectness, deltas = self.head(levels)
         shapes = {name: (ops.shape(x)[1], ops.shape(x)[2]) for name, x in levels.items()}
         return {"objectness": objectness, "deltas": deltas, "anchors": self.anchor_generator(shapes)}
 
-    def _concat(self, per_level, axis):
-        return ops.concatenate([per_level[f"P{l}"] for l in range(self.min_level, self.max_level + 1)], axis=axis)
-
     def compute_losses(self, raw, gt_boxes, gt_labels, image_shape=None):
         """-> {"rpn_cls_loss", "rpn_box_loss"}; any label >= 0 is an object."""
-        anchors = self._concat(raw["anchors"], axis=0)  # [N, 4]
-        logits = ops.cast(self._concat(raw["objectness"], axis=1), "float32")  # [B, N]
-        deltas = ops.cast(self._concat(raw["deltas"], axis=1), "float32")  # [B, N, 4]
+        anchors = self.concat_levels(raw["anchors"], axis=0)  # [N, 4]
+        logits = ops.cast(self.concat_levels(raw["objectness"], axis=1), "float32")  # [B, N]
+        deltas = ops.cast(self.concat_levels(raw["deltas"], axis=1), "float32")  # [B, N, 4]
         objects = ops.where(ops.cast(gt_labels, "int32") >= 0, 0, -1)
         cls_targets, matched_boxes = label_anchors(anchors, gt_boxes, objects, self.matcher)
         positive, negative = sample_balanced(cls_targets, self.batch_size_per_image,
