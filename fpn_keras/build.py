@@ -1,7 +1,6 @@
 """The one place where recipe settings become objects."""
 
 import inspect
-import math
 
 import keras
 

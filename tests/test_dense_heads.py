@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from fpn_keras.layers.dense_heads import RetinaNetHead
+from fpn_keras.layers.dense_heads import RetinaNetHead, RPNHead
 
 
 def test_shapes_and_shared_weights_across_levels():
@@ -36,3 +36,10 @@ def test_group_norm_and_config_round_trip():
     assert clone.cls_logits.filters == 3 * 5 and clone.box_deltas.filters == 3 * 4
     with pytest.raises(ValueError, match="norm must be"):
         RetinaNetHead(num_classes=2, norm="layer")
+
+
+def test_rpn_head_parameter_count_matches_detectron2():
+    head = RPNHead(num_anchors=3, channels=256)
+    head.build({"P2": (None, None, None, 256)})
+    # 3x3 conv 9*256*256 + 256; objectness 256*3 + 3; deltas 256*12 + 12.
+    assert head.count_params() == 9 * 65536 + 256 + 771 + 3084 == 593_935

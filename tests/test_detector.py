@@ -13,34 +13,16 @@ from fpn_keras.models.detector import FPNDetector
 from fpn_keras.models.retinanet import RetinaNet
 
 
-def tiny_detector(num_classes=3, bounding_box_format="xyxy", **head_args):
-    head_args = {"min_level": 3, "max_level": 5, "anchor_scale": 2.0, "channels": 16,
-                 "num_convs": 1, **head_args}
-    return FPNDetector(
-        num_classes=num_classes,
-        backbone=small_resnet((8, 16, 32, 64)),
-        head=RetinaNet(num_classes=num_classes, name="head", **head_args),
-        fpn_channels=16,
-        bounding_box_format=bounding_box_format,
-    )
-
-
-def batch(boxes, labels, size=64, n=2, seed=0):
-    images = np.random.default_rng(seed).uniform(0, 255, (n, size, size, 3)).astype("float32")
-    y = {"boxes": np.array([boxes] * n, "float32"), "labels": np.array([labels] * n, "int32")}
-    return images, y
-
-
 def fit_history(model, images, y, epochs, steps=5, lr=1e-3):
     model.compile(optimizer=keras.optimizers.Adam(lr))
     ds = tf.data.Dataset.from_tensors((images, y)).repeat()
     return model.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=0).history
 
 
-def test_logged_losses_are_real_and_fall():
+def test_logged_losses_are_real_and_fall(make_detector, make_batch):
     keras.utils.set_random_seed(1)
-    model = tiny_detector()
-    images, y = batch([[8, 8, 40, 30], [30, 20, 60, 60]], [0, 2])
+    model = make_detector()
+    images, y = make_batch([[8, 8, 40, 30], [30, 20, 60, 60]], [0, 2])
     history = fit_history(model, images, y, epochs=4)
     for name in ("loss", "cls_loss", "box_loss"):
         assert all(v > 0 for v in history[name]), (name, history[name])
@@ -63,9 +45,9 @@ def test_overfits_one_small_batch_to_ap50_above_0_9():
     assert metrics["AP50"] > 0.9, metrics
 
 
-def test_save_load_round_trip_gives_identical_predictions(tmp_path):
-    model = tiny_detector(bounding_box_format="yxyx", num_convs=2, norm="group", prior_probability=0.2)
-    images, _ = batch([[0, 0, 1, 1]], [0])
+def test_save_load_round_trip_gives_identical_predictions(tmp_path, make_detector, make_batch):
+    model = make_detector(bounding_box_format="yxyx", num_convs=2, norm="group", prior_probability=0.2)
+    images, _ = make_batch([[0, 0, 1, 1]], [0])
     before = model.predict(images, verbose=0)
     assert before["num_detections"].min() > 0  # prior 0.2 > score threshold: real boxes compared
     path = str(tmp_path / "model.keras")
@@ -78,8 +60,8 @@ def test_save_load_round_trip_gives_identical_predictions(tmp_path):
     assert len(loaded.head.head.cls_convs) == 2 and loaded.head.prior_probability == 0.2
 
 
-def test_config_arguments_reach_the_sublayers():
-    model = tiny_detector(num_classes=5, num_convs=3, channels=24, score_threshold=0.3,
+def test_config_arguments_reach_the_sublayers(make_detector, make_batch):
+    model = make_detector(num_classes=5, num_convs=3, channels=24, score_threshold=0.3,
                           max_detections=7, box_loss="giou")
     clone = FPNDetector.from_config(model.get_config())
     head = clone.head
@@ -87,14 +69,14 @@ def test_config_arguments_reach_the_sublayers():
     assert len(head.head.cls_convs) == 3 and head.head.cls_convs[0].filters == 24
     assert head.head.cls_logits.filters == 9 * 5
     assert clone.neck.channels == 16 and clone.neck.min_level == 3 and clone.neck.max_level == 5
-    images, _ = batch([[0, 0, 1, 1]], [0])
+    images, _ = make_batch([[0, 0, 1, 1]], [0])
     assert clone.predict(images, verbose=0)["boxes"].shape == (2, 7, 4)
 
 
-def test_box_format_is_applied_to_targets_and_predictions():
+def test_box_format_is_applied_to_targets_and_predictions(make_detector, make_batch):
     keras.utils.set_random_seed(2)
-    xyxy = tiny_detector(prior_probability=0.3)
-    images, _ = batch([[0, 0, 1, 1]], [0])
+    xyxy = make_detector(prior_probability=0.3)
+    images, _ = make_batch([[0, 0, 1, 1]], [0])
     xyxy.predict(images, verbose=0)
     config = xyxy.get_config()
     config["bounding_box_format"] = "yxyx"
@@ -115,9 +97,9 @@ def test_box_format_is_applied_to_targets_and_predictions():
     np.testing.assert_allclose(float(loss_a), float(loss_b), rtol=1e-5)
 
 
-def test_images_without_objects_and_degenerate_boxes_train_without_nan():
+def test_images_without_objects_and_degenerate_boxes_train_without_nan(make_detector):
     keras.utils.set_random_seed(3)
-    model = tiny_detector()
+    model = make_detector()
     images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
     y = {"boxes": np.array([[[-1, -1, -1, -1], [-1, -1, -1, -1]],
                             [[10, 10, 10, 30], [20, 20, 20, 20]]], "float32"),  # zero-area boxes
@@ -127,16 +109,16 @@ def test_images_without_objects_and_degenerate_boxes_train_without_nan():
     assert all(v == 0.0 for v in history["box_loss"])  # nothing positive to regress
 
 
-def test_boxes_outside_the_image_are_clipped():
-    model = tiny_detector()
+def test_boxes_outside_the_image_are_clipped(make_detector):
+    model = make_detector()
     boxes, labels = model._prepare_targets(
         {"boxes": np.array([[[-10, 5, 80, 70]]], "float32"), "labels": np.array([[1]], "int32")}, 64, 64)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(boxes), [[[0, 5, 64, 64]]])
 
 
-def test_ragged_targets_are_accepted():
+def test_ragged_targets_are_accepted(make_detector):
     keras.utils.set_random_seed(4)
-    model = tiny_detector()
+    model = make_detector()
     images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
     y = {"boxes": tf.ragged.constant([[[8, 8, 40, 30]], [[30, 20, 60, 60], [1, 1, 20, 20]]],
                                      ragged_rank=1, dtype=tf.float32),
@@ -155,23 +137,23 @@ def test_ragged_targets_are_accepted():
                                                             rel=1e-6)
 
 
-def test_label_out_of_range_fails_the_step_with_a_clear_error():
-    model = tiny_detector(num_classes=3)
-    images, y = batch([[8, 8, 40, 30]], [7])
+def test_label_out_of_range_fails_the_step_with_a_clear_error(make_detector, make_batch):
+    model = make_detector(num_classes=3)
+    images, y = make_batch([[8, 8, 40, 30]], [7])
     model.compile(optimizer="adam")
     with pytest.raises(Exception, match=r"num_classes\) = \[0, 3\)[\s\S]*7"):
         model.fit(tf.data.Dataset.from_tensors((images, y)), epochs=1, verbose=0)
 
 
 @pytest.mark.parametrize("shape", [(2, 64, 64, 1), (64, 64, 3), (2, 64, 64, 4)])
-def test_wrong_image_shape_names_the_shape(shape):
-    model = tiny_detector()
+def test_wrong_image_shape_names_the_shape(shape, make_detector):
+    model = make_detector()
     with pytest.raises(ValueError, match=r"received shape \(.*" + str(shape[-1])):
         model.predict(np.zeros(shape, "float32"), verbose=0)
 
 
-def test_target_dict_errors():
-    model = tiny_detector()
+def test_target_dict_errors(make_detector):
+    model = make_detector()
     with pytest.raises(ValueError, match="targets must be a dict"):
         model._prepare_targets({"bbox": np.zeros((1, 1, 4))}, 64, 64)
 
@@ -184,8 +166,8 @@ def test_default_detector_is_resnet50_retinanet_coco():
     assert out["boxes"].shape == (1, 100, 4) and out["labels"].shape == (1, 100)
 
 
-def test_compile_jit_default_is_off_under_tensorflow_and_explicit_values_pass_through():
-    model = tiny_detector()
+def test_compile_jit_default_is_off_under_tensorflow_and_explicit_values_pass_through(make_detector):
+    model = make_detector()
     model.compile(optimizer="adam")
     assert keras.backend.backend() == "tensorflow" and model.jit_compile is False
     model.compile(optimizer="adam", jit_compile=True)

@@ -162,3 +162,10 @@ def test_rpn_anchor_scales_on_one_level():
     sides = np.sqrt((anchors[:12, 2] - anchors[:12, 0]) * (anchors[:12, 3] - anchors[:12, 1]))
     np.testing.assert_allclose(sorted(set(np.round(sides, 3))), [16.0, 32.0, 64.0, 128.0])
     assert RPN().get_config()["anchor_scales"] == [1.0]
+
+
+def test_parameter_count_matches_detectron2_r50_fpn_neck():
+    neck = FeaturePyramid(2, 6, 256, extra_levels_type="max_pool")
+    neck.build({f"C{l}": (None, None, None, c) for l, c in zip(range(2, 6), (256, 512, 1024, 2048))})
+    # Laterals 1x1: (256+512+1024+2048) * 256 + 4 * 256; outputs 3x3: 4 * (9 * 256 * 256 + 256).
+    assert neck.count_params() == 3840 * 256 + 1024 + 4 * (9 * 65536 + 256) == 3_344_384

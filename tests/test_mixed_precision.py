@@ -8,8 +8,6 @@ import tensorflow as tf
 
 from fpn_keras import training
 from fpn_keras.build import build_optimizer
-from test_detector import batch, tiny_detector
-from test_faster_rcnn import tiny_faster_rcnn
 from train_helpers import tiny_recipe
 
 
@@ -19,12 +17,12 @@ def fit(model, images, y, epochs, steps, optimizer):
     return model.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=0).history
 
 
-def test_mixed_bfloat16_trains_with_finite_falling_loss_and_float32_outputs():
+def test_mixed_bfloat16_trains_with_finite_falling_loss_and_float32_outputs(make_detector, make_batch):
     before = keras.config.dtype_policy().name
     with training.dtype_policy("mixed_bfloat16"):
         keras.utils.set_random_seed(1)
-        model = tiny_detector()
-        images, y = batch([[8, 8, 40, 30], [30, 20, 60, 60]], [0, 2])
+        model = make_detector()
+        images, y = make_batch([[8, 8, 40, 30], [30, 20, 60, 60]], [0, 2])
         history = fit(model, images, y, epochs=4, steps=5, optimizer=keras.optimizers.Adam(1e-3))
         conv = model.backbone.get_layer("stem_conv")
         assert (conv.compute_dtype, conv.variable_dtype) == ("bfloat16", "float32")
@@ -42,11 +40,11 @@ def test_mixed_bfloat16_trains_with_finite_falling_loss_and_float32_outputs():
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16"])  # bf16 covered above; ~9 s each
-def test_faster_rcnn_trains_under_mixed_policies(policy):
+def test_faster_rcnn_trains_under_mixed_policies(policy, make_batch, make_faster_rcnn):
     with training.dtype_policy(policy):
         keras.utils.set_random_seed(1)
-        model = tiny_faster_rcnn()
-        images, y = batch([[8, 8, 40, 30], [30, 20, 60, 60]], [0, 2])
+        model = make_faster_rcnn()
+        images, y = make_batch([[8, 8, 40, 30], [30, 20, 60, 60]], [0, 2])
         history = fit(model, images, y, epochs=2, steps=1, optimizer=keras.optimizers.Adam(1e-3))
         detections = model.predict(images, verbose=0)
     assert all(np.isfinite(history["loss"])), history

@@ -7,32 +7,39 @@ import numpy as np
 
 from fpn_keras.models.retinanet import RetinaNet
 
-# Three anchors on one level and one ground truth [0, 0, 10, 10] of class 1 (K = 2):
-#   a0 = [0, 0, 10, 10]   IoU 1            -> positive, class 1
-#   a1 = [20, 20, 30, 30] IoU 0            -> negative (background)
-#   a2 = [0, 0, 10, 22]   IoU 100/220=0.45 -> ignored (between 0.4 and 0.5)
+# Three anchors on one level and two images (K = 2):
+#   a0 = [0, 0, 10, 10], a1 = [20, 20, 30, 30], a2 = [0, 0, 10, 22].
+# Image 0: ground truth [0, 0, 10, 10] of class 1:
+#   a0 IoU 1 -> positive, class 1; a1 IoU 0 -> negative; a2 IoU 100/220 = 0.45 -> ignored.
+# Image 1: ground truth [20, 20, 30, 30] of class 0: a1 positive, a0 and a2 negative.
 ANCHORS = np.array([[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 22]], "float32")
-GT_BOXES = np.array([[[0, 0, 10, 10], [-1, -1, -1, -1]]], "float32")
-GT_LABELS = np.array([[1, -1]], "int32")
+GT_BOXES = np.array([[[0, 0, 10, 10], [-1, -1, -1, -1]],
+                     [[20, 20, 30, 30], [-1, -1, -1, -1]]], "float32")
+GT_LABELS = np.array([[1, -1], [0, -1]], "int32")
 
 
 def _raw(cls_logits, box_deltas):
-    return {"cls_logits": {"P3": np.asarray(cls_logits, "float32")[None]},
-            "box_deltas": {"P3": np.asarray(box_deltas, "float32")[None]},
-            "anchors": {"P3": ANCHORS}}
+    """Per-image [3, K] logits and [3, 4] deltas -> the head's raw outputs."""
+    cls_logits, box_deltas = np.asarray(cls_logits, "float32"), np.asarray(box_deltas, "float32")
+    if cls_logits.ndim == 2:
+        cls_logits, box_deltas = cls_logits[None], box_deltas[None]
+    return {"cls_logits": {"P3": cls_logits}, "box_deltas": {"P3": box_deltas}, "anchors": {"P3": ANCHORS}}
 
 
 def test_losses_by_hand_positive_normaliser_and_ignored_anchor():
     head = RetinaNet(num_classes=2, min_level=3, max_level=3, alpha=0.25, gamma=2.0, smooth_l1_beta=0.1)
-    deltas = np.zeros((3, 4), "float32")
-    deltas[0, 0] = 0.1  # |0.1 - 0| >= beta: 0.1 - 0.05 = 0.05
-    deltas[2] = 5.0  # ignored anchor: no box loss
-    losses = head.compute_losses(_raw(np.zeros((3, 2)), deltas), GT_BOXES, GT_LABELS, (64, 64))
-    # All logits 0: p = 0.5, focal term alpha_t * (1 - 0.5)^2 * ln 2 per (anchor, class).
-    # a0: class 0 negative (0.75), class 1 positive (0.25); a1: two negatives (0.75 each);
-    # a2 ignored. Sum = (0.75 + 0.25 + 1.5) * 0.25 * ln 2, divided by 1 positive anchor.
-    np.testing.assert_allclose(float(losses["cls_loss"]), 2.5 * 0.25 * math.log(2), rtol=1e-5)
-    np.testing.assert_allclose(float(losses["box_loss"]), 0.05, rtol=1e-5)
+    deltas = np.zeros((2, 3, 4), "float32")
+    deltas[0, 0, 0] = 0.1  # |0.1 - 0| >= beta: 0.1 - 0.05 = 0.05
+    deltas[0, 2] = 5.0  # ignored anchor: no box loss
+    deltas[1, 0] = 5.0  # negative anchor: no box loss
+    losses = head.compute_losses(_raw(np.zeros((2, 3, 2)), deltas), GT_BOXES, GT_LABELS, (64, 64))
+    # All logits 0: p = 0.5, focal term alpha_t * (1 - 0.5)^2 * ln 2 per (anchor, class),
+    # alpha_t 0.25 for the positive class, 0.75 for a negative one.
+    # Image 0: a0 0.75 + 0.25, a1 0.75 + 0.75, a2 ignored -> 2.5.
+    # Image 1: a1 0.25 + 0.75, a0 and a2 0.75 + 0.75 each -> 4.0.
+    # Sum 6.5 * 0.25 * ln 2, divided by the 2 positive anchors of the batch.
+    np.testing.assert_allclose(float(losses["cls_loss"]), 6.5 * 0.25 * math.log(2) / 2, rtol=1e-5)
+    np.testing.assert_allclose(float(losses["box_loss"]), 0.05 / 2, rtol=1e-5)
 
 
 def test_detect_by_hand_decodes_thresholds_and_pads():

@@ -4,7 +4,6 @@ SIGKILL, NaN and out-of-memory guards, learning-rate logging (issue 5)."""
 import dataclasses
 import csv
 import json
-import math
 import os
 import subprocess
 import sys

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from fpn_keras.boxes.convert import check_format, from_xyxy
 from fpn_keras.data import transforms
-from fpn_keras.data.transforms import Augment, random_horizontal_flip  # noqa: F401 (re-export)
+
 
 
 def _output_hw(output_size, stride):

@@ -24,6 +24,30 @@ def _deserialize(value):
     return keras.saving.deserialize_keras_object(value) if isinstance(value, dict) else value
 
 
+def fast_rcnn_losses(cls_logits, box_deltas, cls_targets, rois, matched_boxes, box_coder, smooth_l1_beta):
+    """The second stage's losses (Fast R-CNN), both divided by the sampled RoIs of the
+    global batch (all replicas; see fpn_keras.distribute).
+
+    cls_logits [B, S, K + 1] (background last), box_deltas [B, S, K, 4] (one per class),
+    cls_targets [B, S] (class id, BACKGROUND, IGNORED: see fpn_keras.matching), rois and
+    matched_boxes [B, S, 4] xyxy -> (softmax cross-entropy over the sampled RoIs,
+    smooth L1 of the ground-truth class's deltas over the foreground RoIs).
+    """
+    cls_logits = ops.cast(cls_logits, "float32")
+    sampled = cls_targets != IGNORED
+    foreground = cls_targets >= 0
+    num_classes = cls_logits.shape[-1] - 1
+    normaliser = ops.maximum(distribute.global_sum(ops.sum(ops.cast(sampled, "float32"))), 1.0)
+    softmax_index = ops.where(foreground, cls_targets, num_classes)  # background: the last logit
+    ce = ops.sparse_categorical_crossentropy(softmax_index, cls_logits, from_logits=True)
+    cls_loss = ops.sum(ops.where(sampled, ce, 0.0)) / normaliser
+    # The deltas of each RoI's ground-truth class: [B, S, K, 4] -> [B, S, 4].
+    deltas = ops.take_along_axis(ops.cast(box_deltas, "float32"),
+                                 ops.maximum(cls_targets, 0)[..., None, None], axis=2)[:, :, 0, :]
+    per_roi = ops.sum(smooth_l1_loss(box_coder.encode(matched_boxes, rois), deltas, smooth_l1_beta), axis=-1)
+    return cls_loss, ops.sum(ops.where(foreground, per_roi, 0.0)) / normaliser
+
+
 @keras.saving.register_keras_serializable(package="fpn_keras")
 class FasterRCNN(DetectionHead):
     """Faster R-CNN head bundle.
@@ -109,23 +133,8 @@ class FasterRCNN(DetectionHead):
             raw["proposals"], raw["valid"], gt_boxes, gt_labels, self.matcher,
             self.batch_size_per_image, self.positive_fraction, self.seed_generator)
         cls_logits, box_deltas = self.roi_heads(raw["features"], rois)
-        cls_logits = ops.cast(cls_logits, "float32")
-        sampled = cls_targets != IGNORED
-        foreground = cls_targets >= 0
-        # Sampled RoIs of the global batch (all replicas; see fpn_keras.distribute).
-        normaliser = ops.maximum(distribute.global_sum(ops.sum(ops.cast(sampled, "float32"))), 1.0)
-        # Softmax index: the class id, or num_classes (the last logit) for background.
-        softmax_index = ops.where(foreground, cls_targets, self.num_classes)
-        ce = ops.sparse_categorical_crossentropy(softmax_index, cls_logits, from_logits=True)
-        losses["cls_loss"] = ops.sum(ops.where(sampled, ce, 0.0)) / normaliser
-
-        class_index = ops.maximum(cls_targets, 0)
-        # The deltas of each RoI's ground-truth class: [B, S, K, 4] -> [B, S, 4].
-        deltas = ops.take_along_axis(ops.cast(box_deltas, "float32"),
-                                     class_index[..., None, None], axis=2)[:, :, 0, :]
-        targets = self.box_coder.encode(matched_boxes, rois)
-        per_roi = ops.sum(smooth_l1_loss(targets, deltas, self.smooth_l1_beta), axis=-1)
-        losses["box_loss"] = ops.sum(ops.where(foreground, per_roi, 0.0)) / normaliser
+        losses["cls_loss"], losses["box_loss"] = fast_rcnn_losses(
+            cls_logits, box_deltas, cls_targets, rois, matched_boxes, self.box_coder, self.smooth_l1_beta)
         return losses
 
     def detect(self, raw, image_shape):

@@ -26,8 +26,9 @@ class RPN(DetectionHead):
 
     Training: IoU >= 0.7 positive, < 0.3 negative, low-quality matches allowed;
     `batch_size_per_image` anchors per image, at most `positive_fraction`
-    positive; binary cross-entropy + smooth-L1 (beta 0: L1), both divided by
-    the number of sampled anchors. Proposals: see `generate_proposals`.
+    positive; binary cross-entropy over the sampled anchors + smooth-L1 (beta 0:
+    L1) over the sampled positives, both divided by `batch_size_per_image` x images
+    (detectron2's normaliser, fixed whatever the number sampled). Proposals: see `generate_proposals`.
 
     `anchor_scales` multiplies the level's anchor size (default (1.0,): one
     size per level, as in the paper); several scales let a single level cover
