@@ -10,7 +10,6 @@ from fpn_keras.schedules import WarmupStepDecay
 from fpn_keras.layers.fpn import FeaturePyramid
 from fpn_keras.models.backbones import BACKBONES, build_backbone, mobilenet_v3, resnet, small_resnet
 from fpn_keras.models.detector import HEADS, FPNDetector
-from fpn_keras.models.rpn import RPN
 
 
 BACKBONE_CONSTRUCTORS = {"resnet50": resnet, "resnet101": resnet, "mobilenet_v3_large": mobilenet_v3,
@@ -41,24 +40,19 @@ def check_model_args(recipe: Recipe):
                                      f"{config_lib.suggest(cfg.backbone, BACKBONES)}; choose from {list(BACKBONES)}")
     _check_args(cfg.backbone_args, BACKBONE_CONSTRUCTORS[cfg.backbone], "model.backbone_args",
                 exclude=("name", "weights"))
-    head_args = dict(cfg.head_args)
-    if cfg.head == "faster_rcnn" and isinstance(head_args.get("rpn"), dict):
-        _check_args(head_args["rpn"], RPN.__init__, "model.head_args.rpn")
-    _check_args(head_args, HEADS[cfg.head].__init__, "model.head_args", exclude=("num_classes",))
+    head = HEADS[cfg.head]
+    for key, sub_head in head.sub_heads.items():
+        if isinstance(cfg.head_args.get(key), dict):
+            _check_args(cfg.head_args[key], sub_head.__init__, f"model.head_args.{key}", exclude=("name",))
+    _check_args(cfg.head_args, head.__init__, "model.head_args", exclude=("num_classes", "name"))
 
 
 def build_model(recipe: Recipe, class_names=None):
     cfg = recipe.model
     backbone = build_backbone(cfg.backbone, weights=cfg.backbone_weights, **cfg.backbone_args)
-    head_args = dict(cfg.head_args)
-    if cfg.head == "rpn":
-        head = RPN(name="head", **head_args)
-        class_names = ["object"]  # proposals are class-agnostic
-    else:
-        if cfg.head == "faster_rcnn" and isinstance(head_args.get("rpn"), dict):
-            # The RPN's settings form their own sub-section of head_args.
-            head_args["rpn"] = RPN(name="rpn", **head_args["rpn"])
-        head = HEADS[cfg.head](num_classes=cfg.num_classes, name="head", **head_args)
+    head = HEADS[cfg.head].from_args(cfg.num_classes, name="head", **cfg.head_args)
+    if head.class_agnostic:
+        class_names = ["object"]
     neck = FeaturePyramid(head.min_level, head.max_level, cfg.fpn_channels, separable=cfg.fpn_separable,
                           name="neck", **head.neck_args)
     return FPNDetector(

@@ -20,6 +20,7 @@ from fpn_keras.config import Recipe, dump_recipe
 from fpn_keras.data.training_data import build_datasets
 from fpn_keras.evaluation import CocoMetricsCallback, evaluate_model
 from fpn_keras.evaluation.coco_eval import format_metrics
+from fpn_keras.models.detector import HEADS
 
 
 def describe_plan(recipe, data, epochs, steps_per_epoch, total_steps):
@@ -134,7 +135,7 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
     epochs, steps_per_epoch, total_steps = config_lib.schedule_steps(cfg, num_batches)
     # The recipe written next to the model holds the settings the data decided.
     recipe.data.image_size, recipe.data.max_boxes = list(data.image_size), data.max_boxes
-    if recipe.model.head != "rpn" and len(class_names) != recipe.model.num_classes:
+    if not HEADS[recipe.model.head].class_agnostic and len(class_names) != recipe.model.num_classes:
         # A recipe trained on other data (e.g. the user-data recipe with --data coco:...):
         # the dataset decides the number of classes.
         data.settings["num_classes"] = (len(class_names), f"the dataset's categories (the recipe has "

@@ -209,9 +209,13 @@ def test_evaluate(trained, tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
     assert printed_ap(result.stdout) == pytest.approx(metrics["AP"], abs=5e-4)
     results = json.loads((tmp_path / "results.json").read_text())
-    assert isinstance(results, list)
+    assert results, "the trained model made no detections on the 8 images"
+    assert len({row["image_id"] for row in results}) <= 8
     for row in results:
         assert set(row) >= {"image_id", "category_id", "bbox", "score"}
+        x, y, w, h = row["bbox"]  # COCO xywh in the image's pixels (128 x 128)
+        assert w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= 128.01 and y + h <= 128.01, row
+        assert 0.0 < row["score"] <= 1.0
 
 
 def _coco_dataset(folder, category_ids):

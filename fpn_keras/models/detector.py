@@ -87,13 +87,11 @@ class FPNDetector(keras.Model):
         if isinstance(head, str):
             if head not in HEADS:
                 raise ValueError(f"head must be one of {sorted(HEADS)} or a built head, received {head!r}")
-            if head == "rpn":
+            if HEADS[head].class_agnostic:
                 if num_classes not in (None, 1):
-                    raise ValueError(f"head='rpn' has one class ('object'); received num_classes={num_classes}")
-                head = RPN(name="head")
+                    raise ValueError(f"head={head!r} has one class ('object'); received num_classes={num_classes}")
                 class_names = class_names or ["object"]
-            else:
-                head = HEADS[head](num_classes=80 if num_classes is None else num_classes, name="head")
+            head = HEADS[head].from_args(80 if num_classes is None else num_classes, name="head")
         elif num_classes is not None and head.num_classes != num_classes:
             raise ValueError(
                 f"num_classes ({num_classes}) differs from the head's num_classes ({head.num_classes})")

@@ -66,6 +66,7 @@ class FasterRCNN(DetectionHead):
     """
 
     neck_args = RPN.neck_args
+    sub_heads = {"rpn": RPN}  # head_args.rpn: the RPN's own arguments
 
     def __init__(self, num_classes=80, rpn=None, roi_min_level=2, roi_max_level=5, pooled_size=7,
                  sampling_ratio=2, canonical_level=4, canonical_size=224.0, fc_dim=1024, num_fc=2,

@@ -12,10 +12,14 @@ A head is a Keras layer with
     loss_names           the keys of `compute_losses`, in logging order
     max_detections       D
     neck_args            extra `FeaturePyramid` options it needs ({} by default)
+    class_agnostic       True when it has one class, "object", and takes no num_classes (the RPN)
+    sub_heads            arguments that hold another head's arguments ({"rpn": RPN} for
+                         Faster R-CNN; {} by default), built by `from_args`
     primary_metric       the COCO metric that ranks its checkpoints ("AP"; the RPN: "AR1000")
     evaluation_settings  options of `CocoEvaluator.evaluate` ({}; the RPN: class-agnostic AR)
 
   methods
+    from_args(num_classes, name, **args)   (classmethod) the head from plain recipe data
     call(pyramid, image_shape, training)
                              {"P<l>": [B, H_l, W_l, C]}, (height, width) -> raw outputs (a
                              dict of tensors and per-level dicts; only this head reads them)
@@ -46,11 +50,25 @@ class DetectionHead(layers.Layer):
 
     loss_names = ()
     neck_args = {}
+    class_agnostic = False
+    sub_heads = {}
     primary_metric = "AP"
     evaluation_settings = {}
     # Not constructor arguments, not saved: chosen by FPNDetector.implementations.
     nms_implementation = "auto"
     roi_align_implementation = "auto"
+
+    @classmethod
+    def from_args(cls, num_classes=None, name="head", **args):
+        """The head from plain (recipe) arguments: `num_classes` (ignored by a
+        class-agnostic head) and constructor arguments, those named in `sub_heads`
+        given as a dict of that head's arguments."""
+        for key, sub_head in cls.sub_heads.items():
+            if isinstance(args.get(key), dict):
+                args[key] = sub_head.from_args(name=key, **args[key])
+        if cls.class_agnostic:
+            return cls(name=name, **args)
+        return cls(num_classes=num_classes, name=name, **args)
 
     @property
     def level_names(self):

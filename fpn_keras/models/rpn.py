@@ -36,6 +36,7 @@ class RPN(DetectionHead):
     """
 
     loss_names = ("rpn_cls_loss", "rpn_box_loss")
+    class_agnostic = True  # one class, "object"
     neck_args = {"extra_levels_type": "max_pool"}  # the paper's P6: subsampled P5
     # Proposals are scored class-agnostically with AR@10/100/1000 (the FPN paper's Table 1).
     primary_metric = "AR1000"
