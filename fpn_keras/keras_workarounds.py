@@ -1,5 +1,9 @@
 """Workarounds for Keras 3 behaviours under tf.distribute, each naming the upstream
-behaviour it works around (used by `fpn_keras.training.train`)."""
+behaviour it works around (used by `fpn_keras.training.train`).
+
+tests/test_keras_workarounds.py reproduces each upstream behaviour without the
+workaround (Keras 3.15, TF 2.21) and fails once Keras or TensorFlow fixes it: then
+delete the workaround and its test."""
 
 import tensorflow as tf
 
@@ -9,6 +13,9 @@ def skip_data_build(model, strategy):
     across replicas with `strategy.reduce`, which fails under
     MultiWorkerMirroredStrategy (PerReplica -> Tensor). The model is built before
     fit here, so that step needs no data: finish it without any."""
+    if not (hasattr(model, "_maybe_symbolic_build") and hasattr(model, "_symbolic_build")):
+        raise RuntimeError(f"keras {__import__('keras').__version__} has no Trainer._maybe_symbolic_build: "
+                           "fpn_keras.keras_workarounds.skip_data_build needs updating")
     original = model._maybe_symbolic_build
 
     def maybe_symbolic_build(iterator=None, data_batch=None):

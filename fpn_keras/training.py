@@ -156,8 +156,7 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
         height, width = data.image_size
         model(keras.ops.zeros((1, height, width, 3)))  # build: checkpoints load into built models
         model.compile(optimizer=build_optimizer(recipe, steps_per_epoch))
-    if hasattr(model, "_maybe_symbolic_build") and hasattr(model, "_symbolic_build"):
-        keras_workarounds.skip_data_build(model, strategy)
+    keras_workarounds.skip_data_build(model, strategy)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         keras_workarounds.rank1_logs(model)
     if replicas > 1:
