@@ -5,6 +5,7 @@ import inspect
 import keras
 
 from fpn_keras import config as config_lib
+from fpn_keras import schedules
 from fpn_keras.config import Recipe
 from fpn_keras.schedules import WarmupStepDecay
 from fpn_keras.layers.fpn import FeaturePyramid
@@ -89,7 +90,7 @@ def build_schedule(recipe: Recipe, total_steps):
     if cfg.schedule == "step":
         # The FPN paper's schedule: linear warmup, divide by 10 at 2/3 and 8/9 of training
         # (or at train.lr_steps).
-        boundaries = config_lib.lr_boundaries(cfg, total_steps)
+        boundaries = schedules.lr_boundaries(cfg, total_steps)
         return WarmupStepDecay(lr, boundaries, warmup, factor)
     if warmup:  # constant after a linear warmup
         return WarmupStepDecay(lr, [], warmup, factor)
@@ -97,7 +98,7 @@ def build_schedule(recipe: Recipe, total_steps):
 
 
 def total_training_steps(recipe: Recipe, steps_per_epoch):
-    return config_lib.schedule_steps(recipe.train, steps_per_epoch)[2]
+    return schedules.schedule_steps(recipe.train, steps_per_epoch)[2]
 
 
 def build_optimizer(recipe: Recipe, steps_per_epoch):

@@ -241,7 +241,8 @@ def load_keras_model(path):
 
 
 def _train(args):
-    from fpn_keras.config import HOLDOUT, load_recipe, resolve_recipe_path
+    from fpn_keras.config import HOLDOUT, load_recipe
+    from fpn_keras.recipe_files import resolve_recipe_path
 
     overrides = list(args.overrides)
     data_origins = {}
@@ -440,7 +441,8 @@ def _export(args):
 
 
 def _recipes(args):
-    from fpn_keras.config import available_recipes, load_recipe, recipes_dir, resolve_recipe_path
+    from fpn_keras.config import load_recipe
+    from fpn_keras.recipe_files import available_recipes, recipes_dir, resolve_recipe_path
 
     if args.name:
         import yaml

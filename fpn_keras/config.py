@@ -9,14 +9,14 @@ or start one section from another recipe's section (`data: {base: NAME, ...}`);
 cycles are errors. YAML is read with `yaml.safe_load` (no object construction from tags).
 """
 
-import copy
 import dataclasses
 import difflib
 import os
-import sys
 import typing
 
 import yaml
+
+from fpn_keras import recipe_files
 
 
 class RecipeError(ValueError):
@@ -81,7 +81,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 500
     schedule: str = "cosine"
-    # Total optimizer steps (iterations); when set it replaces `epochs` (see schedule_steps).
+    # Total optimizer steps (iterations); when set it replaces `epochs` (see fpn_keras.schedules.schedule_steps).
     steps: typing.Optional[int] = None
     # Step-schedule boundaries (LR x0.1 at each): fractions of the total steps (all < 1)
     # or iteration numbers (all >= 1); None = [2/3, 8/9] (the 1x schedule's 60k/80k of 90k).
@@ -149,7 +149,6 @@ REQUIRED = (("model", "num_classes"), ("model", "backbone"), ("model", "head"),
 BASE_KEY = "base"
 AUTO = "auto"  # data.image_size / data.max_boxes: taken from the training data
 HOLDOUT = "holdout"  # data.val: a held-out fraction of data.train
-UNKNOWN_SIZE_EPOCH = 1000  # steps per "epoch" when the training set's size is unknown
 
 
 def suggest(key, allowed):
@@ -202,75 +201,6 @@ def _check_type(value, annotation, where):
     return value
 
 
-def _read_yaml(path):
-    with open(path) as f:
-        try:
-            data = yaml.safe_load(f)
-        except yaml.YAMLError as error:
-            message = " ".join(str(error).split())
-            raise RecipeError(f"{path}: not valid YAML: {message}") from error
-    data = {} if data is None else data
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe must be a mapping with sections {sorted(SECTIONS)}")
-    return data
-
-
-def _deep_merge(base, override):
-    """Mappings merge key by key (recursively); anything else in `override` replaces."""
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def _load_base(name, source, chain):
-    """The recipe `name` referenced from `source`, bases merged and validated (errors name it)."""
-    if not isinstance(name, str) or not name:
-        raise RecipeError(f"{source}: '{BASE_KEY}' must be a recipe name or path, received {name!r}")
-    try:
-        path = resolve_recipe_path(name, relative_to=os.path.dirname(source) if chain else None)
-    except RecipeError as error:
-        raise RecipeError(f"{source}: {BASE_KEY}: {error}") from None
-    if os.path.realpath(path) in chain:
-        names = " -> ".join(os.path.basename(p) for p in chain + (path,))
-        raise RecipeError(f"{source}: '{BASE_KEY}' recipes form a cycle: {names}")
-    parent = resolve_base(_read_yaml(path), path, chain)
-    recipe_from_dict(parent, source=path, required=False)
-    return parent
-
-
-def resolve_base(data, source="<dict>", _chain=()):
-    """Merges the recipes named by `base:` keys into `data` (recursively); `data` wins.
-
-    - top level, `base: NAME`: start from the whole recipe NAME;
-    - inside a section, e.g. `data: {base: NAME, ...}`: start that section from NAME's
-      section (replacing the section a top-level base would give).
-    NAME is a recipe name (in recipes/) or a path (relative to the referencing file
-    first). Mappings merge key by key (`model: {backbone: resnet101}` changes only the
-    backbone); lists and scalars replace. Each base file is validated on its own (errors
-    name it); a cycle of bases is an error.
-    """
-    if not isinstance(data, dict):
-        return data
-    chain = _chain + ((os.path.realpath(source),) if os.path.isfile(source) else ())
-    data = dict(data)
-    sections = {}
-    for name in SECTIONS:
-        section = data.get(name)
-        if isinstance(section, dict) and BASE_KEY in section:
-            section = dict(section)
-            parent = _load_base(section.pop(BASE_KEY), source, chain).get(name) or {}
-            sections[name] = _deep_merge(parent, section)
-            del data[name]
-    if BASE_KEY in data:
-        data = _deep_merge(_load_base(data.pop(BASE_KEY), source, chain), data)
-    data.update(sections)
-    return data
-
-
 def _check_recipe(recipe, source):
     """Checks that involve several fields or values inside a field."""
     data, train = recipe.data, recipe.train
@@ -320,14 +250,14 @@ def _check_recipe(recipe, source):
 def recipe_from_dict(data, source="<dict>", required=True):
     """Validates plain data (as read from YAML) into a `Recipe`.
 
-    A top-level `base:` names another recipe merged underneath (see `resolve_base`).
+    A top-level `base:` names another recipe merged underneath (see `fpn_keras.recipe_files.resolve_base`).
     Unknown keys (with a close-match suggestion), wrong types, values outside their
     choices and, with `required`, missing REQUIRED keys raise `RecipeError` naming the
     key, `source` and the allowed values. `data` is not modified.
     """
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a recipe must be a mapping with sections {sorted(SECTIONS)}")
-    data = resolve_base(data, source)
+    data = recipe_files.resolve_base(data, source)
     allowed_top = sorted(SECTIONS) + [BASE_KEY]
     for key in data:
         if key not in SECTIONS:
@@ -401,48 +331,12 @@ def apply_override(data, assignment):
     return data
 
 
-def recipes_dir():
-    """The recipes folder: the repository's (source checkout, editable install)
-    or the one a wheel installs under <prefix>/share/fpn_keras/recipes."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    candidates = [os.path.join(os.path.dirname(here), "recipes"),
-                  os.path.join(sys.prefix, "share", "fpn_keras", "recipes"),
-                  os.path.join(sys.base_prefix, "share", "fpn_keras", "recipes")]
-    for candidate in candidates:
-        if os.path.isdir(candidate):
-            return candidate
-    return candidates[0]
-
-
-def available_recipes():
-    folder = recipes_dir()
-    return sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if os.path.isdir(folder) else []
-
-
-def resolve_recipe_path(name_or_path, relative_to=None):
-    """A path (relative to `relative_to` first, then the working directory) or a recipe
-    name in recipes/ (".yaml" optional) -> the file's path."""
-    if not isinstance(name_or_path, str) or not name_or_path:
-        raise RecipeError(f"a recipe name or path is needed, received {name_or_path!r}")
-    filename = name_or_path + ("" if name_or_path.endswith((".yaml", ".yml")) else ".yaml")
-    candidates = []
-    if relative_to is not None:
-        candidates += [os.path.join(relative_to, name_or_path), os.path.join(relative_to, filename)]
-    candidates += [name_or_path, os.path.join(recipes_dir(), filename)]
-    for candidate in candidates:
-        if os.path.isfile(candidate):
-            return candidate
-    available = available_recipes()
-    raise RecipeError(f"no recipe {name_or_path!r}{suggest(name_or_path, available)}: not a file, "
-                      f"and not one of {available}")
-
-
 def load_recipe(name_or_path, overrides=()):
     """Reads a recipe by name (in recipes/) or path, merges its `base`, applies the
     `section.key=value` overrides and validates. Errors in the file name the file;
     errors an override introduces name the override."""
-    path = resolve_recipe_path(name_or_path)
-    data = resolve_base(_read_yaml(path), path)
+    path = recipe_files.resolve_recipe_path(name_or_path)
+    data = recipe_files.resolve_base(recipe_files.read_yaml(path), path)
     recipe = recipe_from_dict(data, source=path)
     origins = {f"{section}.{key}": f"recipe {os.path.basename(path)}"
                for section, values in data.items() if isinstance(values, dict) for key in values}
@@ -453,55 +347,6 @@ def load_recipe(name_or_path, overrides=()):
         recipe = recipe_from_dict(data, source=f"{path} with --set {' '.join(overrides)}")
     recipe.origins = origins
     return recipe
-
-
-def schedule_steps(train_cfg, steps_per_epoch):
-    """-> (epochs, steps_per_epoch, total_steps) for `fit` and the LR schedule.
-
-    `steps_per_epoch` is the number of full batches in the training set, or None when
-    its size is unknown.
-    - `train.steps` unset: `train.epochs` passes over the data, more when
-      `train.min_steps` needs them: (epochs, steps_per_epoch, epochs x steps_per_epoch).
-    - `train.steps` set (detectron2's MAX_ITER; `min_steps` still a floor): the repeated
-      train set in `epochs = ceil(steps / steps_per_epoch)` epochs of `ceil(steps /
-      epochs)` steps (about one pass each); the LR schedule spans `steps` and the run
-      overshoots it by fewer than `epochs` steps, at the final learning rate.
-    - unknown size: `train.steps` is required; "epochs" of min(steps, 1000) batches.
-    """
-    minimum = train_cfg.min_steps or 0
-    if steps_per_epoch is None:
-        steps = max(train_cfg.steps or 0, minimum)
-        if not steps:
-            raise RecipeError(
-                "the number of training images is unknown, so the length of an epoch is too: "
-                "set train.steps (the total number of optimizer steps)")
-        steps_per_epoch = min(steps, UNKNOWN_SIZE_EPOCH)
-    else:
-        steps_per_epoch = int(steps_per_epoch)
-        if steps_per_epoch <= 0:
-            raise ValueError(f"steps_per_epoch must be positive, received {steps_per_epoch!r}")
-        if train_cfg.steps is None:
-            epochs = max(train_cfg.epochs, -(-minimum // steps_per_epoch))
-            return epochs, steps_per_epoch, epochs * steps_per_epoch
-        steps = max(train_cfg.steps, minimum)
-    epochs = -(-steps // steps_per_epoch)
-    return epochs, -(-steps // epochs), steps
-
-
-def eval_period_epochs(train_cfg, steps_per_epoch):
-    """Evaluation period in epochs: train.eval_every_n_steps rounded to whole epochs
-    (at least 1) when set, else train.eval_every_n_epochs."""
-    if train_cfg.eval_every_n_steps is None:
-        return train_cfg.eval_every_n_epochs
-    return max(1, int(round(train_cfg.eval_every_n_steps / steps_per_epoch)))
-
-
-def lr_boundaries(train_cfg, total_steps):
-    """The step schedule's boundaries as iteration numbers (LR x0.1 at each)."""
-    steps = train_cfg.lr_steps if train_cfg.lr_steps is not None else [2 / 3, 8 / 9]
-    if all(s < 1 for s in steps):
-        return [int(total_steps * s) for s in steps]
-    return [int(s) for s in steps]
 
 
 def dump_recipe(recipe, path):

@@ -1,4 +1,5 @@
-"""Learning-rate schedules saved with the optimizer in .keras files.
+"""Training schedules: how many optimizer steps and epochs a recipe runs (plain
+arithmetic), and the learning-rate schedules saved with the optimizer in .keras files.
 
 Imported by `fpn_keras.models.detector`, so that loading any saved detector
 finds them (`keras.saving.load_model` needs registered classes).
@@ -6,6 +7,59 @@ finds them (`keras.saving.load_model` needs registered classes).
 
 import keras
 from keras import ops
+
+from fpn_keras import config
+
+UNKNOWN_SIZE_EPOCH = 1000  # steps per "epoch" when the training set's size is unknown
+
+
+def schedule_steps(train_cfg, steps_per_epoch):
+    """-> (epochs, steps_per_epoch, total_steps) for `fit` and the LR schedule.
+
+    `steps_per_epoch` is the number of full batches in the training set, or None when
+    its size is unknown.
+    - `train.steps` unset: `train.epochs` passes over the data, more when
+      `train.min_steps` needs them: (epochs, steps_per_epoch, epochs x steps_per_epoch).
+    - `train.steps` set (detectron2's MAX_ITER; `min_steps` still a floor): the repeated
+      train set in `epochs = ceil(steps / steps_per_epoch)` epochs of `ceil(steps /
+      epochs)` steps (about one pass each); the LR schedule spans `steps` and the run
+      overshoots it by fewer than `epochs` steps, at the final learning rate.
+    - unknown size: `train.steps` is required; "epochs" of min(steps, 1000) batches.
+    """
+    minimum = train_cfg.min_steps or 0
+    if steps_per_epoch is None:
+        steps = max(train_cfg.steps or 0, minimum)
+        if not steps:
+            raise config.RecipeError(
+                "the number of training images is unknown, so the length of an epoch is too: "
+                "set train.steps (the total number of optimizer steps)")
+        steps_per_epoch = min(steps, UNKNOWN_SIZE_EPOCH)
+    else:
+        steps_per_epoch = int(steps_per_epoch)
+        if steps_per_epoch <= 0:
+            raise ValueError(f"steps_per_epoch must be positive, received {steps_per_epoch!r}")
+        if train_cfg.steps is None:
+            epochs = max(train_cfg.epochs, -(-minimum // steps_per_epoch))
+            return epochs, steps_per_epoch, epochs * steps_per_epoch
+        steps = max(train_cfg.steps, minimum)
+    epochs = -(-steps // steps_per_epoch)
+    return epochs, -(-steps // epochs), steps
+
+
+def eval_period_epochs(train_cfg, steps_per_epoch):
+    """Evaluation period in epochs: train.eval_every_n_steps rounded to whole epochs
+    (at least 1) when set, else train.eval_every_n_epochs."""
+    if train_cfg.eval_every_n_steps is None:
+        return train_cfg.eval_every_n_epochs
+    return max(1, int(round(train_cfg.eval_every_n_steps / steps_per_epoch)))
+
+
+def lr_boundaries(train_cfg, total_steps):
+    """The step schedule's boundaries as iteration numbers (LR x0.1 at each)."""
+    steps = train_cfg.lr_steps if train_cfg.lr_steps is not None else [2 / 3, 8 / 9]
+    if all(s < 1 for s in steps):
+        return [int(total_steps * s) for s in steps]
+    return [int(s) for s in steps]
 
 
 @keras.saving.register_keras_serializable(package="fpn_keras")

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fpn_keras import config as config_lib
+from fpn_keras import schedules
 from fpn_keras import distribute, keras_workarounds
 from fpn_keras import visualization
 from fpn_keras.build import build_model, build_optimizer, check_model_args
@@ -45,7 +45,7 @@ def describe_plan(recipe, data, epochs, steps_per_epoch, total_steps):
     if cfg.min_steps:
         source += f", at least train.min_steps={cfg.min_steps} ({origins.get('train.min_steps', 'default')})"
     rows.append(("schedule", f"{per_epoch} x {epochs} epochs = {total_steps} optimizer steps", source))
-    rows.append(("evaluation", f"every {config_lib.eval_period_epochs(cfg, steps_per_epoch)} epoch(s) and at "
+    rows.append(("evaluation", f"every {schedules.eval_period_epochs(cfg, steps_per_epoch)} epoch(s) and at "
                  "the end", "train.eval_every_n_steps" if cfg.eval_every_n_steps else "train.eval_every_n_epochs"))
     width = max(len(name) for name, _, _ in rows)
     return "\n".join(["Training plan:"] + [f"  {name:<{width}}  {value}   [{origin}]" for name, value, origin in rows])
@@ -132,7 +132,7 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
             f"the training set ({data.train_info.description}) has {num_images} images, fewer than one "
             f"batch of train.batch_size={cfg.batch_size}: lower train.batch_size or add images")
     num_batches = None if num_images is None else num_images // cfg.batch_size  # full batches
-    epochs, steps_per_epoch, total_steps = config_lib.schedule_steps(cfg, num_batches)
+    epochs, steps_per_epoch, total_steps = schedules.schedule_steps(cfg, num_batches)
     # The recipe written next to the model holds the settings the data decided.
     recipe.data.image_size, recipe.data.max_boxes = list(data.image_size), data.max_boxes
     if not HEADS[recipe.model.head].class_agnostic and len(class_names) != recipe.model.num_classes:
@@ -175,7 +175,7 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
         print(f"the checkpoint is at step {step}: training already finished ({total_steps} steps)")
     guard = NonFiniteLossGuard(checkpointer, steps_per_epoch)
     coco = CocoMetricsCallback(val_ds, class_names=class_names,
-                               every_n_epochs=config_lib.eval_period_epochs(cfg, steps_per_epoch),
+                               every_n_epochs=schedules.eval_period_epochs(cfg, steps_per_epoch),
                                verbose=verbose)
     all_callbacks = [
         guard,

@@ -9,7 +9,7 @@ import re
 import pytest
 import yaml
 
-from fpn_keras import config
+from fpn_keras import config, schedules
 from fpn_keras.config import RecipeError, load_recipe, recipe_from_dict
 
 PACKAGE = pathlib.Path(config.__file__).parent
@@ -125,37 +125,37 @@ def test_augment_keys_match_transforms():
 
 def test_schedule_helpers():
     cfg = config.TrainConfig(epochs=12)
-    assert config.schedule_steps(cfg, 100) == (12, 100, 1200)
-    assert config.lr_boundaries(config.TrainConfig(schedule="step"), 900) == [600, 800]
+    assert schedules.schedule_steps(cfg, 100) == (12, 100, 1200)
+    assert schedules.lr_boundaries(config.TrainConfig(schedule="step"), 900) == [600, 800]
     cfg = config.TrainConfig(steps=90000, lr_steps=[60000, 80000], schedule="step")
     # COCO train2017 / 16 = 7330 batches: ceil(90000 / 7330) = 13 epochs of ceil(90000 / 13) = 6924 steps
-    assert config.schedule_steps(cfg, 7330) == (13, 6924, 90000)
-    assert config.lr_boundaries(cfg, 90000) == [60000, 80000]
+    assert schedules.schedule_steps(cfg, 7330) == (13, 6924, 90000)
+    assert schedules.lr_boundaries(cfg, 90000) == [60000, 80000]
     cfg = config.TrainConfig(steps=1000, lr_steps=[0.5, 0.75], schedule="step")
-    assert config.lr_boundaries(cfg, 1000) == [500, 750]
+    assert schedules.lr_boundaries(cfg, 1000) == [500, 750]
 
 
 def test_schedule_with_min_steps_lengthens_small_datasets_in_whole_epochs():
     cfg = config.TrainConfig(epochs=12, min_steps=1300)
     # 360 images / 16 = 22 full batches: 12 x 22 = 264 < 1300 -> ceil(1300 / 22) = 60 epochs
-    assert config.schedule_steps(cfg, 22) == (60, 22, 1320)
+    assert schedules.schedule_steps(cfg, 22) == (60, 22, 1320)
     # a large dataset keeps its 12 epochs
-    assert config.schedule_steps(cfg, 7330) == (12, 7330, 87960)
-    assert config.schedule_steps(config.TrainConfig(steps=100, min_steps=300), 40) == (8, 38, 300)
+    assert schedules.schedule_steps(cfg, 7330) == (12, 7330, 87960)
+    assert schedules.schedule_steps(config.TrainConfig(steps=100, min_steps=300), 40) == (8, 38, 300)
 
 
 def test_schedule_with_an_unknown_dataset_size():
     # 90k steps of data of unknown size: "epochs" of 1000 steps, so evaluation still runs
-    assert config.schedule_steps(config.TrainConfig(steps=90000), None) == (90, 1000, 90000)
-    assert config.schedule_steps(config.TrainConfig(steps=300), None) == (1, 300, 300)
+    assert schedules.schedule_steps(config.TrainConfig(steps=90000), None) == (90, 1000, 90000)
+    assert schedules.schedule_steps(config.TrainConfig(steps=300), None) == (1, 300, 300)
     with pytest.raises(config.RecipeError, match="set train.steps"):
-        config.schedule_steps(config.TrainConfig(epochs=12), None)
+        schedules.schedule_steps(config.TrainConfig(epochs=12), None)
 
 
 def test_eval_period_in_steps_rounds_to_whole_epochs():
-    assert config.eval_period_epochs(config.TrainConfig(eval_every_n_epochs=4), 22) == 4
-    assert config.eval_period_epochs(config.TrainConfig(eval_every_n_steps=500), 22) == 23  # 22.7
-    assert config.eval_period_epochs(config.TrainConfig(eval_every_n_steps=500), 7330) == 1
+    assert schedules.eval_period_epochs(config.TrainConfig(eval_every_n_epochs=4), 22) == 4
+    assert schedules.eval_period_epochs(config.TrainConfig(eval_every_n_steps=500), 22) == 23  # 22.7
+    assert schedules.eval_period_epochs(config.TrainConfig(eval_every_n_steps=500), 7330) == 1
 
 
 @pytest.mark.parametrize("key, value, message", [

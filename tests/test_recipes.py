@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import yaml
 
-from fpn_keras.config import available_recipes, load_recipe, recipes_dir, resolve_recipe_path
+from fpn_keras.config import load_recipe
+from fpn_keras.recipe_files import available_recipes, recipes_dir, resolve_recipe_path
 
 RECIPES = available_recipes()
 REAL = ("faster_rcnn_r50_fpn_1x_coco", "faster_rcnn_r101_fpn_1x_coco", "retinanet_r50_fpn_1x_coco",
@@ -101,14 +102,14 @@ def test_recipes_dir_falls_back_to_the_installed_share_folder(tmp_path, monkeypa
     """... and recipes_dir() finds them there when there is no repository around the package."""
     import sys
 
-    from fpn_keras import config
+    from fpn_keras import recipe_files
 
     share = tmp_path / "share" / "fpn_keras" / "recipes"
     share.mkdir(parents=True)
     (share / "mine.yaml").write_text("model: {head: retinanet}\n")
-    repo_recipes = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(config.__file__))), "recipes")
+    repo_recipes = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(recipe_files.__file__))), "recipes")
     real_isdir = os.path.isdir
-    monkeypatch.setattr(config.os.path, "isdir", lambda p: False if p == repo_recipes else real_isdir(p))
+    monkeypatch.setattr(recipe_files.os.path, "isdir", lambda p: False if p == repo_recipes else real_isdir(p))
     monkeypatch.setattr(sys, "prefix", str(tmp_path))
     assert recipes_dir() == str(share)
     assert "mine" in available_recipes()
