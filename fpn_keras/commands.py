@@ -1,0 +1,299 @@
+"""What each `fpn-keras` subcommand does (the parser and exit codes are in
+`fpn_keras.cli`). Heavy imports happen inside the commands, so `--help` stays fast."""
+
+import json
+import os
+import sys
+
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu", "one_device:DEVICE")
+QUANTIZE = ("none", "float16", "dynamic_range", "int8")
+DEMO_RECIPE = "retinanet_synthetic"
+USER_DATA_RECIPE = "retinanet_user_data"
+
+
+class UsageError(Exception):
+    """A bad command line or missing input: exit code 2."""
+
+
+def _require_file(path, what):
+    if not os.path.isfile(path):
+        raise UsageError(f"{what} {path!r} does not exist" if not os.path.exists(path)
+                         else f"{what} {path!r} is not a file")
+
+
+def check_data_spec(spec, what="--data"):
+    """Unknown specs and missing local paths are usage errors (exit 2)."""
+    from fpn_keras.data import parse_spec
+
+    try:
+        kind, args = parse_spec(spec)
+    except ValueError as error:
+        raise UsageError(f"{what}: {error}") from None
+    if kind == "coco":
+        _require_file(args[0], f"{what}: COCO annotation file")
+        if not os.path.isdir(args[1]):
+            raise UsageError(f"{what}: COCO image folder {args[1]!r} does not exist")
+    elif kind == "voc" and not os.path.isdir(args[0]):
+        raise UsageError(f"{what}: VOC folder {args[0]!r} does not exist")
+
+
+def _run_recipe(model_path):
+    """The recipe.yaml written next to a model by train (plain dict), or {}."""
+    import yaml
+
+    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "recipe.yaml")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def _image_size(model, size):
+    """--image-size, else the size stored with the model (FPNDetector.image_size)."""
+    if size is not None:
+        return tuple(size)
+    if model.image_size is None:
+        raise UsageError("the model file does not store the image size it was trained at: "
+                         "pass --image-size H W")
+    return tuple(model.image_size)
+
+
+def load_keras_model(path):
+    """Loads a .keras model with safe_mode=True (no arbitrary code from the file)."""
+    import keras
+
+    import fpn_keras.build  # noqa: F401 - imports (registers) every serializable class
+
+    _require_file(path, "model file")
+    return keras.saving.load_model(path, safe_mode=True)
+
+
+def train(args):
+    from fpn_keras.config import HOLDOUT, load_recipe
+    from fpn_keras.recipe_files import resolve_recipe_path
+
+    overrides = list(args.overrides)
+    data_origins = {}
+    if args.data:
+        overrides.append(f"data.train={args.data}")
+        data_origins["data.train"] = "--data"
+    if args.val_data or args.data:
+        overrides.append(f"data.val={args.val_data or HOLDOUT}")
+        data_origins["data.val"] = "--val-data" if args.val_data else "--data without --val-data"
+    if args.strategy is not None:
+        overrides.append(f"train.strategy={args.strategy}")  # recorded in OUT/recipe.yaml
+    recipe_name = args.recipe or (USER_DATA_RECIPE if args.data else DEMO_RECIPE)
+    recipe = load_recipe(recipe_name, overrides)
+    recipe.origins.update(data_origins)
+    train_specs = recipe.data.train if isinstance(recipe.data.train, list) else [recipe.data.train]
+    for spec in train_specs:
+        check_data_spec(spec, "data.train")
+    if recipe.data.val != HOLDOUT:
+        check_data_spec(recipe.data.val, "data.val")
+    if args.strategy is not None:
+        name = args.strategy.split(":", 1)[0].strip().lower()
+        known = {s.split(":", 1)[0] for s in STRATEGIES} | {"multiworker", "multi_worker_mirrored"}
+        if name not in known:
+            raise UsageError(f"--strategy {args.strategy!r}: expected one of {list(STRATEGIES)}")
+
+    from fpn_keras.training import train
+
+    name = os.path.splitext(os.path.basename(recipe_name))[0]
+    out = args.out or os.path.join("runs", name)
+    print(f"Recipe {recipe_name} ({resolve_recipe_path(recipe_name)}), writing to {out}")
+    model, _ = train(recipe, out, verbose=2 if args.quiet else 1, resume=args.resume)
+    written = [f for f in ("model.keras", "recipe.yaml", "metrics.json", "history.csv", "predictions.png",
+                           "curves.png") if os.path.isfile(os.path.join(out, f))]
+    print(f"Wrote {', '.join(written)} in {out}")
+    if args.export:
+        from fpn_keras.export import saved_model
+
+        saved_model(model, args.export, image_size=recipe.data.image_size)
+        print(f"Exported SavedModel (signatures serving_default, serve_image_bytes) to {args.export}")
+
+
+def evaluate(args):
+    from fpn_keras import data as data_lib
+    from fpn_keras.config import HOLDOUT
+    from fpn_keras.evaluation.coco_eval import CocoEvaluator, evaluate_model, format_metrics
+
+    _require_file(args.model, "model file")
+    run = _run_recipe(args.model).get("data", {})
+    spec = args.data or run.get("val") or "synthetic"
+    split = args.split or run.get("val_split") or "val"
+    holdout = {}
+    if spec == HOLDOUT:  # the held-out images of the run's training data, as in training
+        spec = run.get("train")
+        if not isinstance(spec, str):
+            raise UsageError(f"the recipe.yaml next to {args.model} holds out images from {spec!r}: "
+                             "pass --data SPEC")
+        split = args.split or run.get("train_split") or "train"
+        holdout = {"holdout": run.get("holdout_fraction", 0.1), "part": "held_out", "seed": run.get("seed", 0)}
+    check_data_spec(spec)
+    if args.batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, received {args.batch_size}")
+    model = load_keras_model(args.model)
+    size = _image_size(model, args.image_size)
+    extra = {"image_size": size} if spec == "synthetic" else {}
+    elements, class_names, info = data_lib.load(spec, split, num_images=args.num_images, with_info=True,
+                                                **holdout, **extra)
+    batches = data_lib.pipeline.prepare(elements, args.batch_size, size, training=False,
+                                        resize=run.get("resize") if args.data is None else None,
+                                        bounding_box_format=model.bounding_box_format)
+    evaluator = CocoEvaluator(class_names=class_names,
+                              category_ids=getattr(class_names, "category_ids", None))
+    metrics = evaluate_model(model, batches, class_names=class_names, verbose=False, evaluator=evaluator)
+    print(format_metrics(metrics, title=f"COCO metrics: {args.model} on {info.description} "
+                                        f"({info.num_images} images)"))
+    out = args.out or os.path.dirname(os.path.abspath(args.model))
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump({"metrics": metrics, "model": args.model, "data": spec, "split": split,
+                   "evaluated_on": info.description, "num_images": info.num_images}, f, indent=2)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(evaluator.results_json(), f)
+    print(f"Wrote {os.path.join(out, 'metrics.json')} and {os.path.join(out, 'results.json')}")
+
+
+def _read_image(path):
+    from fpn_keras.preprocessing import read_image
+
+    try:
+        return read_image(path)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def _predictor(model_path, image_size, box_format):
+    """-> (fn(uint8 [1, H, W, 3]) -> serving outputs, class names, box format)."""
+    import tensorflow as tf
+
+    if os.path.isdir(model_path):
+        if not os.path.isfile(os.path.join(model_path, "saved_model.pb")):
+            raise UsageError(f"model folder {model_path!r} holds no saved_model.pb")
+        loaded = tf.saved_model.load(model_path)
+        if "serving_default" not in loaded.signatures:
+            raise ValueError(f"{model_path}: the SavedModel has no serving_default signature")
+        signature = loaded.signatures["serving_default"]
+        names = []
+        for candidate in (os.path.join(model_path, "labels.txt"), os.path.join(model_path, "assets", "labels.txt")):
+            if os.path.isfile(candidate):
+                with open(candidate) as f:
+                    names = [line.strip() for line in f if line.strip()]
+                break
+        return (lambda images: signature(images=images)), names, box_format or "xyxy"
+    from fpn_keras.export.saved_model import serving_functions
+
+    model = load_keras_model(model_path)
+    from_images, _ = serving_functions(model, _image_size(model, image_size))
+    function = tf.function(from_images, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+    return function, list(model.class_names or []), box_format or model.bounding_box_format
+
+
+def predict(args):
+    import keras
+    import numpy as np
+
+    from fpn_keras import visualization
+
+    for path in args.images:
+        _require_file(path, "image")
+    if not os.path.exists(args.model):
+        raise UsageError(f"model {args.model!r} does not exist")
+    images = [_read_image(path) for path in args.images]
+    predict, class_names, box_format = _predictor(args.model, args.image_size, args.box_format)
+    os.makedirs(args.out, exist_ok=True)
+    results, used = {}, set()
+    for path, image in zip(args.images, images):
+        outputs = predict(image[None])
+        height, width = image.shape[:2]
+        boxes = keras.utils.bounding_boxes.convert_format(
+            outputs["detection_boxes"], source=box_format, target="xyxy", height=height, width=width)
+        boxes = np.asarray(keras.ops.convert_to_numpy(boxes))[0]
+        scores = np.asarray(outputs["detection_scores"])[0]
+        labels = np.asarray(outputs["detection_classes"])[0]
+        keep = (labels >= 0) & (scores >= args.score_threshold)
+        drawn = visualization.draw_detections(image, boxes[keep], labels[keep], scores[keep],
+                                              class_names=class_names or None)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        name, i = stem, 1
+        while name in used:
+            name, i = f"{stem}_{i}", i + 1
+        used.add(name)
+        visualization.save_image(drawn, os.path.join(args.out, name + ".png"))
+        results[path] = [
+            {"box": [round(float(v), 2) for v in box], "label": int(label),
+             "class": class_names[label] if 0 <= label < len(class_names) else str(int(label)),
+             "score": round(float(score), 4)}
+            for box, label, score in zip(boxes[keep], labels[keep], scores[keep])]
+        print(f"{path}: {len(results[path])} detections -> {os.path.join(args.out, name + '.png')}")
+    with open(os.path.join(args.out, "detections.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"Wrote {os.path.join(args.out, 'detections.json')}")
+
+
+def _representative_images(spec, size, count):
+    from fpn_keras import data as data_lib
+
+    extra = {"image_size": size} if spec == "synthetic" else {}
+    elements, _ = data_lib.load(spec, "train", num_images=count, **extra)
+    for images, _ in data_lib.pipeline.prepare(elements, 1, size, training=False):
+        yield images.numpy()
+
+
+def export(args):
+    model = load_keras_model(args.model)
+    size = _image_size(model, args.image_size)
+    if args.format == "saved_model":
+        if args.quantize != "none" or args.representative_data:
+            raise UsageError("--quantize and --representative-data apply to --format tflite only")
+        from fpn_keras.export import saved_model
+
+        saved_model(model, args.out, image_size=size)
+        print(f"Exported {args.model} to {args.out} (SavedModel: serving_default, serve_image_bytes)")
+        return
+    quantize = None if args.quantize == "none" else args.quantize
+    representative = None
+    if quantize == "int8":
+        if not args.representative_data:
+            raise UsageError("--quantize int8 needs --representative-data SPEC (calibration images)")
+        check_data_spec(args.representative_data, "--representative-data")
+        representative = list(_representative_images(args.representative_data, size,
+                                                      args.num_calibration_images))
+    from fpn_keras.export import tflite
+
+    tflite(model, args.out, size, quantize=quantize,
+           representative_data=representative, input_type=args.input_type)
+    print(f"Exported {args.model} to {args.out} (TFLite, input [1, {size[0]}, {size[1]}, 3] "
+          f"{args.input_type}, quantize={args.quantize})")
+
+
+def recipes(args):
+    from fpn_keras.config import load_recipe
+    from fpn_keras.recipe_files import available_recipes, recipes_dir, resolve_recipe_path
+
+    if args.name:
+        import yaml
+
+        recipe = load_recipe(args.name)
+        print(f"# {resolve_recipe_path(args.name)} (resolved)")
+        print(yaml.safe_dump(recipe.to_dict(), sort_keys=False), end="")
+        return
+    for name in available_recipes():
+        with open(os.path.join(recipes_dir(), name + ".yaml")) as f:
+            first = f.readline().strip().lstrip("#").strip()
+        print(f"{name:<40} {first}")
+
+
+def benchmark(args):
+    """Runs bench/NAME.py in a subprocess (the scripts pick their own backend and threads)."""
+    import subprocess
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(here, "bench", f"{args.name}.py")
+    if not os.path.isfile(script):
+        raise UsageError(f"the benchmarks live in bench/ of a source checkout ({script} not found): "
+                         f"run python bench/{args.name}.py there")
+    result = subprocess.run([sys.executable, script, *args.script_args])
+    if result.returncode != 0:
+        raise RuntimeError(f"bench/{args.name}.py exited with {result.returncode}")
