@@ -5,7 +5,7 @@ images [B, H, W, 3] RGB 0..255 -> {"C2".."C5"} (layer1..layer4 outputs, strides
 from keras.applications' ResNet that change the numbers, all as torchvision:
   - input: (x / 255 - ImageNet mean) / ImageNet std, RGB (GeneralizedRCNNTransform);
   - the stride of a bottleneck sits on its 3x3 conv (conv2), not on the first 1x1;
-  - convs have no bias; BatchNorm epsilon 1e-5, frozen by default (FrozenBatchNorm,
+  - convs have no bias; BatchNorm epsilon 1e-5 (norm_epsilon), frozen by default (FrozenBatchNorm,
     torchvision's detection backbones use norm_layer=FrozenBatchNorm2d);
   - stride-2 convs and the max-pool pad symmetrically (explicit ZeroPadding2D, then
     "valid"; Keras "same" pads stride-2 layers bottom/right only), so sizes are
@@ -44,11 +44,11 @@ class TorchvisionNormalization(layers.Layer):
         return {**super().get_config(), "mean": self.mean, "std": self.std}
 
 
-def _norm(norm, name):
+def _norm(norm, name, epsilon):
     if norm == "frozen":
-        return FrozenBatchNorm(epsilon=1e-5, name=name)
+        return FrozenBatchNorm(epsilon=epsilon, name=name)
     if norm == "batchnorm":  # torch's momentum 0.1 is Keras' 0.9
-        return layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=name)
+        return layers.BatchNormalization(epsilon=epsilon, momentum=0.9, name=name)
     raise ValueError(f"norm must be 'frozen' or 'batchnorm', received {norm!r}")
 
 
@@ -62,17 +62,17 @@ def _conv(x, filters, kernel, stride, name):
                          kernel_initializer=keras.initializers.HeNormal(), name=name)(x)
 
 
-def _block(x, kind, name, in_channels, width, out_channels, stride, downsample, norm):
+def _block(x, kind, name, in_channels, width, out_channels, stride, downsample, norm, epsilon):
     shortcut = x
     convs = block_convs(kind, in_channels, width, out_channels, stride)
     for i, (conv, _, filters, kernel, conv_stride) in enumerate(convs, start=1):
         x = _conv(x, filters, kernel, conv_stride, f"{name}.{conv}")
-        x = _norm(norm, f"{name}.bn{i}")(x)
+        x = _norm(norm, f"{name}.bn{i}", epsilon)(x)
         if i < len(convs):
             x = layers.ReLU(name=f"{name}.relu{i}")(x)
     if downsample:
         shortcut = _conv(shortcut, out_channels, 1, stride, f"{name}.downsample.0")
-        shortcut = _norm(norm, f"{name}.downsample.1")(shortcut)
+        shortcut = _norm(norm, f"{name}.downsample.1", epsilon)(shortcut)
     x = layers.Add(name=f"{name}.add")([x, shortcut])
     return layers.ReLU(name=f"{name}.relu")(x)
 
@@ -89,7 +89,7 @@ def freeze_torchvision_resnet(model, trainable_layers):
 
 
 def torchvision_resnet(depth=50, weights=None, norm="frozen", trainable_layers=None,
-                       input_shape=(None, None, 3)):
+                       norm_epsilon=1e-5, input_shape=(None, None, 3)):
     """torchvision's resnet{depth} body as a Keras model images -> {"C2".."C5"}.
 
     Args:
@@ -102,17 +102,20 @@ def torchvision_resnet(depth=50, weights=None, norm="frozen", trainable_layers=N
         trainable_layers: stages left trainable, 0..5 (torchvision's
             trainable_backbone_layers); None: 3 with weights, 5 without (as
             torchvision, which trains everything when not pretrained).
+        norm_epsilon: 1e-5 (torchvision's default); 0.0 for the COCO_V1 weights of
+            retinanet_resnet50_fpn and fasterrcnn_resnet50_fpn, whose builders call
+            overwrite_eps(model, 0.0) (weights converted from Detectron).
     """
     kind, _ = resnet_layout(depth)
     images = keras.Input(input_shape, name="images")
     x = TorchvisionNormalization(name="preprocessing")(images)
     x = _conv(x, STEM_CHANNELS, 7, 2, "conv1")
-    x = layers.ReLU(name="relu")(_norm(norm, "bn1")(x))
+    x = layers.ReLU(name="relu")(_norm(norm, "bn1", norm_epsilon)(x))
     x = layers.ZeroPadding2D(1, name="maxpool.pad")(x)
     x = layers.MaxPooling2D(3, strides=2, name="maxpool")(x)
     outputs = {}
     for name, cin, width, cout, stride, downsample in resnet_blocks(depth):
-        x = _block(x, kind, name, cin, width, cout, stride, downsample, norm)
+        x = _block(x, kind, name, cin, width, cout, stride, downsample, norm, norm_epsilon)
         outputs[f"C{int(name[5]) + 1}"] = x  # the last block of layer<l> gives C<l+1>
     model = keras.Model(images, outputs, name=f"torchvision_resnet{depth}_backbone")
     if weights is not None:
