@@ -1,0 +1,9 @@
+"""Checkpoints from other frameworks: torch.save / safetensors readers (no torch needed)
+and converters of torchvision weights into this package's models."""
+
+from fpn_keras.convert.torch_checkpoint import (CheckpointError, load_safetensors,
+                                                read_torch_checkpoint, save_torch_checkpoint)
+from fpn_keras.convert.torchvision import ConversionError, load_torchvision_resnet, read_weights
+
+__all__ = ["CheckpointError", "ConversionError", "load_safetensors", "load_torchvision_resnet",
+           "read_torch_checkpoint", "read_weights", "save_torch_checkpoint"]
