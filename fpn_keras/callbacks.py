@@ -70,27 +70,31 @@ class Checkpointer(keras.callbacks.Callback):
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def save(self):
+        """Writes a checkpoint of the current step (unless it exists) -> its path, or None."""
         if self.poisoned:
-            return
+            return None
         step = self._step()
         state = self.latest() if self.write else None
         if state is not None and state["step"] == step:
-            return
+            return state["path"]
         path = os.path.join(self.directory, f"ckpt-{step:09d}.weights.h5")
         if not self.write:  # non-chief worker: save (collectives) but throw away
             path = os.path.join(tempfile.mkdtemp(), "ckpt.weights.h5")
         tmp = path[: -len(".weights.h5")] + ".tmp.weights.h5"
         self.model.save_weights(tmp, overwrite=True)
         if not self.write:
-            return
+            return None
         os.replace(tmp, path)
         kept = [p for p in (state or {}).get("all", []) if p != path and os.path.exists(p)] + [path]
-        for old in kept[: -self.keep]:
-            os.remove(old)
+        # checkpoint.json names the new file before any old one goes: a kill between
+        # the two steps leaves an extra file, never a json naming a deleted one.
         write_json(self.state_path, {
             "step": step, "epoch": step // self.steps_per_epoch,
             "step_in_epoch": step % self.steps_per_epoch, "path": os.path.basename(path),
             "all": [os.path.basename(p) for p in kept[-self.keep:]]})
+        for old in kept[: -self.keep]:
+            os.remove(old)
+        return path
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
@@ -105,6 +109,78 @@ class Checkpointer(keras.callbacks.Callback):
         if loss is not None and not math.isfinite(float(loss)):
             self.poisoned = True
         self.save()
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """SIGINT / SIGTERM (Ctrl-C, cluster schedulers, preemptible VMs) during `fit`:
+    the step in progress finishes, a checkpoint of that exact step is written and
+    `TrainingInterrupted` is raised out of `fit`. A second signal
+    aborts at once, without saving. Used as a context manager around `fit`: it
+    installs the handlers (main thread only) and restores the previous ones."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self, checkpointer, announce=True):
+        super().__init__()
+        self.checkpointer = checkpointer
+        self.announce = announce
+        self.signal_name = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.signal_name is not None:  # the second one: abort now
+            self.__exit__()
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+        if self.announce:
+            print(f"\n{self.signal_name}: stopping after this step and saving a checkpoint "
+                  "(send it again to abort without saving)", flush=True)
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                number = getattr(signal, name)
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous = {}
+        return False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.signal_name is None:
+            return
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        # Raised, not `stop_training`: the epoch-end work (evaluation, best model)
+        # would outlast a scheduler's grace period.
+        raise TrainingInterrupted(self.signal_name, step, self.checkpointer.save())
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after `step` optimizer steps; `checkpoint` holds that
+    exact step (None if none could be written, e.g. after a non-finite loss)."""
+
+    def __init__(self, signal_name, step, checkpoint):
+        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+        saved = (f"checkpoint {checkpoint} holds step {step}" if checkpoint
+                 else "no checkpoint could be written (non-finite loss)")
+        super().__init__(f"{signal_name} after optimizer step {step}: {saved}")
+
+    @property
+    def exit_code(self):
+        """The shell's convention: 128 + the signal's number (SIGINT 130, SIGTERM 143)."""
+        import signal
+
+        return 128 + int(getattr(signal, self.signal_name))
 
 
 NON_FINITE_DATA = "fpn_keras: non-finite values in a training batch"

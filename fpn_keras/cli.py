@@ -187,7 +187,16 @@ def _one_line(error, limit=400):
     return text if len(text) <= limit else text[:limit] + " ... (--verbose for the full message)"
 
 
+def resume_command(argv):
+    """The command line that resumes an interrupted `train` run (adds --resume)."""
+    import shlex
+
+    argv = list(argv)
+    return " ".join([PROG, *map(shlex.quote, argv), *([] if "--resume" in argv else ["--resume"])])
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = build_parser().parse_args(argv)
     verbose = getattr(args, "verbose", False)
     from fpn_keras.config import RecipeError
@@ -200,9 +209,15 @@ def main(argv=None):
         print(f"{PROG} {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
-        return 1
+        print(f"{PROG} {args.command}: interrupted (nothing saved since the last checkpoint)",
+              file=sys.stderr)
+        return 130
     except Exception as error:  # noqa: BLE001 - one clear line, the traceback with --verbose
+        interrupted = sys.modules.get("fpn_keras.callbacks")  # imported by training, if it ran
+        if interrupted is not None and isinstance(error, interrupted.TrainingInterrupted):
+            print(f"{PROG} {args.command}: interrupted by {error}\n"
+                  f"resume with: {resume_command(argv)}", file=sys.stderr)
+            return error.exit_code
         if verbose:
             traceback.print_exc()
         print(f"{PROG} {args.command}: {type(error).__name__}: {_one_line(error)}", file=sys.stderr)

@@ -58,13 +58,37 @@ def _image_size(model, size):
     return tuple(model.image_size)
 
 
+class ModelFileError(RuntimeError):
+    """A model file exists but is not a loadable .keras file (exit 1)."""
+
+
 def load_keras_model(path):
-    """Loads a .keras model with safe_mode=True (no arbitrary code from the file)."""
+    """Loads a .keras model with safe_mode=True (no arbitrary code from the file).
+    A missing file or a path that is not a `.keras` file is a usage error; a file that
+    is not a complete .keras archive (truncated, another format) a ModelFileError."""
+    import zipfile
+
     import keras
 
     import fpn_keras.build  # noqa: F401 - imports (registers) every serializable class
 
     _require_file(path, "model file")
+    if not str(path).endswith(".keras"):
+        raise UsageError(f"model file {path!r}: expected a .keras file (written by `fpn-keras train` or "
+                         "model.save); SavedModel and TFLite exports are for serving, not for this command")
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"{path} ({os.path.getsize(path)} bytes) is not a .keras file: not a zip archive "
+                             "(truncated by an interrupted copy, or another format)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise ModelFileError(f"{path}: damaged .keras archive ({error})") from None
+    if bad is not None or not {"config.json", "model.weights.h5"} <= names:
+        what = f"member {bad} is damaged" if bad is not None else f"it holds {sorted(names)}"
+        raise ModelFileError(f"{path}: not a complete .keras file ({what}; a .keras file holds "
+                             "config.json, metadata.json and model.weights.h5)")
     return keras.saving.load_model(path, safe_mode=True)
 
 

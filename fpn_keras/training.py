@@ -15,7 +15,7 @@ from fpn_keras import distribute, keras_workarounds
 from fpn_keras import visualization
 from fpn_keras.build import build_model, build_optimizer, check_model_args
 from fpn_keras.callbacks import (NON_FINITE_DATA, BestModelSaver, Checkpointer, LearningRateLogger,
-                                 NonFiniteLossGuard, check_finite_batches, write_json)
+                                 NonFiniteLossGuard, StopOnSignal, check_finite_batches, write_json)
 from fpn_keras.config import Recipe, dump_recipe
 from fpn_keras.data.training_data import build_datasets
 from fpn_keras.evaluation import CocoMetricsCallback, evaluate_model
@@ -107,7 +107,9 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
     strategy: a `tf.distribute.Strategy` or a spec for `distribute.strategy`
         (default: the recipe's train.strategy, "auto").
     callbacks: extra Keras callbacks.
-    Raises TrainingDivergedError (NaN/Inf loss) and TrainingOutOfMemoryError.
+    Raises TrainingDivergedError (NaN/Inf loss), TrainingOutOfMemoryError, and
+    callbacks.TrainingInterrupted on SIGINT / SIGTERM, after checkpointing the last
+    finished step (resume with resume=True / `fpn-keras train ... --resume`).
     """
     cfg = recipe.train
     check_model_args(recipe)  # before any data is loaded
@@ -174,11 +176,16 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
     if resume and step >= total_steps and verbose:
         print(f"the checkpoint is at step {step}: training already finished ({total_steps} steps)")
     guard = NonFiniteLossGuard(checkpointer, steps_per_epoch)
+    # Signals are caught on one-process runs; under multi-worker training every worker
+    # would have to stop at the same step (the scheduler's kill ends the job instead).
+    stopper = StopOnSignal(checkpointer, announce=bool(verbose))
+    catch_signals = not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     coco = CocoMetricsCallback(val_ds, class_names=class_names,
                                every_n_epochs=schedules.eval_period_epochs(cfg, steps_per_epoch),
                                verbose=verbose)
     all_callbacks = [
         guard,
+        *([stopper] if catch_signals else []),
         checkpointer,
         coco,
         BestModelSaver(os.path.join(files_dir, "best.keras"), coco.prefix + model.primary_metric),
@@ -190,22 +197,23 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
         keras.callbacks.TensorBoard(os.path.join(files_dir, "logs"), write_graph=False),
     ]
     try:
-        # A run resumed inside an epoch first finishes that epoch from the next batch
-        # (the data iterator skips the batches already trained on), then goes on.
-        epoch, offset = divmod(step, steps_per_epoch)
-        if offset and step < total_steps:
-            fit_start = step
-            model.fit(check_finite_batches(train_ds.skip(offset)), initial_epoch=epoch, epochs=epoch + 1,
-                      steps_per_epoch=steps_per_epoch - offset, callbacks=all_callbacks,
-                      verbose=verbose, shuffle=False)
-            epoch += 1
-            finished = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) >= epoch * steps_per_epoch
-            if guard.message or not finished:  # stopped inside the epoch (NaN, a callback)
-                epoch = epochs
-        if epoch < epochs:
-            fit_start = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-            model.fit(check_finite_batches(train_ds), initial_epoch=epoch, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                      callbacks=all_callbacks, verbose=verbose, shuffle=False)
+        with stopper if catch_signals else contextlib.nullcontext():
+            # A run resumed inside an epoch first finishes that epoch from the next batch
+            # (the data iterator skips the batches already trained on), then goes on.
+            epoch, offset = divmod(step, steps_per_epoch)
+            if offset and step < total_steps:
+                fit_start = step
+                model.fit(check_finite_batches(train_ds.skip(offset)), initial_epoch=epoch, epochs=epoch + 1,
+                          steps_per_epoch=steps_per_epoch - offset, callbacks=all_callbacks,
+                          verbose=verbose, shuffle=False)
+                epoch += 1
+                finished = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) >= epoch * steps_per_epoch
+                if guard.message or not finished:  # stopped inside the epoch (NaN, a callback)
+                    epoch = epochs
+            if epoch < epochs:
+                fit_start = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+                model.fit(check_finite_batches(train_ds), initial_epoch=epoch, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                          callbacks=all_callbacks, verbose=verbose, shuffle=False)
     except tf.errors.InvalidArgumentError as error:
         if NON_FINITE_DATA not in str(error):
             raise

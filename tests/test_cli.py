@@ -202,6 +202,26 @@ def test_train_writes_artifacts(trained):
         assert image.size == CURVE_SIZE and np.asarray(image).std() > 0
 
 
+def test_truncated_or_foreign_model_files_are_named_not_reported_missing(trained, capsys, tmp_path):
+    import zipfile
+
+    out, _ = trained
+    data = (out / "model.keras").read_bytes()
+    truncated = tmp_path / "truncated.keras"
+    truncated.write_bytes(data[: len(data) // 2])  # an interrupted copy
+    code, _, err = call(capsys, "evaluate", "--model", truncated)
+    assert code == 1 and str(truncated) in err and "not a zip archive" in err and "not found" not in err, err
+    partial = tmp_path / "partial.keras"
+    with zipfile.ZipFile(partial, "w") as archive:
+        archive.writestr("config.json", "{}")
+    code, _, err = call(capsys, "evaluate", "--model", partial)
+    assert code == 1 and "not a complete .keras file" in err and "model.weights.h5" in err, err
+    text = tmp_path / "model.txt"
+    text.write_text("hello")
+    code, _, err = call(capsys, "evaluate", "--model", text)
+    assert code == 2 and "expected a .keras file" in err and "TFSMLayer" not in err, err
+
+
 def test_evaluate(trained, tmp_path):
     out, _ = trained
     result = run("evaluate", "--model", out / "model.keras", "--num-images", 8, "--out", tmp_path)

@@ -130,6 +130,73 @@ def test_sigkill_mid_epoch_then_resume_continues_from_the_saved_step(tmp_path):
     keras.saving.load_model(os.path.join(out, "best.keras"))
 
 
+def test_sigkill_in_the_middle_of_a_save_keeps_the_previous_checkpoint(tmp_path):
+    """keep_checkpoints 1: the half-written checkpoint of step 6 is never named, and the
+    one of step 4 is not deleted before a new one is complete and recorded."""
+    out = str(tmp_path / "run")
+    result = subprocess.run([sys.executable, os.path.join(HERE, "train_helpers.py"), out, "0",
+                             "--kill-in-save", "6", "--keep", "1"], capture_output=True, text=True, timeout=180)
+    assert result.returncode == -9, result.stderr[-3000:]
+    folder = os.path.join(out, "checkpoints")
+    with open(os.path.join(folder, "checkpoint.json")) as f:
+        state = json.load(f)
+    assert (state["step"], state["path"], state["all"]) == (4, "ckpt-000000004.weights.h5",
+                                                           ["ckpt-000000004.weights.h5"])
+    assert sorted(os.listdir(folder)) == ["checkpoint.json", "ckpt-000000004.weights.h5",
+                                          "ckpt-000000006.tmp.weights.h5"]  # the torn write
+    recipe = tiny_recipe(keep_checkpoints=1)
+    probe = Probe()
+    model, _ = training.train(recipe, out, verbose=0, resume=True, callbacks=[probe])
+    assert probe.steps == [4, 5, 6, 7] and int(np.asarray(model.optimizer.iterations)) == 8
+    assert sorted(f for f in os.listdir(folder) if ".tmp." not in f) == [
+        "checkpoint.json", "ckpt-000000008.weights.h5"]
+
+
+def _write_recipe(path, **train):
+    import yaml
+
+    recipe = tiny_recipe(**train).to_dict()
+    with open(path, "w") as f:
+        yaml.safe_dump(recipe, f)
+    return str(path)
+
+
+def test_ctrl_c_through_the_cli_saves_the_exact_step_and_prints_the_resume_command(tmp_path):
+    """SIGINT in epoch 2 of 3 with checkpoint_every_n_steps 0: the step in progress
+    finishes, is checkpointed, and `resume with: ...` continues from it to the end."""
+    import signal
+    import time
+
+    recipe = _write_recipe(tmp_path / "tiny.yaml", epochs=3, checkpoint_every_n_steps=0)
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "fpn_keras", "train", "--recipe", recipe, "--out", str(out), "--quiet"]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=os.path.dirname(HERE))
+    history = out / "history.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:  # wait for the end of epoch 1
+        if history.exists() and len(history.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=240)
+    assert process.returncode == 130, stderr[-3000:]
+    with open(out / "checkpoints" / "checkpoint.json") as f:
+        state = json.load(f)
+    assert 4 < state["step"] < 12, state  # inside epoch 2 or 3, not at an epoch end
+    assert f"checkpoint {out / 'checkpoints' / state['path']} holds step {state['step']}" in stderr, stderr
+    command = stderr.split("resume with: ", 1)[1].strip().splitlines()[0]
+    assert command.endswith("--resume") and f"--out {out}" in command, command
+    assert not (out / "model.keras").exists()
+
+    resumed = subprocess.run([sys.executable, "-m", "fpn_keras", *command.split()[1:]],
+                             capture_output=True, text=True, timeout=300, cwd=os.path.dirname(HERE))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from step {state['step']}" in resumed.stdout, resumed.stdout[-2000:]
+    with open(out / "metrics.json") as f:
+        assert json.load(f)["optimizer_steps"] == 12  # 3 epochs x 4 steps, none twice
+
+
 # --------------------------------------------------------------------- guards
 def test_nan_in_an_image_stops_training_naming_the_step_and_the_intact_checkpoint(tmp_path, monkeypatch):
     real = training.build_datasets

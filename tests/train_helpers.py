@@ -2,7 +2,10 @@
 SIGKILLs itself after a given optimizer step (tests/test_training.py runs it in a
 subprocess to interrupt a run for real).
 
-    python tests/train_helpers.py OUT_DIR KILL_AT_STEP [--resume]
+    python tests/train_helpers.py OUT_DIR KILL_AT_STEP [--resume] [--kill-in-save STEP] [--keep N]
+
+--kill-in-save STEP: SIGKILL in the middle of writing the checkpoint of STEP (half
+the file written). --keep N: train.keep_checkpoints.
 """
 
 import os
@@ -47,11 +50,34 @@ class KillAt(keras.callbacks.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _option(argv, name, default=None):
+    return int(argv[argv.index(name) + 1]) if name in argv else default
+
+
+def kill_in_save(step):
+    """Makes the checkpoint write of optimizer step `step` die half-way (SIGKILL)."""
+    original = keras.Model.save_weights
+
+    def save_weights(self, filepath, *args, **kwargs):
+        if int(keras.ops.convert_to_numpy(self.optimizer.iterations)) == step:
+            original(self, filepath, *args, **kwargs)
+            size = os.path.getsize(filepath)
+            with open(filepath, "r+b") as f:
+                f.truncate(size // 2)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, filepath, *args, **kwargs)
+
+    keras.Model.save_weights = save_weights
+
+
 def main(argv):
     from fpn_keras import training
 
     out_dir, kill_at = argv[0], int(argv[1])
-    training.train(tiny_recipe(), out_dir, verbose=0, resume="--resume" in argv,
+    if "--kill-in-save" in argv:
+        kill_in_save(_option(argv, "--kill-in-save"))
+    recipe = tiny_recipe(keep_checkpoints=_option(argv, "--keep", 3))
+    training.train(recipe, out_dir, verbose=0, resume="--resume" in argv,
                    callbacks=[KillAt(kill_at)] if kill_at > 0 else ())
     return 0
 
