@@ -14,8 +14,56 @@ contract in TF ops, where sizes are dynamic: the tf.data training/evaluation pip
 serving signatures (tests/test_preprocessing.py checks that both give the same pixels).
 """
 
+import keras
 import numpy as np
 from keras import ops
+
+NON_FINITE_INPUT = "fpn_keras: images contain NaN or Inf pixel values"
+
+
+def _non_finite_message(counts, names=None):
+    bad = [(i, int(c)) for i, c in enumerate(np.asarray(counts).reshape(-1)) if c]
+    where = ", ".join(f"{names[i] if names else f'image {i} of the batch'}: {c} values" for i, c in bad)
+    return (f"{NON_FINITE_INPUT} ({where}); a NaN/Inf input gives no detections, which would read as "
+            "'no objects': fix or drop these images")
+
+
+def check_finite_images(images, names=None):
+    """Fails on NaN / Inf pixels in a float batch [B, H, W, 3], naming each bad image
+    (`names`, else its index) and how many values are not finite; returns the images.
+
+    Integer images cannot hold them and pass unchecked. Under TensorFlow the check is
+    a graph assertion (it fires inside `predict`); under JAX a host callback.
+    """
+    dtype = keras.backend.standardize_dtype(images.dtype)
+    if "float" not in dtype:
+        return images
+    backend = keras.backend.backend()
+    if backend == "tensorflow" and not isinstance(images, np.ndarray):
+        import tensorflow as tf
+
+        counts = tf.reduce_sum(tf.cast(~tf.math.is_finite(images), tf.int32), axis=[1, 2, 3])
+        if tf.executing_eagerly():
+            if int(tf.reduce_max(counts)):
+                raise ValueError(_non_finite_message(counts.numpy(), names))
+            return images
+        check = tf.debugging.Assert(tf.reduce_all(counts == 0), [
+            NON_FINITE_INPUT + " (per image of the batch, the count of NaN/Inf values):", counts], summarize=64)
+        with tf.control_dependencies([check]):
+            return tf.identity(images)
+    if backend == "jax" and not isinstance(images, np.ndarray):
+        import jax
+
+        def raise_if_bad(counts):
+            if np.any(counts):
+                raise ValueError(_non_finite_message(counts, names))
+
+        jax.debug.callback(raise_if_bad, ops.sum(ops.cast(~ops.isfinite(images), "int32"), axis=(1, 2, 3)))
+        return images
+    counts = np.sum(~np.isfinite(np.asarray(images)), axis=(1, 2, 3))
+    if counts.any():
+        raise ValueError(_non_finite_message(counts, names))
+    return images
 
 
 def read_image(path):

@@ -92,7 +92,7 @@ def main():
     gt_boxes, gt_labels = initial._prepare_targets(y, SIZE, SIZE)
     from fpn_keras.targets import label_anchors
 
-    anchors = initial.head._concat(raw["anchors"])
+    anchors = initial.head.concat_levels(raw["anchors"], axis=0)
     cls_targets, _ = label_anchors(anchors, gt_boxes, gt_labels, initial.head.matcher)
     positives = np.sum(np.asarray(cls_targets) >= 0, axis=1)
 

@@ -97,5 +97,8 @@ def test_saved_model_in_a_fresh_process_without_fpn_keras(tmp_path):
     loaded = tf.saved_model.load(path)
     with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError), match="uint8|dtype|float"):
         loaded.signatures["serving_default"](images=tf.constant(image.astype("float32")))
-    with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError), match="shape|rank|Shape"):
+    expected_shape = r"must be uint8 \[batch, height, width, 3\] RGB; received shape"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=expected_shape):  # one image, no batch axis
         loaded.signatures["serving_default"](images=tf.constant(image[0]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=expected_shape + r"\D*1\D*\d+\D*\d+\D*4"):  # RGBA
+        loaded.signatures["serving_default"](images=tf.constant(np.concatenate([image, image[..., :1]], -1)))

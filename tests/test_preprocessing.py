@@ -1,6 +1,7 @@
 """fpn_keras.preprocessing: the resize + pad contract, and the tf.data pipeline agrees."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from fpn_keras.data import pipeline
@@ -24,3 +25,25 @@ def test_the_training_pipeline_resizes_to_the_same_pixels():
         theirs, _, their_scale = pipeline.resize_and_pad(tf.constant(image), tf.zeros([0, 4]), (96, 128), stride=32)
         np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), atol=1e-3, err_msg=str(shape))
         assert float(scale) == float(their_scale)
+
+
+def test_non_finite_pixels_are_an_error_naming_the_image_and_the_count(make_detector):
+    from fpn_keras.preprocessing import check_finite_images
+
+    images = np.zeros((3, 64, 64, 3), "float32")
+    images[1, 0, 0, 0] = np.inf  # one inf pixel value
+    images[2, :10, :10, :] = np.nan  # a 10x10 NaN patch: 300 values
+    with pytest.raises(ValueError, match=r"image 1 of the batch: 1 values, image 2 of the batch: 300 values"):
+        check_finite_images(images)
+    assert check_finite_images(np.zeros((1, 4, 4, 3), "uint8")) is not None  # integers cannot be NaN
+
+    model = make_detector()
+    model.image_size = (64, 64)
+    with pytest.raises(Exception, match=r"NaN or Inf pixel values") as error:
+        model.predict(images, verbose=0)  # a graph assertion inside predict
+    assert "300" in str(error.value)
+    assert model.predict(np.zeros((2, 64, 64, 3), "float32"), verbose=0)["boxes"].shape[0] == 2
+    with pytest.raises(ValueError, match=r"image 1: 300 values"):
+        model.predict_images([np.zeros((40, 50, 3), "float32"), images[2]])
+    with pytest.raises(ValueError, match=r"image 0: expected \[height, width, 3\] RGB, received shape \(40, 50\)"):
+        model.predict_images([np.zeros((40, 50), "float32")])

@@ -8,7 +8,8 @@ and a copy of `labels.txt` beside the model; point TF Serving's
 `--model_base_path` at the folder that holds the numbered version folders.
 
 Signatures:
-  serving_default:   images uint8 [N, H, W, 3], any H and W
+  serving_default:   images uint8 [N, H, W, 3], any H and W (another shape: an
+                     InvalidArgument error naming the expected and received shapes)
   serve_image_bytes: image_bytes string [N] (encoded JPEG/PNG/BMP/GIF)
 Outputs: detection_boxes float32 [N, D, 4] (the model's bounding_box_format,
 in the input image's pixels), detection_scores [N, D], detection_classes int32
@@ -28,6 +29,18 @@ def serving_outputs(detections):
     """`finalize_detections`' dict -> the serving output names (SavedModel and TFLite)."""
     return {"detection_boxes": detections["boxes"], "detection_scores": detections["scores"],
             "detection_classes": detections["labels"], "num_detections": detections["num_detections"]}
+
+
+def check_serving_images(images):
+    """images of any shape -> uint8 [N, H, W, 3], or an InvalidArgument error that names
+    the expected and the received shape (what a TF Serving client sees)."""
+    message = "serving_default: `images` must be uint8 [batch, height, width, 3] RGB; received shape"
+    shape = tf.shape(images)
+    rank_ok = tf.debugging.Assert(tf.equal(tf.rank(images), 4), [message, shape], name="check_rank")
+    with tf.control_dependencies([rank_ok]):
+        channels_ok = tf.debugging.Assert(tf.equal(shape[-1], 3), [message, shape], name="check_channels")
+    with tf.control_dependencies([channels_ok]):
+        return tf.ensure_shape(tf.identity(images), [None, None, None, 3])
 
 
 def serving_functions(model, image_size):
@@ -50,6 +63,7 @@ def serving_functions(model, image_size):
                  tf.TensorSpec([2], tf.float32))
 
     def from_images(images):
+        images = check_serving_images(images)
         padded, scales, sizes = tf.map_fn(prepare, images, fn_output_signature=signature)
         return detect(padded, scales, sizes)
 
@@ -76,7 +90,8 @@ def saved_model(model, path, image_size=None):
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", from_images,
-                         input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+                         # Any shape, so a wrong one gets check_serving_images' message, not TF's.
+                         input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
     archive.add_endpoint("serve_image_bytes", from_bytes,
                          input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     os.makedirs(path, exist_ok=True)

@@ -6,6 +6,7 @@ detections use the model's `bounding_box_format`, in input-image pixels.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from fpn_keras import distribute
@@ -17,7 +18,7 @@ from fpn_keras.models.faster_rcnn import FasterRCNN
 from fpn_keras.models.retinanet import RetinaNet
 from fpn_keras.models.rpn import RPN
 from fpn_keras.postprocess import finalize_detections
-from fpn_keras.preprocessing import fit_to_canvas, read_image
+from fpn_keras.preprocessing import check_finite_images, fit_to_canvas, read_image
 
 
 HEADS = {"retinanet": RetinaNet, "faster_rcnn": FasterRCNN, "rpn": RPN}
@@ -156,10 +157,18 @@ class FPNDetector(keras.Model):
             return detections, non_trainable
         return self.detect(args[0])
 
+    def predict(self, x, *args, **kwargs):
+        """Keras' `predict` (-> `predict_step`), with the shape of array inputs checked first."""
+        shape = getattr(x, "shape", None)
+        if shape is not None and (len(shape) != 4 or shape[-1] != 3):
+            hint = "; for one image add a batch axis: images[None]" if len(shape) == 3 else ""
+            raise ValueError(f"images must be [batch, height, width, 3] RGB; received shape {tuple(shape)}{hint}")
+        return super().predict(x, *args, **kwargs)
+
     def detect(self, data):
         """The inference path: images (or an (images, ...) tuple) -> padded detections."""
         images = data[0] if isinstance(data, (tuple, list)) else data
-        raw = self(images, training=False)
+        raw = self(check_finite_images(images), training=False)
         image_shape = (ops.shape(images)[1], ops.shape(images)[2])
         return finalize_detections(self.head.detect(raw, image_shape), self.bounding_box_format, image_shape)
 
@@ -247,7 +256,12 @@ class FPNDetector(keras.Model):
         image, "scores" [n], "labels" [n] (only the n real detections).
         """
         size = self._require_image_size("predict_images")
-        arrays = [read_image(image) if isinstance(image, str) else image for image in images]
+        arrays = [read_image(image) if isinstance(image, str) else np.asarray(image) for image in images]
+        for i, image in enumerate(arrays):
+            if image.ndim != 3 or image.shape[-1] != 3:
+                raise ValueError(f"image {images[i] if isinstance(images[i], str) else i}: expected [height, "
+                                 f"width, 3] RGB, received shape {image.shape}")
+            check_finite_images(image[None], [images[i] if isinstance(images[i], str) else f"image {i}"])
         results = []
         for start in range(0, len(arrays), batch_size):
             chunk = arrays[start:start + batch_size]
