@@ -184,3 +184,24 @@ def test_unknown_model_and_missing_file():
         from_torchvision("fasterrcnn_resnet50_fpn")
     with pytest.raises(FileNotFoundError, match="COCO_V1"):
         from_torchvision(weights="/nonexistent/retinanet.pth")
+
+
+def test_convert_command_writes_a_model_that_loads_and_detects_the_same(checkpoint, reference, tmp_path, capsys):
+    from fpn_keras import cli
+    from fpn_keras.commands import load_keras_model
+
+    out = str(tmp_path / "retinanet.keras")
+    assert cli.main(["convert", "--from", "torchvision:retinanet_resnet50_fpn", "--weights", checkpoint,
+                     "--out", out, "--image-size", "128", "128"]) == 0
+    model = load_keras_model(out)
+    assert model.image_size == (128, 128) and model.category_ids == list(COCO_80_IDS)
+    assert model.neck.conv_padding == "symmetric" and model.head.anchor_generator.round_cells
+    detections = model.detect(random_images(128, 128, IMAGE_SEED))
+    ids = np.array(model.category_ids)[np.asarray(detections["labels"][0])]
+    np.testing.assert_array_equal(ids[:100], reference["128x128/detections/labels"][:100])
+    np.testing.assert_allclose(np.asarray(detections["boxes"][0])[:100],
+                               reference["128x128/detections/boxes"][:100], atol=1e-3)
+    assert cli.main(["convert", "--from", "detectron2:retinanet", "--weights", checkpoint, "--out", out]) == 2
+    assert cli.main(["convert", "--from", "torchvision:retinanet_resnet50_fpn", "--weights",
+                     str(tmp_path / "missing.pth"), "--out", out]) == 2
+    assert "does not exist" in capsys.readouterr().err
