@@ -4,7 +4,10 @@ tests/data/torchvision_retinanet_keys.json: the keys and shapes of torchvision's
 retinanet_resnet50_fpn(num_classes=91).state_dict() outside backbone.body.
 tests/data/torchvision_retinanet_reference.npz: torchvision's head outputs, anchors and
 detections on seeded weights (bench/torchvision_retinanet_reference.py), which the
-converted FPNDetector must reproduce.
+converted FPNDetector must reproduce. The 300 detections come from P3 / P4 (the most
+candidates, the highest scores); the conventions that only touch P6 / P7 are caught by their
+head outputs and anchors: with conv_padding="same" P6 (128x128) and P7 (160x224) are off by
+~1.3 std, with anchor_strides="level" the 160x224 P6 / P7 anchors by 24 / 48 px.
 """
 
 import json
@@ -205,3 +208,21 @@ def test_convert_command_writes_a_model_that_loads_and_detects_the_same(checkpoi
     assert cli.main(["convert", "--from", "torchvision:retinanet_resnet50_fpn", "--weights",
                      str(tmp_path / "missing.pth"), "--out", out]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_known_weights_download_errors_are_one_line(monkeypatch, tmp_path):
+    import keras
+
+    from fpn_keras.convert.torchvision_retinanet import checkpoint_path
+
+    def offline(*args, **kwargs):  # nothing is downloaded in tests
+        raise Exception("URL fetch failure: Network is unreachable")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    with pytest.raises(RuntimeError, match="may be offline.*pass its path as weights"):
+        checkpoint_path("COCO_V1")
+    partial = tmp_path / "retinanet_resnet50_fpn_coco-eeacb38b.pth"
+    partial.write_bytes(b"not the checkpoint")
+    monkeypatch.setattr(keras.utils, "get_file", lambda *args, **kwargs: str(partial))
+    with pytest.raises(RuntimeError, match="does not match eeacb38b"):
+        checkpoint_path("COCO_V1")

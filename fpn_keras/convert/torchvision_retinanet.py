@@ -140,8 +140,11 @@ def checkpoint_path(weights):
     except Exception as error:  # keras raises a bare Exception on a failed download
         raise RuntimeError(f"could not download {url} ({error}); this machine may be offline: download "
                            "it elsewhere and pass its path as weights") from error
+    sha256 = hashlib.sha256()
     with open(path, "rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            sha256.update(chunk)
+    digest = sha256.hexdigest()
     expected = name.rsplit("-", 1)[1].split(".")[0]
     if not digest.startswith(expected):
         raise RuntimeError(f"{path}: SHA-256 {digest[:8]}... does not match {expected} (a partial download?)")
