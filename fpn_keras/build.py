@@ -9,12 +9,15 @@ from fpn_keras import schedules
 from fpn_keras.config import Recipe
 from fpn_keras.schedules import WarmupStepDecay
 from fpn_keras.layers.fpn import FeaturePyramid
-from fpn_keras.models.backbones import BACKBONES, build_backbone, mobilenet_v3, resnet, small_resnet
+from fpn_keras.models.backbones import (BACKBONES, TORCHVISION_RESNETS, build_backbone, mobilenet_v3,
+                                        resnet, small_resnet)
 from fpn_keras.models.detector import HEADS, FPNDetector
+from fpn_keras.models.torchvision_resnet import torchvision_resnet
 
 
 BACKBONE_CONSTRUCTORS = {"resnet50": resnet, "resnet101": resnet, "mobilenet_v3_large": mobilenet_v3,
-                         "mobilenet_v3_small": mobilenet_v3, "small_resnet": small_resnet}
+                         "mobilenet_v3_small": mobilenet_v3, "small_resnet": small_resnet,
+                         **{name: torchvision_resnet for name in TORCHVISION_RESNETS}}
 
 
 def _parameters(function, exclude):
@@ -40,7 +43,7 @@ def check_model_args(recipe: Recipe):
         raise config_lib.RecipeError(f"model.backbone: unknown backbone {cfg.backbone!r}"
                                      f"{config_lib.suggest(cfg.backbone, BACKBONES)}; choose from {list(BACKBONES)}")
     _check_args(cfg.backbone_args, BACKBONE_CONSTRUCTORS[cfg.backbone], "model.backbone_args",
-                exclude=("name", "weights"))
+                exclude=("name", "weights", "depth"))
     head = HEADS[cfg.head]
     for key, sub_head in head.sub_heads.items():
         if isinstance(cfg.head_args.get(key), dict):

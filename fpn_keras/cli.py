@@ -1,6 +1,6 @@
 """The `fpn-keras` command line (also `python -m fpn_keras`).
 
-Subcommands: train, evaluate, predict, export, recipes, benchmark (`fpn-keras CMD --help`).
+Subcommands: train, evaluate, predict, export, convert, recipes, benchmark (`fpn-keras CMD --help`).
 
 Exit codes:
   0  success;
@@ -135,6 +135,26 @@ def _add_export(sub):
                    help="tflite int8 only: number of calibration images (default: 100)")
 
 
+def _add_convert(sub):
+    p = _parser(sub, "convert", "convert a torchvision detector to a .keras model", (
+        "Convert a torchvision checkpoint (read without torch) into a .keras FPNDetector with\n"
+        "torchvision's conventions (anchors, padding, postprocess) and COCO class names and\n"
+        "category ids: its detections on a canvas are torchvision's. The file works with\n"
+        "predict, evaluate and export."))
+    p.add_argument("--from", dest="source", required=True, metavar="SOURCE",
+                   help="torchvision:retinanet_resnet50_fpn")
+    p.add_argument("--weights", required=True, metavar="W",
+                   help="a torchvision state_dict (.pth / .safetensors), or COCO_V1 (downloads torchvision's)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the .keras file to write")
+    p.add_argument("--num-classes", type=int, default=80, choices=[80, 91],
+                   help="80: COCO's classes (default); 91: torchvision's category ids as labels")
+    p.add_argument("--image-size", type=int, nargs=2, default=[800, 1344], metavar=("H", "W"),
+                   help="canvas stored in the model, multiples of 32 (default: 800 1344)")
+    p.add_argument("--norm-epsilon", type=float, default=0.0, metavar="EPS",
+                   help="BatchNorm epsilon: 0.0 for COCO_V1 (default), 1e-5 for a model torchvision "
+                        "built without overwrite_eps")
+
+
 def _add_recipes(sub):
     p = _parser(sub, "recipes", "list the recipes", (
         "List the recipes in recipes/ with one line each (source and target number);\n"
@@ -170,7 +190,8 @@ def build_parser():
         epilog=EPILOG)
     parser.add_argument("--verbose", action="store_true", help="print the full traceback on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_evaluate, _add_predict, _add_export, _add_recipes, _add_benchmark):
+    for add in (_add_train, _add_evaluate, _add_predict, _add_export, _add_convert, _add_recipes,
+                _add_benchmark):
         add(sub)
     return parser
 
@@ -179,7 +200,8 @@ def build_parser():
 
 
 COMMANDS = {"train": commands.train, "evaluate": commands.evaluate, "predict": commands.predict,
-            "export": commands.export, "recipes": commands.recipes, "benchmark": commands.benchmark}
+            "export": commands.export, "convert": commands.convert, "recipes": commands.recipes,
+            "benchmark": commands.benchmark}
 
 
 def _one_line(error, limit=400):

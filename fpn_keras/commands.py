@@ -164,8 +164,7 @@ def evaluate(args):
     batches = data_lib.pipeline.prepare(elements, args.batch_size, size, training=False,
                                         resize=run.get("resize") if args.data is None else None,
                                         bounding_box_format=model.bounding_box_format)
-    evaluator = CocoEvaluator(class_names=class_names,
-                              category_ids=getattr(class_names, "category_ids", None))
+    evaluator = CocoEvaluator(class_names=class_names, category_ids=_category_ids(model, class_names))
     metrics = evaluate_model(model, batches, class_names=class_names, verbose=False, evaluator=evaluator)
     print(format_metrics(metrics, title=f"COCO metrics: {args.model} on {info.description} "
                                         f"({info.num_images} images)"))
@@ -177,6 +176,40 @@ def evaluate(args):
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(evaluator.results_json(), f)
     print(f"Wrote {os.path.join(out, 'metrics.json')} and {os.path.join(out, 'results.json')}")
+
+
+def _category_ids(model, class_names):
+    """The data's category ids (label -> id in results.json); a model that stores other
+    ids (FPNDetector.category_ids) would have its labels scored as other classes: an error."""
+    data_ids = getattr(class_names, "category_ids", None)
+    model_ids = getattr(model, "category_ids", None)
+    if data_ids is not None and model_ids is not None and list(data_ids) != list(model_ids):
+        raise UsageError(f"the model's classes are category ids {model_ids[:5]}... ({len(model_ids)}), "
+                         f"the data's {list(data_ids)[:5]}... ({len(data_ids)}): evaluate on data with "
+                         "the model's categories")
+    return data_ids
+
+
+def convert(args):
+    """A torchvision checkpoint -> a .keras FPNDetector (fpn_keras.convert.torchvision_retinanet)."""
+    source, _, name = args.source.partition(":")
+    if source != "torchvision" or not name:
+        raise UsageError(f"--from {args.source!r}: expected torchvision:MODEL, e.g. "
+                         "torchvision:retinanet_resnet50_fpn")
+    if not args.out.endswith(".keras"):
+        raise UsageError(f"--out {args.out!r}: the model file must end in .keras")
+    from fpn_keras.convert.torchvision_retinanet import KNOWN_WEIGHTS, MODELS, from_torchvision
+
+    if name not in MODELS:
+        raise UsageError(f"--from {args.source!r}: unknown torchvision model; choose from {list(MODELS)}")
+    if args.weights not in KNOWN_WEIGHTS:
+        _require_file(args.weights, "--weights checkpoint")
+    model = from_torchvision(name, args.weights, num_classes=args.num_classes, image_size=tuple(args.image_size),
+                             norm_epsilon=args.norm_epsilon)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    model.save(args.out)
+    print(f"Wrote {args.out}: {name} with {args.weights}, {model.num_classes} classes, image size "
+          f"{tuple(model.image_size)} (predict / evaluate / export read it from the file)")
 
 
 def _read_image(path):

@@ -55,3 +55,24 @@ def test_local_weights_path(tmp_path):
 def test_unknown_backbone():
     with pytest.raises(ValueError, match="unknown backbone 'vgg16'"):
         backbones.build_backbone("vgg16")
+
+
+def test_torchvision_resnet_names_build_and_validate_recipe_args():
+    from fpn_keras.build import check_model_args
+    from fpn_keras.config import RecipeError, load_recipe
+
+    model = backbones.build_backbone("torchvision_resnet18", norm_epsilon=0.0, trainable_layers=2)
+    out = model(np.zeros((1, 64, 96, 3), "float32"))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "C2": (1, 16, 24, 64), "C3": (1, 8, 12, 128), "C4": (1, 4, 6, 256), "C5": (1, 2, 3, 512)}
+    assert model.get_layer("layer1.0.bn1").epsilon == 0.0 and not model.get_layer("layer2.0.conv1").trainable
+    assert {"torchvision_resnet50", "torchvision_resnet101"} <= set(backbones.BACKBONES)
+    with pytest.raises(ValueError, match="nothing is downloaded"):
+        backbones.build_backbone("torchvision_resnet50", weights="imagenet")
+    recipe = load_recipe("retinanet_synthetic", ["model.backbone=torchvision_resnet50",
+                                                 "model.backbone_args={norm_epsilon: 0.0, trainable_layers: 3}"])
+    check_model_args(recipe)
+    recipe = load_recipe("retinanet_synthetic", ["model.backbone=torchvision_resnet50",
+                                                 "model.backbone_args={depth: 18}"])
+    with pytest.raises(RecipeError, match="unknown key 'model.backbone_args.depth'"):
+        check_model_args(recipe)

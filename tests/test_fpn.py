@@ -169,3 +169,37 @@ def test_parameter_count_matches_detectron2_r50_fpn_neck():
     neck.build({f"C{l}": (None, None, None, c) for l, c in zip(range(2, 6), (256, 512, 1024, 2048))})
     # Laterals 1x1: (256+512+1024+2048) * 256 + 4 * 256; outputs 3x3: 4 * (9 * 256 * 256 + 256).
     assert neck.count_params() == 3840 * 256 + 1024 + 4 * (9 * 65536 + 256) == 3_344_384
+
+
+@pytest.mark.parametrize("padding", ["same", "symmetric"])
+def test_p6_padding_same_vs_symmetric(padding):
+    # P5 = C5 (identity lateral and output conv); P6 = 3x3 stride-2 conv of P5 with all-ones
+    # kernel: a window sum. On a 4 x 4 P5, "symmetric" pads 1 on every side, so P6[0, 0] sums
+    # rows / columns -1..1 (zeros, 0, 1); "same" pads bottom / right only: rows 0..2.
+    fpn = FeaturePyramid(5, 6, channels=1, extra_levels_source="P5", conv_padding=padding)
+    c5 = np.arange(16, dtype="float32").reshape(1, 4, 4, 1)
+    fpn.build({"C5": c5.shape})
+    fpn.lateral["C5"].set_weights([np.ones((1, 1, 1, 1), "float32"), np.zeros(1, "float32")])
+    identity = np.zeros((3, 3, 1, 1), "float32")
+    identity[1, 1] = 1.0
+    fpn.output_convs["P5"].set_weights([identity, np.zeros(1, "float32")])
+    fpn.extra["P6"].set_weights([np.ones((3, 3, 1, 1), "float32"), np.zeros(1, "float32")])
+    p6 = keras.ops.convert_to_numpy(fpn({"C5": c5})["P6"])[0, :, :, 0]
+    grid = c5[0, :, :, 0]
+    assert p6.shape == (2, 2)  # ceil(4 / 2) both ways
+    if padding == "symmetric":
+        assert p6[0, 0] == grid[:2, :2].sum() == 10  # 0 + 1 + 4 + 5
+        assert p6[1, 1] == grid[1:4, 1:4].sum()
+    else:
+        assert p6[0, 0] == grid[:3, :3].sum() == 45
+    # odd sides agree: 5 x 5 -> 3 x 3, both centred
+    odd = FeaturePyramid(3, 7, channels=8, extra_levels_source="P5", conv_padding=padding)(features(160, 160))
+    assert tuple(odd["P6"].shape[1:3]) == (3, 3) and tuple(odd["P7"].shape[1:3]) == (2, 2)
+
+
+def test_conv_padding_validates_and_round_trips():
+    with pytest.raises(ValueError, match="conv_padding must be one of"):
+        FeaturePyramid(conv_padding="valid")
+    fpn = FeaturePyramid(3, 7, conv_padding="symmetric")
+    assert FeaturePyramid.from_config(fpn.get_config()).conv_padding == "symmetric"
+    assert FeaturePyramid().get_config()["conv_padding"] == "same"

@@ -4,6 +4,8 @@ and converters of torchvision weights into this package's models."""
 from fpn_keras.convert.torch_checkpoint import (CheckpointError, load_safetensors,
                                                 read_torch_checkpoint, save_torch_checkpoint)
 from fpn_keras.convert.torchvision import ConversionError, load_torchvision_resnet, read_weights
+from fpn_keras.convert.torchvision_retinanet import from_torchvision, load_torchvision_retinanet
 
-__all__ = ["CheckpointError", "ConversionError", "load_safetensors", "load_torchvision_resnet",
-           "read_torch_checkpoint", "read_weights", "save_torch_checkpoint"]
+__all__ = ["CheckpointError", "ConversionError", "from_torchvision", "load_safetensors",
+           "load_torchvision_resnet", "load_torchvision_retinanet", "read_torch_checkpoint",
+           "read_weights", "save_torch_checkpoint"]

@@ -1,53 +1,44 @@
-"""torchvision `retinanet_resnet50_fpn` state_dict -> an FPNDetector's backbone, neck and head.
+"""torchvision `retinanet_resnet50_fpn` -> an FPNDetector with the same detections.
 
-The detector: backbone `torchvision_resnet(50)` (norm_epsilon=0.0 for COCO_V1),
-neck `FeaturePyramid(3, 7, 256, extra_levels_source="P5")` and head
-`RetinaNet(num_classes=80 or 91)` with 3 scales x 3 aspect ratios.
+`from_torchvision("retinanet_resnet50_fpn", weights=...)` builds the detector with every
+torchvision convention set (`torchvision_retinanet_detector`) and loads the state_dict
+(`load_torchvision_retinanet`). tests/test_torchvision_retinanet.py proves head outputs,
+anchors and detections equal torchvision's (bench/torchvision_retinanet_reference.py).
 
+The detector (conventions as options of the existing modules):
+  backbone `torchvision_resnet(50)`, FrozenBatchNorm with eps 0.0 (COCO_V1: overwrite_eps);
+  neck `FeaturePyramid(3, 7, extra_levels_source="P5", conv_padding="symmetric")`;
+  head `RetinaNet(anchor_sizes=((32, 40, 50), ...), anchor_offset=0.0, round_anchors=True,
+  anchor_strides="image_over_grid")`, torchvision's postprocess (score > 0.05 per level,
+  1000 candidates per level, class-aware NMS 0.5, 300 detections, dw / dh clamped at
+  log(1000 / 16), boxes clipped to the canvas).
 Module map (torchvision -> ours):
   backbone.body.<layer>                      -> backbone layer <layer> (convert.torchvision)
   backbone.fpn.inner_blocks.{0,1,2}.0        -> neck.lateral["C3".."C5"]     (1x1, bias)
   backbone.fpn.layer_blocks.{0,1,2}.0        -> neck.output_convs["P3".."P5"] (3x3, bias)
-  backbone.fpn.extra_blocks.p6 / p7          -> neck.extra["P6"] / ["P7"]  (from P5: use_P5,
-                                                 since in_channels == out_channels == 256)
+  backbone.fpn.extra_blocks.p6 / p7          -> neck.extra["P6"] / ["P7"]  (from P5)
   head.classification_head.conv.{i}.0        -> head.head.cls_convs[i]
   head.classification_head.cls_logits        -> head.head.cls_logits
   head.regression_head.conv.{i}.0            -> head.head.box_convs[i]
   head.regression_head.bbox_reg              -> head.head.box_deltas
-Conventions the converter changes in the tensors:
-  - anchor order within a location: torchvision's AnchorGenerator is ratio-major
-    (a = ratio * 3 + scale), ours scale-major (a = scale * 3 + ratio): the output
-    channels of cls_logits / bbox_reg are permuted per anchor block;
-  - classes: torchvision's 91 logits per anchor are COCO category ids 0..90
-    (0 and the 10 unused ids are "__background__" / "N/A"); an 80-class head
-    takes the 80 real ids, in COCO_CLASS_NAMES order.
-Conventions it cannot change (they live in existing modules, which would need
-options for them): anchor centres (torchvision x * stride, our AnchorGenerator
-(x + 0.5) * stride, offset not exposed by RetinaNet), anchor sizes (torchvision
-int(32 * 2**(k/3)) = 32, 40, 50 and cell corners rounded to integers, ours exact),
-and the stride-2 P6 / P7 convs (torch pads 1 on every side; FeaturePyramid's
-"same" pads bottom/right only, so P6 / P7 differ where P5 / P6 has an even side;
-bench/torchvision_retinanet_check.py shows both cases).
+The tensors change in two ways (`retinanet_layout`): the output channels of cls_logits /
+bbox_reg are permuted from torchvision's ratio-major anchors to our scale-major ones, and
+an 80-class head keeps the logits of the 80 real COCO ids (category_ids = those ids).
 """
+
+import hashlib
+import os
 
 import numpy as np
 
-from fpn_keras.convert.torchvision import assign_torch_weights
+from fpn_keras.convert.retinanet_layout import (ANCHOR_SIZES, COCO_80_IDS, COCO_UNUSED_IDS, NUM_RATIOS,
+                                                NUM_SCALES, POSTPROCESS, WEIGHTS_URL,
+                                                reorder_anchor_outputs)
+from fpn_keras.convert.torchvision import assign_torch_weights, read_weights
 
-COCO_UNUSED_IDS = (0, 12, 26, 29, 30, 45, 66, 68, 69, 71, 83)  # torchvision's __background__ / N/A
-COCO_80_IDS = tuple(i for i in range(91) if i not in COCO_UNUSED_IDS)
-NUM_SCALES = NUM_RATIOS = 3
-
-
-def reorder_anchor_outputs(value, depth, keep=None):
-    """cls_logits / bbox_reg weight [A*depth, ...] or bias [A*depth] from torchvision's
-    (ratio, scale) anchor order to ours (scale, ratio); `keep`: indices along depth."""
-    value = np.asarray(value)
-    blocks = value.reshape((NUM_RATIOS, NUM_SCALES, depth) + value.shape[1:])
-    blocks = blocks.transpose((1, 0, 2) + tuple(range(3, blocks.ndim)))
-    if keep is not None:
-        blocks = blocks[:, :, list(keep)]
-    return blocks.reshape((-1,) + value.shape[1:])
+MODELS = ("retinanet_resnet50_fpn",)
+KNOWN_WEIGHTS = {"COCO_V1": WEIGHTS_URL}  # torchvision's RetinaNet_ResNet50_FPN_Weights.COCO_V1
+DEFAULT_IMAGE_SIZE = (800, 1344)  # torchvision's short side 800, long side <= 1333, to a multiple of 32
 
 
 def _check_detector(detector):
@@ -94,3 +85,90 @@ def load_torchvision_retinanet(detector, state_dict):
                 state[f"{key}.{field}"] = reorder_anchor_outputs(state[f"{key}.{field}"], depth, classes)
     return assign_torch_weights(torchvision_retinanet_modules(detector), state, "",
                                 ignore=("backbone.body.fc.",))
+
+
+def coco_classes(num_classes=80):
+    """(class names, COCO category ids) of an 80-class head (the real ids) or of
+    torchvision's 91 ids ("__background__" and "N/A" for the unused ones)."""
+    from fpn_keras.models.detector import COCO_CLASS_NAMES
+
+    if num_classes == 80:
+        return list(COCO_CLASS_NAMES), list(COCO_80_IDS)
+    if num_classes != 91:
+        raise ValueError(f"num_classes must be 80 (COCO's classes) or 91 (torchvision's ids), received {num_classes}")
+    names = dict(zip(COCO_80_IDS, COCO_CLASS_NAMES))
+    return ([names.get(i, "__background__" if i == 0 else "N/A") for i in range(91)], list(range(91)))
+
+
+def torchvision_retinanet_detector(num_classes=80, image_size=DEFAULT_IMAGE_SIZE, norm_epsilon=0.0):
+    """An unbuilt FPNDetector with torchvision retinanet_resnet50_fpn's layout and conventions.
+
+    num_classes: 80 (COCO's classes, category_ids the COCO ids) or 91 (torchvision's ids).
+    image_size: the canvas (height, width) stored in the model, which predict / evaluate /
+        export fit images into (aspect kept, padded bottom / right).
+    norm_epsilon: BatchNorm epsilon (0.0 for the COCO_V1 weights, 1e-5 for a torchvision
+        model built without overwrite_eps).
+    """
+    from fpn_keras.layers.fpn import FeaturePyramid
+    from fpn_keras.models.detector import FPNDetector
+    from fpn_keras.models.retinanet import RetinaNet
+    from fpn_keras.models.torchvision_resnet import torchvision_resnet
+
+    names, ids = coco_classes(num_classes)
+    head = RetinaNet(num_classes=num_classes, anchor_sizes=ANCHOR_SIZES, anchor_offset=0.0, round_anchors=True,
+                     anchor_strides="image_over_grid", name="head", **POSTPROCESS)
+    neck = FeaturePyramid(3, 7, 256, extra_levels_source="P5", conv_padding="symmetric", name="neck")
+    backbone = torchvision_resnet(50, norm_epsilon=norm_epsilon, trainable_layers=3)
+    return FPNDetector(backbone=backbone, head=head, neck=neck, class_names=names, category_ids=ids,
+                       image_size=image_size)
+
+
+def checkpoint_path(weights):
+    """A local checkpoint: `weights` itself, or a KNOWN_WEIGHTS name downloaded (once) with
+    keras.utils.get_file and checked against the hash prefix in its file name."""
+    if weights not in KNOWN_WEIGHTS:
+        if not os.path.isfile(str(weights)):
+            raise FileNotFoundError(f"checkpoint {weights} does not exist (pass a .pth / .safetensors "
+                                    f"file, or one of {sorted(KNOWN_WEIGHTS)})")
+        return str(weights)
+    import keras
+
+    url = KNOWN_WEIGHTS[weights]
+    name = url.rsplit("/", 1)[1]
+    try:
+        path = keras.utils.get_file(name, origin=url, cache_subdir="models")
+    except Exception as error:  # keras raises a bare Exception on a failed download
+        raise RuntimeError(f"could not download {url} ({error}); this machine may be offline: download "
+                           "it elsewhere and pass its path as weights") from error
+    sha256 = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            sha256.update(chunk)
+    digest = sha256.hexdigest()
+    expected = name.rsplit("-", 1)[1].split(".")[0]
+    if not digest.startswith(expected):
+        raise RuntimeError(f"{path}: SHA-256 {digest[:8]}... does not match {expected} (a partial download?)")
+    return path
+
+
+def from_torchvision(model="retinanet_resnet50_fpn", weights=None, num_classes=80,
+                     image_size=DEFAULT_IMAGE_SIZE, norm_epsilon=0.0):
+    """The FPNDetector of a torchvision detection model, weights loaded (read without torch).
+
+    model: "retinanet_resnet50_fpn". weights: None (untrained), a torchvision state_dict
+    file (.pth / .safetensors), or "COCO_V1" (downloads torchvision's file). Other
+    arguments: see `torchvision_retinanet_detector`. Detections on a canvas are
+    torchvision's on the same (normalised, padded) tensor; boxes xyxy in canvas pixels.
+    """
+    if model not in MODELS:
+        raise ValueError(f"unknown torchvision model {model!r}; choose from {MODELS}")
+    state = None if weights is None else read_weights(checkpoint_path(weights))
+    detector = torchvision_retinanet_detector(num_classes, image_size, norm_epsilon)
+    detector(np.zeros((1, 64, 64, 3), np.float32))  # builds every layer
+    if state is not None:
+        load_torchvision_retinanet(detector, state)
+    return detector
+
+
+__all__ = ["COCO_80_IDS", "COCO_UNUSED_IDS", "from_torchvision", "load_torchvision_retinanet",
+           "reorder_anchor_outputs", "torchvision_retinanet_detector"]

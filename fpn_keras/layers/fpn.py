@@ -17,6 +17,11 @@ Ablations of the paper's Table 1 (keyword arguments, both True by default):
 A single level (min_level == max_level, e.g. 5 with top_down=False: a lone
 C5-like map, or 2: "only the finest level P2") needs no other option.
 
+Stride-2 convs (P6, P7) pad as `conv_padding` says: "same" (Keras: the extra row /
+column at the bottom / right only, when the input side is even) or "symmetric" (k // 2
+zeros on every side, then "valid": torch's Conv2d(padding=1), torchvision and
+detectron2). Output sides are ceil(H / 2) in both; the values differ for even H.
+
 The upsampled map is cropped to the lateral's exact size (or, for backbones
 that round sizes down, resized to it, as torchvision does), so inputs whose side
 is not a multiple of 32 work.
@@ -24,6 +29,8 @@ is not a multiple of 32 work.
 
 import keras
 from keras import layers, ops
+
+CONV_PADDINGS = ("same", "symmetric")
 
 
 def top_down(coarse, lateral):
@@ -55,12 +62,13 @@ class FeaturePyramid(layers.Layer):
         top_down: False drops the top-down pathway (each Pl from Cl alone).
         lateral: False drops the lateral connections below C5 (Pl from the
             upsampled coarser map alone).
+        conv_padding: "same" or "symmetric" padding of the stride-2 convs (see above).
     """
 
     def __init__(self, min_level=3, max_level=7, channels=256,
                  extra_levels_source="C5", extra_levels_type="conv",
                  separable=False, kernel_initializer="glorot_uniform", top_down=True,
-                 lateral=True, **kwargs):
+                 lateral=True, conv_padding="same", **kwargs):
         super().__init__(**kwargs)
         if min_level > max_level:
             raise ValueError(f"min_level ({min_level}) must be <= max_level ({max_level})")
@@ -81,17 +89,21 @@ class FeaturePyramid(layers.Layer):
         if not self.top_down and not self.use_lateral:
             raise ValueError("top_down=False and lateral=False leave no path from the backbone "
                              "to levels below C5; keep one of them")
+        if conv_padding not in CONV_PADDINGS:
+            raise ValueError(f"conv_padding must be one of {CONV_PADDINGS}, received {conv_padding!r}")
+        self.conv_padding = conv_padding
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.backbone_max_level = min(self.max_level, 5)
 
         def conv(kernel_size, strides, name):
+            padding = "valid" if strides > 1 and conv_padding == "symmetric" else "same"
             if separable and kernel_size > 1:
                 return layers.SeparableConv2D(
-                    self.channels, kernel_size, strides=strides, padding="same",
+                    self.channels, kernel_size, strides=strides, padding=padding,
                     depthwise_initializer=self.kernel_initializer,
                     pointwise_initializer=self.kernel_initializer, name=name)
             return layers.Conv2D(
-                self.channels, kernel_size, strides=strides, padding="same",
+                self.channels, kernel_size, strides=strides, padding=padding,
                 kernel_initializer=self.kernel_initializer, name=name)
 
         # Laterals for every backbone level from min_level up to C5 (the
@@ -175,6 +187,8 @@ class FeaturePyramid(layers.Layer):
             layer = self.extra[f"P{l}"]
             if l > 6 and self.extra_levels_type == "conv":
                 previous = ops.relu(previous)  # RetinaNet: ReLU before P7.
+            if self.conv_padding == "symmetric" and self.extra_levels_type == "conv":
+                previous = ops.pad(previous, [[0, 0], [1, 1], [1, 1], [0, 0]])  # 3 // 2 per side
             previous = layer(previous)
             outputs[f"P{l}"] = previous
         return {f"P{l}": outputs[f"P{l}"] for l in range(self.min_level, self.max_level + 1)}
@@ -200,6 +214,7 @@ class FeaturePyramid(layers.Layer):
             "separable": self.separable,
             "top_down": self.top_down,
             "lateral": self.use_lateral,
+            "conv_padding": self.conv_padding,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
         })
         return config

@@ -18,7 +18,9 @@ RESNET_STAGE_OUTPUTS = {
     "resnet50": ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
     "resnet101": ("conv2_block3_out", "conv3_block4_out", "conv4_block23_out", "conv5_block3_out"),
 }
-BACKBONES = ("resnet50", "resnet101", "mobilenet_v3_large", "mobilenet_v3_small", "small_resnet")
+TORCHVISION_RESNETS = {f"torchvision_resnet{depth}": depth for depth in (18, 34, 50, 101)}
+BACKBONES = ("resnet50", "resnet101", "mobilenet_v3_large", "mobilenet_v3_small", "small_resnet",
+             *TORCHVISION_RESNETS)
 
 
 @keras.saving.register_keras_serializable(package="fpn_keras")
@@ -171,7 +173,16 @@ def small_resnet(widths=(32, 64, 128, 256), blocks=(1, 1, 1, 1), input_shape=(No
 
 
 def build_backbone(name="resnet50", weights=None, **kwargs):
-    """Backbone by name: one of BACKBONES. `weights`: None, "imagenet" or a local file path."""
+    """Backbone by name: one of BACKBONES. `weights`: None, "imagenet" or a local file path
+    (torchvision_resnet*: None or a torchvision .pth / .safetensors file, see
+    `fpn_keras.models.torchvision_resnet`)."""
+    if name in TORCHVISION_RESNETS:
+        from fpn_keras.models.torchvision_resnet import torchvision_resnet
+
+        if weights == "imagenet":
+            raise ValueError(f"{name}: pass the path of a torchvision checkpoint as weights "
+                             "(e.g. resnet50-0676ba61.pth); nothing is downloaded")
+        return torchvision_resnet(TORCHVISION_RESNETS[name], weights=weights, **kwargs)
     if name in RESNET_STAGE_OUTPUTS:
         return resnet(name, weights=weights, **kwargs)
     if name.startswith("mobilenet_v3"):

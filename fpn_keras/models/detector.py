@@ -61,6 +61,9 @@ class FPNDetector(keras.Model):
         fpn_channels: channels of the default neck (256 in the paper).
         backbone_weights: None, "imagenet" or a local weights path, for a named backbone.
         class_names: optional names of the classes, stored with the model.
+        category_ids: optional dataset category id of each class (label i -> id i; COCO
+            results files), stored with the model; default: `class_names.category_ids`
+            (`fpn_keras.data.ClassNames`), if any.
         image_size: (height, width) of the input canvas the model was trained at
             (multiples of 32), stored with the model: `predict_images` and the
             exports resize every image to fit it (keeping its aspect ratio, padding
@@ -70,7 +73,7 @@ class FPNDetector(keras.Model):
 
     def __init__(self, num_classes=None, backbone="resnet50", head="retinanet",
                  bounding_box_format="xyxy", neck=None, fpn_channels=256,
-                 backbone_weights=None, class_names=None, image_size=None, **kwargs):
+                 backbone_weights=None, class_names=None, image_size=None, category_ids=None, **kwargs):
         super().__init__(**kwargs)
         self.bounding_box_format = check_format(bounding_box_format)
         if image_size is not None:
@@ -112,6 +115,11 @@ class FPNDetector(keras.Model):
                 f"class_names has {len(class_names)} names for num_classes={self.num_classes}")
         if class_names is None and self.num_classes == 80:
             class_names = COCO_CLASS_NAMES
+        if category_ids is None:
+            category_ids = getattr(class_names, "category_ids", None)
+        if category_ids is not None and len(category_ids) != self.num_classes:
+            raise ValueError(f"category_ids has {len(category_ids)} ids for num_classes={self.num_classes}")
+        self.category_ids = None if category_ids is None else [int(c) for c in category_ids]
         self.class_names = list(class_names) if class_names is not None else [
             str(i) for i in range(self.num_classes)]
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in head.loss_names}
@@ -317,6 +325,7 @@ class FPNDetector(keras.Model):
             "neck": keras.saving.serialize_keras_object(self.neck),
             "bounding_box_format": self.bounding_box_format,
             "class_names": list(self.class_names),
+            "category_ids": self.category_ids,
             "image_size": None if self.image_size is None else list(self.image_size),
         })
         return config

@@ -9,7 +9,7 @@ import keras
 from keras import ops
 
 from fpn_keras import distribute
-from fpn_keras.anchors import AnchorGenerator
+from fpn_keras.anchors import head_anchor_generator
 from fpn_keras.boxes.coder import BoxCoder
 from fpn_keras.layers.dense_heads import RetinaNetHead
 from fpn_keras.losses import giou_loss, sigmoid_focal_loss, smooth_l1_loss
@@ -27,6 +27,9 @@ class RetinaNet(DetectionHead):
         num_classes: K foreground classes (no background class: sigmoid outputs).
         min_level, max_level: pyramid levels the head runs on.
         anchor_scale, anchor_scales, aspect_ratios: see `AnchorGenerator`.
+        anchor_offset, anchor_sizes, round_anchors, anchor_strides: `AnchorGenerator`'s
+            offset, sizes, round_cells, strides (torchvision: 0.0, ((32, 40, 50), ...),
+            True, "image_over_grid"; see `fpn_keras.convert.torchvision_retinanet`).
         channels, num_convs, norm: the class/box subnets (see `RetinaNetHead`).
         positive_threshold, negative_threshold: IoU matching (0.5 / 0.4).
         alpha, gamma: focal loss. box_loss: "smooth_l1" (beta `smooth_l1_beta`) or "giou".
@@ -42,15 +45,17 @@ class RetinaNet(DetectionHead):
                  positive_threshold=0.5, negative_threshold=0.4, allow_low_quality_matches=True,
                  alpha=0.25, gamma=2.0, box_loss="smooth_l1", smooth_l1_beta=0.1,
                  box_loss_weight=1.0, pre_nms_topk=1000, score_threshold=0.05,
-                 nms_iou_threshold=0.5, max_detections=100, **kwargs):
+                 nms_iou_threshold=0.5, max_detections=100, anchor_offset=0.5, anchor_sizes=None,
+                 round_anchors=False, anchor_strides="level", **kwargs):
         super().__init__(**kwargs)
         if box_loss not in ("smooth_l1", "giou"):
             raise ValueError(f"box_loss must be 'smooth_l1' or 'giou', received {box_loss!r}")
         self.num_classes = int(num_classes)
         self.min_level = int(min_level)
         self.max_level = int(max_level)
-        self.anchor_generator = AnchorGenerator(
-            min_level, max_level, anchor_scale, anchor_scales, aspect_ratios)
+        self.anchor_generator = head_anchor_generator(
+            min_level, max_level, anchor_scale, anchor_scales, aspect_ratios, anchor_offset,
+            anchor_sizes, round_anchors, anchor_strides)
         self.matcher = Matcher(positive_threshold, negative_threshold, allow_low_quality_matches)
         self.box_coder = BoxCoder()
         self.head = RetinaNetHead(
@@ -78,7 +83,7 @@ class RetinaNet(DetectionHead):
         levels = self.select_levels(pyramid)
         cls_logits, box_deltas = self.head(levels, training=training)
         shapes = {name: (ops.shape(x)[1], ops.shape(x)[2]) for name, x in levels.items()}
-        anchors = self.anchor_generator(shapes)
+        anchors = self.anchor_generator(shapes, image_shape)
         return {"cls_logits": cls_logits, "box_deltas": box_deltas, "anchors": anchors}
 
     def compute_losses(self, raw, gt_boxes, gt_labels, image_shape=None):
@@ -158,6 +163,7 @@ class RetinaNet(DetectionHead):
             "smooth_l1_beta": self.smooth_l1_beta,
             "box_loss_weight": self.box_loss_weight,
             **self.detection_options(),
+            **self.anchor_generator.head_config(),
         })
         return config
 

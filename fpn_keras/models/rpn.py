@@ -10,7 +10,7 @@ import keras
 from keras import ops
 
 from fpn_keras import distribute
-from fpn_keras.anchors import AnchorGenerator
+from fpn_keras.anchors import head_anchor_generator
 from fpn_keras.boxes.coder import BoxCoder
 from fpn_keras.layers.dense_heads import RPNHead
 from fpn_keras.layers.proposals import generate_proposals
@@ -33,6 +33,8 @@ class RPN(DetectionHead):
     `anchor_scales` multiplies the level's anchor size (default (1.0,): one
     size per level, as in the paper); several scales let a single level cover
     all object sizes (Table 1's single-map baselines and "only P2").
+    anchor_offset, anchor_sizes, round_anchors, anchor_strides: as `RetinaNet`'s
+    (torchvision's conventions; `AnchorGenerator`).
     """
 
     loss_names = ("rpn_cls_loss", "rpn_box_loss")
@@ -46,12 +48,14 @@ class RPN(DetectionHead):
                  positive_threshold=0.7, negative_threshold=0.3, batch_size_per_image=256,
                  positive_fraction=0.5, pre_nms_topk_train=2000, pre_nms_topk_test=1000,
                  post_nms_topk_train=2000, post_nms_topk_test=1000, nms_threshold=0.7,
-                 min_size=0.0, smooth_l1_beta=0.0, seed=None, anchor_scales=(1.0,), **kwargs):
+                 min_size=0.0, smooth_l1_beta=0.0, seed=None, anchor_scales=(1.0,), anchor_offset=0.5,
+                 anchor_sizes=None, round_anchors=False, anchor_strides="level", **kwargs):
         super().__init__(**kwargs)
         self.num_classes = 1
         self.min_level, self.max_level = int(min_level), int(max_level)
-        self.anchor_generator = AnchorGenerator(min_level, max_level, anchor_scale, tuple(anchor_scales),
-                                                aspect_ratios)
+        self.anchor_generator = head_anchor_generator(
+            min_level, max_level, anchor_scale, anchor_scales, aspect_ratios, anchor_offset,
+            anchor_sizes, round_anchors, anchor_strides)
         self.matcher = Matcher(positive_threshold, negative_threshold, allow_low_quality_matches=True)
         self.box_coder = BoxCoder()
         self.batch_size_per_image = int(batch_size_per_image)
@@ -80,7 +84,7 @@ class RPN(DetectionHead):
         levels = self.select_levels(pyramid)
         objectness, deltas = self.head(levels)
         shapes = {name: (ops.shape(x)[1], ops.shape(x)[2]) for name, x in levels.items()}
-        return {"objectness": objectness, "deltas": deltas, "anchors": self.anchor_generator(shapes)}
+        return {"objectness": objectness, "deltas": deltas, "anchors": self.anchor_generator(shapes, image_shape)}
 
     def compute_losses(self, raw, gt_boxes, gt_labels, image_shape=None):
         """-> {"rpn_cls_loss", "rpn_box_loss"}; any label >= 0 is an object."""
@@ -135,5 +139,6 @@ class RPN(DetectionHead):
             "post_nms_topk_train": self.post_nms_topk_train, "post_nms_topk_test": self.post_nms_topk_test,
             "nms_threshold": self.nms_threshold, "min_size": self.min_size,
             "smooth_l1_beta": self.smooth_l1_beta, "seed": self.seed,
+            **self.anchor_generator.head_config(),
         })
         return config
