@@ -10,6 +10,9 @@ Exit codes:
      not exist (e.g. a missing --model file or data path). Nothing has run yet.
   1  runtime failure while working on valid inputs (e.g. a model file that exists
      but cannot be loaded, a training run that fails).
+  130 / 143  `train` stopped by SIGINT (Ctrl-C) / SIGTERM: the step in progress
+     finished and was checkpointed; the last line says `resume with: ... --resume`.
+     A second signal aborts at once (nothing saved since the last checkpoint).
 Errors print as one line on stderr ("fpn-keras CMD: error: ..."); `--verbose`
 adds the traceback.
 """
@@ -27,7 +30,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 PROG = "fpn-keras"
 EPILOG = ("exit codes: 0 success, 2 usage/configuration error (bad option, invalid recipe or "
-          "--set, missing input file or data path), 1 runtime failure")
+          "--set, missing input file or data path, unusable data), 1 runtime failure, 130/143 train "
+          "stopped by SIGINT/SIGTERM after checkpointing its last step")
 
 
 # ---------------------------------------------------------------- parsers

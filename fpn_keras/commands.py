@@ -181,6 +181,13 @@ def evaluate(args):
 def _category_ids(model, class_names):
     """The data's category ids (label -> id in results.json); a model that stores other
     ids (FPNDetector.category_ids) would have its labels scored as other classes: an error."""
+    model_names = list(model.class_names or [])
+    unnamed = model_names == [str(i) for i in range(len(model_names))]  # FPNDetector's default names
+    if not model.head.class_agnostic and model_names and (
+            len(class_names) != len(model_names) or (not unnamed and list(class_names) != model_names)):
+        raise UsageError(f"the model's {len(model_names)} classes {model_names[:6]} are not the data's "
+                         f"{len(class_names)} {list(class_names)[:6]}: its labels would be scored as other "
+                         "classes; evaluate on data with the model's classes, in the same order")
     data_ids = getattr(class_names, "category_ids", None)
     model_ids = getattr(model, "category_ids", None)
     if data_ids is not None and model_ids is not None and list(data_ids) != list(model_ids):

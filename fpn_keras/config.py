@@ -23,6 +23,12 @@ class RecipeError(ValueError):
     """A recipe or an override is invalid."""
 
 
+class DataError(RecipeError):
+    """The data a recipe (or --data) names cannot be used: nothing usable in it, an
+    unknown format, classes that do not match. Found before training starts; the CLI
+    exits 2, like other configuration errors."""
+
+
 @dataclasses.dataclass
 class ModelConfig:
     num_classes: int = 80

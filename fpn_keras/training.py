@@ -16,7 +16,7 @@ from fpn_keras import visualization
 from fpn_keras.build import build_model, build_optimizer, check_model_args
 from fpn_keras.callbacks import (NON_FINITE_DATA, BestModelSaver, Checkpointer, LearningRateLogger,
                                  NonFiniteLossGuard, StopOnSignal, check_finite_batches, write_json)
-from fpn_keras.config import Recipe, dump_recipe
+from fpn_keras.config import DataError, Recipe, dump_recipe
 from fpn_keras.data.training_data import build_datasets
 from fpn_keras.evaluation import CocoMetricsCallback, evaluate_model
 from fpn_keras.evaluation.coco_eval import format_metrics
@@ -113,12 +113,7 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
     """
     cfg = recipe.train
     check_model_args(recipe)  # before any data is loaded
-    os.makedirs(out_dir, exist_ok=True)
     chief = distribute.is_chief()
-    # Every worker runs the same code (saving and predicting may need collectives);
-    # only the chief's files land in out_dir, the others' in a throwaway folder.
-    files_dir = out_dir if chief else tempfile.mkdtemp(prefix="fpn_keras_worker_")
-    dump_recipe(recipe, os.path.join(files_dir, "recipe.yaml"))
     keras.utils.set_random_seed(cfg.seed)
     start = time.time()
     strategy = distribute.strategy(strategy if strategy is not None else cfg.strategy)
@@ -126,13 +121,21 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
     if cfg.batch_size % replicas:
         raise ValueError(f"train.batch_size={cfg.batch_size} (the global batch) must be a multiple of "
                          f"the {replicas} replicas of the {type(strategy).__name__}")
-    data = build_datasets(recipe)
+    try:
+        data = build_datasets(recipe)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as error:
+        raise DataError(str(error)) from error
     train_ds, val_ds, class_names = data.train, data.val, data.class_names
     num_images = data.train_info.num_images
     if num_images is not None and num_images < cfg.batch_size:
-        raise ValueError(
+        raise DataError(
             f"the training set ({data.train_info.description}) has {num_images} images, fewer than one "
             f"batch of train.batch_size={cfg.batch_size}: lower train.batch_size or add images")
+    # Nothing is written before the data is known to be usable (no half-empty run folders).
+    os.makedirs(out_dir, exist_ok=True)
+    # Every worker runs the same code (saving and predicting may need collectives);
+    # only the chief's files land in out_dir, the others' in a throwaway folder.
+    files_dir = out_dir if chief else tempfile.mkdtemp(prefix="fpn_keras_worker_")
     num_batches = None if num_images is None else num_images // cfg.batch_size  # full batches
     epochs, steps_per_epoch, total_steps = schedules.schedule_steps(cfg, num_batches)
     # The recipe written next to the model holds the settings the data decided.

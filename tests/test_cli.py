@@ -294,3 +294,38 @@ def test_predict(trained, tmp_path):
             x1, y1, x2, y2 = row["box"]
             assert 0 <= x1 <= x2 <= shape[1] and 0 <= y1 <= y2 <= shape[0]
     assert sum(len(v) for v in detections.values()) > 0  # threshold 0 keeps every detection
+
+
+def test_unusable_data_is_a_configuration_error_and_leaves_no_run_folder(tmp_path):
+    """A COCO folder whose images are all missing: found before training, exit 2, one
+    line naming the file and the count, and no run folder holding only recipe.yaml."""
+    images = tmp_path / "images"
+    images.mkdir()
+    annotations = tmp_path / "train.json"
+    annotations.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "gone.jpg", "width": 64, "height": 64}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 10, 10]}],
+        "categories": [{"id": 3, "name": "widget"}]}))
+    out = tmp_path / "run"
+    result = run("train", "--data", f"coco:{annotations}:{images}", "--out", out)
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = last_line(result.stderr)
+    assert line.startswith("fpn-keras train: error: ") and "train.json" in line and "1 missing image file" in line
+    assert not out.exists()
+
+
+def test_evaluating_on_data_with_other_classes_is_an_error(trained, tmp_path, capsys):
+    """The demo model (4 synthetic shape classes) on a 2-class COCO folder: one line that
+    names both class lists, exit 2, not a silent AP of 0 (its labels would score as
+    other classes)."""
+    out, _ = trained
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(tmp_path / "images" / "a.png")
+    annotations = tmp_path / "two.json"
+    annotations.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "height": 64, "width": 64}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [4, 4, 20, 20]}],
+        "categories": [{"id": 5, "name": "cat"}, {"id": 9, "name": "dog"}]}))
+    code, _, err = call(capsys, "evaluate", "--model", out / "model.keras",
+                        "--data", f"coco:{annotations}:{tmp_path / 'images'}")
+    assert code == 2 and "classes" in err and "are not the data's 2" in err, err

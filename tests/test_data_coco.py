@@ -106,6 +106,9 @@ def test_coco_bad_data_skipped_with_named_warnings(tmp_path, caplog):
         {"id": 12, "image_id": 101, "category_id": 7, "bbox": [100, 100, 5, 5]},  # outside
         {"id": 13, "image_id": 999, "category_id": 7, "bbox": [1, 1, 2, 2]},  # unknown image
         {"id": 14, "image_id": 201, "category_id": 7, "bbox": [1, 1, 2, 2]},
+        {"id": 15, "image_id": 101, "category_id": 7},  # no bbox
+        {"id": 16, "image_id": 101, "bbox": [1, 1, 2, 2]},  # no category_id
+        {"id": 17, "image_id": "101", "category_id": 7, "bbox": [1, 1, 2, 2]},  # a string id
     ]
     ann, img = _dataset(tmp_path, extra_images, extra_anns)
     Image.fromarray(_pattern(64, 64)).save(os.path.join(img, "full.jpg"), quality=95)
@@ -125,6 +128,9 @@ def test_coco_bad_data_skipped_with_named_warnings(tmp_path, caplog):
     assert "unknown category id" in log and "category_id 99" in log
     assert "non-positive width/height" in log and "box outside its image" in log
     assert "unknown image id" in log and "box clipped" in log
+    assert "is missing the required field 'bbox'" in log and "is missing the required field 'category_id'" in log
+    assert "field 'image_id' must be an integer, got '101'" in log
+    assert "3 annotation with a missing or invalid field" in caplog.records[-1].getMessage()
     summary = [r.message for r in caplog.records if "images kept" in r.getMessage()]
     assert summary and "5 images kept (1 without boxes)" in caplog.records[-1].getMessage()
     assert "2 file_name refused" in caplog.records[-1].getMessage()
@@ -161,7 +167,7 @@ def test_coco_everything_bad_and_structural_errors(tmp_path):
         with pytest.raises(ValueError, match=rf"bad.json.*'{field}'"):
             coco.load(str(bad), str(tmp_path))
     bad.write_text(json.dumps({"images": [{"id": 1}], "annotations": [], "categories": cats}))
-    with pytest.raises(ValueError, match=r"bad.json: images\[0\].*'file_name'"):
+    with pytest.raises(ValueError, match=r"bad.json.*no usable images.*1 image entry with a missing or invalid field"):
         coco.load(str(bad), str(tmp_path))
     bad.write_text(json.dumps({"images": [], "annotations": [], "categories": cats}))
     with pytest.raises(ValueError, match="empty split"):
@@ -265,3 +271,18 @@ def test_an_image_that_fails_to_decode_after_the_header_check_is_dropped_with_a_
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="1"))
     assert "counted 3 decoded 2" in result.stdout, result.stderr[-2000:]
     assert "Invalid PNG data" in result.stderr
+
+
+def test_pixel_conversions_are_counted_and_named(tmp_path, caplog):
+    """The decoder makes 8-bit RGB of everything: a grayscale, an RGBA and a 16-bit PNG
+    are kept, each change counted in the summary and named in a warning."""
+    ann, img = _dataset(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="fpn_keras.data"):
+        ds, _ = coco.load(ann, img)
+    assert sorted(_elements(ds)) == [101, 102, 103, 104, 105]
+    log = caplog.text
+    assert "grayscale image converted to RGB" in log and "b.png" in log
+    assert "RGBA image: alpha dropped" in log and "c.png" in log
+    assert "16-bit image scaled to 8 bits" in log and "d.png" in log
+    summary = caplog.records[-1].getMessage()
+    assert "5 images kept" in summary and "1 16-bit image scaled to 8 bits" in summary, summary

@@ -80,11 +80,12 @@ def test_voc_custom_class_names(tmp_path):
 
 def test_voc_errors(tmp_path):
     root = _voc(tmp_path, [("000001", (8, 8), "<annotation><object>")])
-    with pytest.raises(ValueError, match="000001.xml.*invalid VOC annotation XML"):
+    # The only file is malformed: no usable image left, and the count says why.
+    with pytest.raises(ValueError, match="no usable images.*1 malformed annotation file"):
         voc.load(root, "val")
     (tmp_path / "VOC2007" / "Annotations" / "000001.xml").write_text(
         "<annotation><object><name>dog</name></object></annotation>")
-    with pytest.raises(ValueError, match="000001.xml.*<bndbox>"):
+    with pytest.raises(ValueError, match="no usable images.*1 malformed annotation file"):
         voc.load(root, "val")
     with pytest.raises(FileNotFoundError, match="test.txt"):
         voc.load(root, "test")
@@ -117,3 +118,16 @@ def test_voc_missing_split_lists_the_splits_there(tmp_path):
     root = _voc(tmp_path, [("000001", (16, 16), _xml("000001.jpg", 16, 16, []))])
     with pytest.raises(FileNotFoundError, match=r"train.txt; the folder has the splits \['val'\]"):
         voc.load(root, "train")
+
+
+def test_one_malformed_xml_costs_its_image_not_the_split(tmp_path, caplog):
+    root = _voc(tmp_path, [("000001", (20, 20), _xml("000001.jpg", 20, 20, [("dog", (3, 4, 9, 9), False)])),
+                           ("000002", (20, 20), "<annotation><object>"),
+                           ("000003", (20, 20), "<annotation><object><name>dog</name></object></annotation>")])
+    with caplog.at_level("WARNING"):
+        ds, _ = voc.load(root, "val")
+    assert [int(e["image_id"]) for e in ds.as_numpy_iterator()] == [1]
+    assert "1 images kept (0 without boxes); skipped/changed: 2 malformed annotation file" in caplog.text
+    assert "000002.xml" in caplog.text and "invalid VOC annotation XML" in caplog.text
+    assert "000003.xml" in caplog.text and "<bndbox>" in caplog.text
+

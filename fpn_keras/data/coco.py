@@ -19,8 +19,10 @@ pixels, "labels": int32 [n], "ignore": bool [n]}``.
   left, ``ValueError``. Images that pass the checks but still fail to decode
   inside tf.data are dropped by ``ignore_errors`` (TF logs a warning).
 
+An image entry or annotation missing a required field (or with a non-integer
+id) is skipped and counted like a malformed bbox, its index and field named.
 Structural problems of the annotation file itself (missing file, invalid
-JSON, a missing required field, duplicate ids) raise ``FileNotFoundError`` /
+JSON, a missing top-level list, duplicate ids) raise ``FileNotFoundError`` /
 ``ValueError`` naming the file and field.
 
 Shared helpers (``ClassNames``, ``records_to_dataset``, ``safe_join``,
@@ -95,6 +97,28 @@ def safe_join(image_dir, file_name):
     if os.path.commonpath([root, path]) != root or path == root:
         return None
     return path
+
+
+# Pixel modes the decoder (tf.io.decode_image, 3 channels, uint8) changes: counted, not silent.
+_CONVERSIONS = {
+    "L": "grayscale image converted to RGB", "1": "1-bit image converted to RGB",
+    "P": "palette image converted to RGB", "LA": "grayscale image with alpha: alpha dropped",
+    "PA": "palette image with alpha: alpha dropped", "RGBA": "RGBA image: alpha dropped",
+    "CMYK": "CMYK JPEG converted to RGB", "I;16": "16-bit image scaled to 8 bits",
+    "I;16B": "16-bit image scaled to 8 bits", "I;16L": "16-bit image scaled to 8 bits",
+    "I": "32-bit integer image scaled to 8 bits", "F": "floating-point image scaled to 8 bits",
+}
+
+
+def image_conversion(path):
+    """What decoding ``path`` as 8-bit RGB changes (e.g. "16-bit image scaled to 8 bits"), or None."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return _CONVERSIONS.get(image.mode)
+    except Exception:  # noqa: BLE001 - inspect_image reports unreadable files
+        return None
 
 
 def inspect_image(path, mode="header"):
@@ -248,8 +272,12 @@ def read_annotations(annotations, image_dir, check_images="header"):
     infos = {}
     for i, image in enumerate(images):
         where = f"images[{i}]"
-        image_id = _int_id(_require(image, "id", where, annotations), "id", where, annotations)
-        file_name = _require(image, "file_name", where, annotations)
+        try:
+            image_id = _int_id(_require(image, "id", where, annotations), "id", where, annotations)
+            file_name = _require(image, "file_name", where, annotations)
+        except ValueError as error:  # the image cannot be named or loaded: skipped, counted
+            skips.add("image entry with a missing or invalid field", str(error).split(": ", 1)[1])
+            continue
         if image_id in infos:
             raise ValueError(f"{annotations}: duplicate image id {image_id}")
         infos[image_id] = {
@@ -261,9 +289,13 @@ def read_annotations(annotations, image_dir, check_images="header"):
 
     for i, ann in enumerate(anns):
         where = f"annotations[{i}]"
-        image_id = _int_id(_require(ann, "image_id", where, annotations), "image_id", where, annotations)
-        cat_id = _int_id(_require(ann, "category_id", where, annotations), "category_id", where, annotations)
-        bbox = _require(ann, "bbox", where, annotations)
+        try:
+            image_id = _int_id(_require(ann, "image_id", where, annotations), "image_id", where, annotations)
+            cat_id = _int_id(_require(ann, "category_id", where, annotations), "category_id", where, annotations)
+            bbox = _require(ann, "bbox", where, annotations)
+        except ValueError as error:  # like a malformed bbox: skipped, counted, named
+            skips.add("annotation with a missing or invalid field", str(error).split(": ", 1)[1])
+            continue
         ann_name = f"{where} (id {ann.get('id')}, image {image_id})"
         info = infos.get(image_id)
         if info is None:
@@ -306,6 +338,9 @@ def read_annotations(annotations, image_dir, check_images="header"):
         if reason is not None:
             skips.add(reason, path)
             continue
+        conversion = image_conversion(path) if check_images != "none" else None
+        if conversion:
+            skips.add(conversion, path)
         if size is None and all(isinstance(info[k], (int, float)) for k in ("height", "width")):
             size = (int(info["height"]), int(info["width"]))
         negatives += not info["labels"]
@@ -404,5 +439,5 @@ def load(annotations, image_dir, split=None, shuffle=False, seed=None, check_ima
     return records_to_dataset(records, shuffle=shuffle, seed=seed), class_names
 
 
-__all__ = ["ClassNames", "DatasetInfo", "check_image", "holdout_indices", "inspect_image", "limit_records", "load", "read_annotations", "records_info",
+__all__ = ["ClassNames", "DatasetInfo", "check_image", "holdout_indices", "image_conversion", "inspect_image", "limit_records", "load", "read_annotations", "records_info",
            "records_to_dataset", "safe_join", "split_records"]

@@ -39,6 +39,7 @@ import numpy as np
 from fpn_keras.data.coco import (
     ClassNames,
     SkipLog,
+    image_conversion,
     inspect_image,
     limit_records,
     records_to_dataset,
@@ -186,7 +187,11 @@ def read_split(root, split, class_names=None, check_images="header"):
         if not os.path.isfile(xml_path):
             skips.add("missing annotation file", xml_path)
             continue
-        ann = parse_xml(xml_path, class_index, skips)
+        try:
+            ann = parse_xml(xml_path, class_index, skips)
+        except ValueError as error:  # one malformed file costs its image, not the split
+            skips.add("malformed annotation file (image skipped)", str(error))
+            continue
         image_dir = os.path.join(root, "JPEGImages")
         path = safe_join(image_dir, f"{name}.jpg")
         if path is None or (not os.path.isfile(path) and ann["filename"]):
@@ -198,6 +203,9 @@ def read_split(root, split, class_names=None, check_images="header"):
         if reason is not None:
             skips.add(reason, path)
             continue
+        conversion = image_conversion(path) if check_images != "none" else None
+        if conversion:
+            skips.add(conversion, path)
         negatives += not len(ann["labels"])
         records.append({"path": path, "image_id": image_id, "size": size or ann["size"],
                         "boxes": ann["boxes"], "labels": ann["labels"], "ignore": ann["ignore"]})

@@ -40,7 +40,9 @@ def check_serving_images(images):
     with tf.control_dependencies([rank_ok]):
         channels_ok = tf.debugging.Assert(tf.equal(shape[-1], 3), [message, shape], name="check_channels")
     with tf.control_dependencies([channels_ok]):
-        return tf.ensure_shape(tf.identity(images), [None, None, None, 3])
+        images = tf.identity(images)
+    images.set_shape([None, None, None, 3])  # static only: the checks above run first
+    return images
 
 
 def serving_functions(model, image_size):
