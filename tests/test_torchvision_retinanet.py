@@ -184,7 +184,7 @@ def test_evaluate_refuses_other_category_ids(converted):
 
 def test_unknown_model_and_missing_file():
     with pytest.raises(ValueError, match="unknown torchvision model"):
-        from_torchvision("fasterrcnn_resnet50_fpn")
+        from_torchvision("maskrcnn_resnet50_fpn")
     with pytest.raises(FileNotFoundError, match="COCO_V1"):
         from_torchvision(weights="/nonexistent/retinanet.pth")
 
@@ -213,16 +213,17 @@ def test_convert_command_writes_a_model_that_loads_and_detects_the_same(checkpoi
 def test_known_weights_download_errors_are_one_line(monkeypatch, tmp_path):
     import keras
 
-    from fpn_keras.convert.torchvision_retinanet import checkpoint_path
+    from fpn_keras.convert.retinanet_layout import WEIGHTS_URL
+    from fpn_keras.convert.torchvision_detection import checkpoint_path
 
     def offline(*args, **kwargs):  # nothing is downloaded in tests
         raise Exception("URL fetch failure: Network is unreachable")
 
     monkeypatch.setattr(keras.utils, "get_file", offline)
     with pytest.raises(RuntimeError, match="may be offline.*pass its path as weights"):
-        checkpoint_path("COCO_V1")
+        checkpoint_path("COCO_V1", WEIGHTS_URL)
     partial = tmp_path / "retinanet_resnet50_fpn_coco-eeacb38b.pth"
     partial.write_bytes(b"not the checkpoint")
     monkeypatch.setattr(keras.utils, "get_file", lambda *args, **kwargs: str(partial))
     with pytest.raises(RuntimeError, match="does not match eeacb38b"):
-        checkpoint_path("COCO_V1")
+        checkpoint_path("COCO_V1", WEIGHTS_URL)
