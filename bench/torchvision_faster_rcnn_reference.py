@@ -23,26 +23,14 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from torchvision_reference import IMAGE_SEED, ROOT, SEED, load_by_path  # noqa: E402
+from torchvision_retinanet_reference import normalised, seeded_model, whole_model_detections  # noqa: E402
 
 SIZES = ((128, 128), (160, 224))
-
-
-def build_model(torch, state_path):
-    import torchvision
-    from torchvision.models.detection import fasterrcnn_resnet50_fpn
-
-    model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
-    for module in model.modules():
-        if isinstance(module, (torch.nn.BatchNorm2d, torchvision.ops.FrozenBatchNorm2d)):
-            module.eps = 0.0
-    model.load_state_dict(torch.load(state_path, weights_only=True), strict=True)
-    return model.eval()
 
 
 def run(torch, model, images):
@@ -51,9 +39,7 @@ def run(torch, model, images):
     from torchvision.models.detection.image_list import ImageList
     from torchvision.models.detection.rpn import concat_box_prediction_layers
 
-    x = torch.from_numpy(images).permute(0, 3, 1, 2) / 255.0
-    x = (x - torch.tensor([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1)) / torch.tensor(
-        [0.229, 0.224, 0.225]).reshape(1, 3, 1, 1)
+    x = normalised(torch, images)
     sizes = [tuple(x.shape[-2:])]
     features = model.backbone(x)
     levels = list(features.values())
@@ -74,13 +60,6 @@ def run(torch, model, images):
             "class_logits": class_logits, "box_regression": box_regression, "detections": detections[0]}
 
 
-def whole_model_detections(torch, model, images):
-    """model(images) with the transform's resize a no-op (min_size / max_size = the sides)."""
-    height, width = images.shape[1:3]
-    model.transform.min_size, model.transform.max_size = (min(height, width),), max(height, width)
-    return model([torch.from_numpy(images[0]).permute(2, 0, 1) / 255.0])[0]
-
-
 def rows_of(count, per_location=3):
     """Anchor rows of the first, middle and last locations of a level."""
     locations = count // per_location
@@ -92,19 +71,12 @@ def main():
     parser.add_argument("--out", default=os.path.join(ROOT, "tests", "data", "torchvision_faster_rcnn_reference.npz"))
     args = parser.parse_args()
     import torch
-    import torchvision
 
     torch.set_num_threads(1)
     resnet = load_by_path("resnet_layout")
     layout = load_by_path("fasterrcnn_layout")
     state = layout.random_fasterrcnn_state_dict(resnet.random_resnet_state_dict(50, SEED, prefix="backbone.body."), SEED)
-    reference = {"seed": np.array(SEED), "image_seed": np.array(IMAGE_SEED),
-                 "weights_sha256": np.array(resnet.state_dict_sha256(state)),
-                 "versions": np.array(f"torch {torch.__version__}, torchvision {torchvision.__version__}")}
-    with tempfile.TemporaryDirectory() as directory:
-        path = os.path.join(directory, "fasterrcnn.pth")
-        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
-        model = build_model(torch, path)
+    model, reference = seeded_model(torch, resnet, state, "fasterrcnn_resnet50_fpn")
     shapes = {k: list(v.shape) for k, v in model.state_dict().items() if not k.startswith("backbone.body.")}
     reference["state_dict_shapes"] = np.array(json.dumps(shapes))
     ids = layout.class_ids(80)

@@ -12,13 +12,14 @@ import os
 import numpy as np
 import pytest
 
-from fpn_keras.convert import from_torchvision, load_torchvision_faster_rcnn, save_torch_checkpoint
+from fpn_keras.convert import from_torchvision, load_torchvision_faster_rcnn
 from fpn_keras.convert.fasterrcnn_layout import (class_ids, fasterrcnn_state_dict_shapes, fc6_in_our_order,
                                                  predictor_in_our_order, random_fasterrcnn_state_dict,
                                                  roi_summary, rpn_summary)
-from fpn_keras.convert.resnet_layout import random_images, random_resnet_state_dict, state_dict_sha256
+from fpn_keras.convert.resnet_layout import random_images, random_resnet_state_dict
 from fpn_keras.convert.retinanet_layout import COCO_80_IDS
 from fpn_keras.models.faster_rcnn import FasterRCNN
+from torchvision_helpers import close_up_to_ties, seeded_checkpoint
 
 REFERENCE = os.path.join(os.path.dirname(__file__), "data", "torchvision_faster_rcnn_reference.npz")
 SIZES = ((128, 128), (160, 224))
@@ -67,10 +68,7 @@ def test_every_torchvision_key_has_a_place(reference):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, reference):
     state = random_fasterrcnn_state_dict(random_resnet_state_dict(50, SEED, prefix="backbone.body."), SEED)
-    assert state_dict_sha256(state) == str(reference["weights_sha256"])
-    path = str(tmp_path_factory.mktemp("torchvision") / "fasterrcnn.pth")
-    save_torch_checkpoint(path, state)
-    return path
+    return seeded_checkpoint(tmp_path_factory.mktemp("torchvision"), state, reference, "fasterrcnn.pth")
 
 
 @pytest.fixture(scope="module")
@@ -82,15 +80,6 @@ def _relative_errors(ours, expected, fields):
     """{field: max |ours - torchvision| / std} with std from `expected["stds"]` (index, scale)."""
     return {field: np.abs(ours[field] - expected[field]).max() / (expected["stds"][index] * scale)
             for field, (index, scale) in fields.items()}
-
-
-def _close_up_to_ties(values, expected, scores, atol, tie=1e-5):
-    """values[i] ~ expected[i], or ~ expected[j] for a j whose score is within `tie` of i's."""
-    for i in range(len(expected)):
-        if np.abs(values[i] - expected[i]).max() <= atol:
-            continue
-        tied = np.nonzero(np.abs(scores - scores[i]) <= tie)[0]
-        assert any(np.abs(values[i] - expected[j]).max() <= atol for j in tied), f"row {i}: {values[i]} vs {expected[i]}"
 
 
 def _reference(reference, name, group):
@@ -125,7 +114,7 @@ def test_rpn_proposals_roi_heads_and_detections_equal_torchvision(converted, ref
     assert int(np.sum(valid[0])) == count
     scores = 1.0 / (1.0 + np.exp(-np.asarray(logits[0][:count], np.float64)))
     proposals = np.asarray(raw["proposals"][0][:count])
-    _close_up_to_ties(proposals, expected["boxes"], expected["scores"], atol=1e-3)
+    close_up_to_ties(proposals, expected["boxes"], expected["scores"], atol=1e-3)
     errors["proposal boxes px"] = np.abs(proposals - expected["boxes"]).max()
     errors["proposal scores"] = np.abs(scores - expected["scores"]).max()
     assert errors["proposal scores"] < 1e-5
@@ -141,8 +130,8 @@ def test_rpn_proposals_roi_heads_and_detections_equal_torchvision(converted, ref
     count = len(expected["scores"])
     assert int(detections["num_detections"]) == count == 100
     ids = np.array(converted.category_ids)[detections["labels"][:count]]
-    _close_up_to_ties(ids[:, None], expected["labels"][:, None], expected["scores"], atol=0)
-    _close_up_to_ties(detections["boxes"][:count], expected["boxes"], expected["scores"], atol=1e-3)
+    close_up_to_ties(ids, expected["labels"], expected["scores"], atol=0)
+    close_up_to_ties(detections["boxes"][:count], expected["boxes"], expected["scores"], atol=1e-3)
     errors["detection boxes px"] = np.abs(detections["boxes"][:count] - expected["boxes"]).max()
     errors["detection scores"] = np.abs(detections["scores"][:count] - expected["scores"]).max()
     assert errors["detection scores"] < 1e-5
@@ -159,7 +148,7 @@ def test_91_outputs_give_the_same_detections(checkpoint, reference):
     detections = {k: np.asarray(v[0]) for k, v in detector.detect(random_images(128, 128, IMAGE_SEED)).items()}
     expected = _reference(reference, "128x128", "detections")
     ids = np.array(detector.category_ids)[detections["labels"][:100]]
-    _close_up_to_ties(ids[:, None], expected["labels"][:, None], expected["scores"], atol=0)
+    close_up_to_ties(ids, expected["labels"], expected["scores"], atol=0)
     np.testing.assert_allclose(detections["scores"][:100], expected["scores"], atol=1e-5)
 
 
@@ -184,7 +173,7 @@ def test_convert_command_writes_a_model_that_detects_the_same(checkpoint, refere
     detections = model.detect(random_images(128, 128, IMAGE_SEED))
     expected = _reference(reference, "128x128", "detections")
     boxes = np.asarray(detections["boxes"][0])[:100]
-    _close_up_to_ties(boxes, expected["boxes"], expected["scores"], atol=1e-3)
+    close_up_to_ties(boxes, expected["boxes"], expected["scores"], atol=1e-3)
 
 
 def test_wrong_layout_is_named():

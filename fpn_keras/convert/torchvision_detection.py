@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from fpn_keras.convert.torchvision import read_weights
+from fpn_keras.convert.torchvision import assign_torch_weights, read_weights
 
 MODELS = {"retinanet_resnet50_fpn": "fpn_keras.convert.torchvision_retinanet",
           "fasterrcnn_resnet50_fpn": "fpn_keras.convert.torchvision_faster_rcnn"}
@@ -31,6 +31,17 @@ def backbone_fpn_modules(detector, levels):
         modules[f"backbone.fpn.inner_blocks.{i}.0"] = neck.lateral[f"C{level}"]
         modules[f"backbone.fpn.layer_blocks.{i}.0"] = neck.output_convs[f"P{level}"]
     return modules
+
+
+def assign_detection_weights(modules, state_dict, transforms):
+    """`assign_torch_weights` of a whole detection checkpoint (its ResNet's fc ignored), after
+    `transforms` {module path: function of a tensor} change those modules' weight and bias."""
+    state = dict(state_dict)
+    for module, transform in transforms.items():
+        for key in (f"{module}.weight", f"{module}.bias"):
+            if key in state:
+                state[key] = transform(state[key])
+    return assign_torch_weights(modules, state, "", ignore=("backbone.body.fc.",))
 
 
 def check_layout(model, expected, wrong=()):

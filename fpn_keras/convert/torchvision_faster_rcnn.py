@@ -28,12 +28,13 @@ With 80 classes the softmax leaves out the 10 N/A logits: each score is torchvis
 1 + (sum of the N/A exp-logits) / (the rest), exact only with num_classes=91.
 """
 
+import numpy as np
+
 from fpn_keras.convert.fasterrcnn_layout import (FC_DIM, NUM_ANCHORS, POOLED_SIZE, POSTPROCESS, RPN_OPTIONS,
                                                  WEIGHTS_URL, class_ids, fc6_in_our_order,
                                                  predictor_in_our_order)
-from fpn_keras.convert.torchvision import assign_torch_weights
-from fpn_keras.convert.torchvision_detection import (DEFAULT_IMAGE_SIZE, backbone_fpn_modules, check_layout,
-                                                     coco_classes)
+from fpn_keras.convert.torchvision_detection import (DEFAULT_IMAGE_SIZE, assign_detection_weights,
+                                                     backbone_fpn_modules, check_layout, coco_classes)
 
 MODEL = "fasterrcnn_resnet50_fpn"
 
@@ -77,15 +78,10 @@ def load_torchvision_faster_rcnn(detector, state_dict):
     Returns the keys used."""
     _check_detector(detector)
     ids = class_ids(_num_classes(detector.head))
-    state = dict(state_dict)
-    if "roi_heads.box_head.fc6.weight" in state:
-        state["roi_heads.box_head.fc6.weight"] = fc6_in_our_order(state["roi_heads.box_head.fc6.weight"])
-    for key, depth in (("roi_heads.box_predictor.cls_score", 1), ("roi_heads.box_predictor.bbox_pred", 4)):
-        for field in ("weight", "bias"):
-            if f"{key}.{field}" in state:
-                state[f"{key}.{field}"] = predictor_in_our_order(state[f"{key}.{field}"], depth, ids)
-    return assign_torch_weights(torchvision_faster_rcnn_modules(detector), state, "",
-                                ignore=("backbone.body.fc.",))
+    return assign_detection_weights(torchvision_faster_rcnn_modules(detector), state_dict, {
+        "roi_heads.box_head.fc6": lambda value: fc6_in_our_order(value) if np.ndim(value) == 2 else value,
+        "roi_heads.box_predictor.cls_score": lambda value: predictor_in_our_order(value, 1, ids),
+        "roi_heads.box_predictor.bbox_pred": lambda value: predictor_in_our_order(value, 4, ids)})
 
 
 def torchvision_faster_rcnn_detector(num_classes=80, image_size=DEFAULT_IMAGE_SIZE, norm_epsilon=0.0):

@@ -29,9 +29,9 @@ an 80-class head keeps the logits of the 80 real COCO ids (category_ids = those 
 from fpn_keras.convert.retinanet_layout import (ANCHOR_SIZES, COCO_80_IDS, COCO_UNUSED_IDS, NUM_RATIOS,
                                                 NUM_SCALES, POSTPROCESS, WEIGHTS_URL,
                                                 reorder_anchor_outputs)
-from fpn_keras.convert.torchvision import assign_torch_weights
-from fpn_keras.convert.torchvision_detection import (DEFAULT_IMAGE_SIZE, backbone_fpn_modules, check_layout,
-                                                     coco_classes, from_torchvision)
+from fpn_keras.convert.torchvision_detection import (DEFAULT_IMAGE_SIZE, assign_detection_weights,
+                                                     backbone_fpn_modules, check_layout, coco_classes,
+                                                     from_torchvision)
 
 
 def _check_detector(detector):
@@ -64,14 +64,9 @@ def load_torchvision_retinanet(detector, state_dict):
     retinanet_resnet50_fpn state_dict {key: np.ndarray}; all or nothing. Returns the keys used."""
     _check_detector(detector)
     keep = COCO_80_IDS if detector.head.num_classes == 80 else None
-    state = dict(state_dict)
-    for key, depth, classes in (("head.classification_head.cls_logits", 91, keep),
-                                ("head.regression_head.bbox_reg", 4, None)):
-        for field in ("weight", "bias"):
-            if f"{key}.{field}" in state:
-                state[f"{key}.{field}"] = reorder_anchor_outputs(state[f"{key}.{field}"], depth, classes)
-    return assign_torch_weights(torchvision_retinanet_modules(detector), state, "",
-                                ignore=("backbone.body.fc.",))
+    return assign_detection_weights(torchvision_retinanet_modules(detector), state_dict, {
+        "head.classification_head.cls_logits": lambda value: reorder_anchor_outputs(value, 91, keep),
+        "head.regression_head.bbox_reg": lambda value: reorder_anchor_outputs(value, 4)})
 
 
 def torchvision_retinanet_detector(num_classes=80, image_size=DEFAULT_IMAGE_SIZE, norm_epsilon=0.0):
