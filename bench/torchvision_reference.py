@@ -24,6 +24,7 @@ torch.save file, and torch.load(weights_only=True) reads `save_torch_checkpoint`
 import argparse
 import importlib.util
 import os
+import sys
 import tempfile
 
 import numpy as np
@@ -35,8 +36,12 @@ DEPTHS = (18, 50)
 
 
 def load_by_path(name):
-    """A numpy-only module of fpn_keras/convert, without importing the (Keras) package."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "fpn_keras", "convert", f"{name}.py"))
+    """A numpy-only module of fpn_keras/convert, without importing the (Keras) package
+    (its numpy-only siblings import by plain name: the folder goes on sys.path)."""
+    folder = os.path.join(ROOT, "fpn_keras", "convert")
+    if folder not in sys.path:
+        sys.path.append(folder)
+    spec = importlib.util.spec_from_file_location(name, os.path.join(folder, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

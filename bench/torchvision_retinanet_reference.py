@@ -35,25 +35,37 @@ from torchvision_reference import IMAGE_SEED, ROOT, SEED, load_by_path  # noqa: 
 SIZES = ((128, 128), (160, 224))
 
 
-def build_model(torch, state_path):
+def seeded_model(torch, resnet, state, builder="retinanet_resnet50_fpn"):
+    """(torchvision.models.detection.<builder>(weights=None, weights_backbone=None), every
+    BatchNorm eps 0.0, loaded strictly with `state` through torch.save; the reference's header)."""
     import torchvision
-    from torchvision.models.detection import retinanet_resnet50_fpn
 
-    model = retinanet_resnet50_fpn(weights=None, weights_backbone=None)
+    model = getattr(torchvision.models.detection, builder)(weights=None, weights_backbone=None)
     for module in model.modules():
         if isinstance(module, (torch.nn.BatchNorm2d, torchvision.ops.FrozenBatchNorm2d)):
             module.eps = 0.0
-    model.load_state_dict(torch.load(state_path, weights_only=True), strict=True)
-    return model.eval()
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, f"{builder}.pth")
+        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
+        model.load_state_dict(torch.load(path, weights_only=True), strict=True)
+    header = {"seed": np.array(SEED), "image_seed": np.array(IMAGE_SEED),
+              "weights_sha256": np.array(resnet.state_dict_sha256(state)),
+              "versions": np.array(f"torch {torch.__version__}, torchvision {torchvision.__version__}")}
+    return model.eval(), header
+
+
+def normalised(torch, images):
+    """images [1, H, W, 3] 0..255 -> GeneralizedRCNNTransform's (x / 255 - mean) / std, NCHW."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2) / 255.0
+    return (x - torch.tensor([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]).reshape(1, 3, 1, 1)
 
 
 def run(torch, model, images):
     """images [1, H, W, 3] 0..255 -> (features, head outputs, anchors, detections)."""
     from torchvision.models.detection.image_list import ImageList
 
-    x = torch.from_numpy(images).permute(0, 3, 1, 2) / 255.0
-    x = (x - torch.tensor([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1)) / torch.tensor(
-        [0.229, 0.224, 0.225]).reshape(1, 3, 1, 1)
+    x = normalised(torch, images)
     size = tuple(x.shape[-2:])
     features = list(model.backbone(x).values())
     head = model.head(features)
@@ -76,19 +88,12 @@ def main():
     parser.add_argument("--out", default=os.path.join(ROOT, "tests", "data", "torchvision_retinanet_reference.npz"))
     args = parser.parse_args()
     import torch
-    import torchvision
 
     torch.set_num_threads(1)
     layout, resnet = load_by_path("retinanet_layout"), load_by_path("resnet_layout")
     state = layout.random_retinanet_state_dict(
         resnet.random_resnet_state_dict(50, SEED, prefix="backbone.body."), SEED)
-    reference = {"seed": np.array(SEED), "image_seed": np.array(IMAGE_SEED),
-                 "weights_sha256": np.array(resnet.state_dict_sha256(state)),
-                 "versions": np.array(f"torch {torch.__version__}, torchvision {torchvision.__version__}")}
-    with tempfile.TemporaryDirectory() as directory:
-        path = os.path.join(directory, "retinanet.pth")
-        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
-        model = build_model(torch, path)
+    model, reference = seeded_model(torch, resnet, state)
     for height, width in SIZES:
         images = resnet.random_images(height, width, IMAGE_SEED)
         name = f"{height}x{width}"

@@ -146,12 +146,13 @@ def _add_convert(sub):
         "category ids: its detections on a canvas are torchvision's. The file works with\n"
         "predict, evaluate and export."))
     p.add_argument("--from", dest="source", required=True, metavar="SOURCE",
-                   help="torchvision:retinanet_resnet50_fpn")
+                   help="torchvision:retinanet_resnet50_fpn or torchvision:fasterrcnn_resnet50_fpn")
     p.add_argument("--weights", required=True, metavar="W",
                    help="a torchvision state_dict (.pth / .safetensors), or COCO_V1 (downloads torchvision's)")
     p.add_argument("--out", required=True, metavar="FILE", help="the .keras file to write")
     p.add_argument("--num-classes", type=int, default=80, choices=[80, 91],
-                   help="80: COCO's classes (default); 91: torchvision's category ids as labels")
+                   help="80: COCO's classes (default); 91: torchvision's category ids (Faster R-CNN: "
+                        "ids 1..90 as 90 classes, the softmax exactly torchvision's)")
     p.add_argument("--image-size", type=int, nargs=2, default=[800, 1344], metavar=("H", "W"),
                    help="canvas stored in the model, multiples of 32 (default: 800 1344)")
     p.add_argument("--norm-epsilon", type=float, default=0.0, metavar="EPS",

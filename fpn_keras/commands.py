@@ -198,14 +198,14 @@ def _category_ids(model, class_names):
 
 
 def convert(args):
-    """A torchvision checkpoint -> a .keras FPNDetector (fpn_keras.convert.torchvision_retinanet)."""
+    """A torchvision checkpoint -> a .keras FPNDetector (fpn_keras.convert.torchvision_detection)."""
     source, _, name = args.source.partition(":")
     if source != "torchvision" or not name:
         raise UsageError(f"--from {args.source!r}: expected torchvision:MODEL, e.g. "
                          "torchvision:retinanet_resnet50_fpn")
     if not args.out.endswith(".keras"):
         raise UsageError(f"--out {args.out!r}: the model file must end in .keras")
-    from fpn_keras.convert.torchvision_retinanet import KNOWN_WEIGHTS, MODELS, from_torchvision
+    from fpn_keras.convert.torchvision_detection import KNOWN_WEIGHTS, MODELS, from_torchvision
 
     if name not in MODELS:
         raise UsageError(f"--from {args.source!r}: unknown torchvision model; choose from {list(MODELS)}")

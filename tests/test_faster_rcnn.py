@@ -117,3 +117,21 @@ def test_jit_compile_true_trains_and_predicts_with_generic_nms_and_roi_align(mak
         out = model.predict(x, verbose=0)
         assert out["num_detections"].min() > 0
     assert model.head.rpn.nms_implementation == "generic" and model.head.roi_align_implementation == "generic"
+
+
+def test_min_box_size_drops_thin_boxes_before_nms():
+    # torchvision's postprocess: boxes with a side < 1e-2 px go before the threshold / NMS.
+    raw = {"proposals": np.array([[[0, 0, 10, 10], [0, 0, 10, 0.005], [20, 20, 30, 30.01]]], "float32"),
+           "valid": np.array([[True, True, True]]),
+           "cls_logits": np.array([[[1, 0], [3, 0], [2, 0]]], "float32"),  # p1 the best
+           "box_deltas": np.zeros((1, 3, 1, 4), "float32")}
+    kept = FasterRCNN(num_classes=1, rpn=RPN(), min_box_size=1e-2).detect(raw, (64, 64))
+    np.testing.assert_array_equal(kept["num_detections"], [2])
+    np.testing.assert_allclose(kept["boxes"][0, :2], [[20, 20, 30, 30.01], [0, 0, 10, 10]], atol=1e-4)
+    default = FasterRCNN(num_classes=1, rpn=RPN()).detect(raw, (64, 64))  # 0: keeps every box
+    np.testing.assert_allclose(default["boxes"][0, 0], [0, 0, 10, 0.005], atol=1e-6)
+    config = FasterRCNN(num_classes=1, rpn=RPN(), min_box_size=1e-2, roi_aligned=False,
+                        roi_level_epsilon=1e-6).get_config()
+    head = FasterRCNN.from_config(config)
+    assert (head.min_box_size, head.roi_heads.aligned, head.roi_heads.level_epsilon) == (1e-2, False, 1e-6)
+    assert (FasterRCNN(rpn=RPN()).roi_heads.aligned, FasterRCNN(rpn=RPN()).roi_heads.level_epsilon) == (True, None)

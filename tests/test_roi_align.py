@@ -98,3 +98,31 @@ def test_constant_map_pools_to_the_constant_inside_the_image():
     boxes = np.array([[[8.0, 8.0, 40.0, 30.0]]], "float32")
     got = ops.convert_to_numpy(multilevel_roi_align(features, boxes, pooled_size=4, sampling_ratio=2))
     np.testing.assert_allclose(got, 3.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("implementation", ["generic", "tf"])
+def test_unaligned_roi_align_by_hand_on_a_4x4_map(implementation):
+    # P2 (stride 4) holds f(y, x) = 4y + x: bilinear samples are exact, 4y + x at the sample.
+    feature = (4.0 * np.arange(4)[:, None] + np.arange(4)[None, :]).astype("float32")[None, :, :, None]
+    boxes = np.array([[[4.0, 4.0, 12.0, 12.0],     # P2 [1, 1, 3, 3]: 2x2 bins of 1 px
+                       [4.0, 4.0, 5.0, 5.0]]], "float32")  # P2 [1, 1, 1.25, 1.25]: under 1 px
+
+    def pool(aligned, pooled_size):
+        return ops.convert_to_numpy(multilevel_roi_align(
+            {"P2": feature}, boxes, 2, 2, pooled_size, 1, aligned, implementation=implementation))[0, ..., 0]
+
+    # aligned=False (torchvision's MultiScaleRoIAlign): samples at bin centres 1.5, 2.5.
+    np.testing.assert_allclose(pool(False, 2)[0], [[7.5, 8.5], [11.5, 12.5]], atol=1e-5)
+    # aligned=True shifts by -0.5 px: samples at 1, 2.
+    np.testing.assert_allclose(pool(True, 2)[0], [[5.0, 6.0], [9.0, 10.0]], atol=1e-5)
+    # aligned=False makes the 0.25 px RoI 1 px (sample at 1.5, 1.5); aligned=True keeps it (0.625).
+    np.testing.assert_allclose(pool(False, 1)[1], [[7.5]], atol=1e-5)
+    np.testing.assert_allclose(pool(True, 1)[1], [[3.125]], atol=1e-5)
+
+
+def test_level_epsilon_is_torchvisions_level_mapper():
+    # torchvision: floor(4 + log2(s / 224) + 1e-6); ours by default log2(s / 224 + 1e-8).
+    side = np.float32(223.99991)  # log2(s / 224) = -5.8e-7: within torchvision's 1e-6 of P4
+    boxes = np.array([[0, 0, side, side], [0, 0, 0, 0], [0, 0, 112, 112], [0, 0, 2000, 2000]], "float32")
+    assert ops.convert_to_numpy(assign_levels(boxes)).tolist() == [3, 2, 3, 5]
+    assert ops.convert_to_numpy(assign_levels(boxes, epsilon=1e-6)).tolist() == [4, 2, 3, 5]

@@ -16,8 +16,8 @@ import os
 import numpy as np
 import pytest
 
-from fpn_keras.convert import from_torchvision, save_torch_checkpoint
-from fpn_keras.convert.resnet_layout import random_images, random_resnet_state_dict, state_dict_sha256
+from fpn_keras.convert import from_torchvision
+from fpn_keras.convert.resnet_layout import random_images, random_resnet_state_dict
 from fpn_keras.convert.retinanet_layout import (head_summary, random_retinanet_state_dict,
                                                 retinanet_state_dict_shapes)
 from fpn_keras.convert.torchvision_retinanet import (COCO_80_IDS, load_torchvision_retinanet,
@@ -26,6 +26,7 @@ from fpn_keras.layers.fpn import FeaturePyramid
 from fpn_keras.models.detector import COCO_CLASS_NAMES, FPNDetector
 from fpn_keras.models.retinanet import RetinaNet
 from fpn_keras.models.torchvision_resnet import torchvision_resnet
+from torchvision_helpers import close_up_to_ties, seeded_checkpoint
 
 KEYS = os.path.join(os.path.dirname(__file__), "data", "torchvision_retinanet_keys.json")
 
@@ -99,10 +100,7 @@ def reference():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, reference):
     state = random_retinanet_state_dict(random_resnet_state_dict(50, SEED, prefix="backbone.body."), SEED)
-    assert state_dict_sha256(state) == str(reference["weights_sha256"])
-    path = str(tmp_path_factory.mktemp("torchvision") / "retinanet.pth")
-    save_torch_checkpoint(path, state)
-    return path
+    return seeded_checkpoint(tmp_path_factory.mktemp("torchvision"), state, reference, "retinanet.pth")
 
 
 @pytest.fixture(scope="module")
@@ -120,13 +118,6 @@ def _head_errors(raw, reference, name):
             std = (stds[0] if field.startswith("cls") else stds[1]) * scale
             errors[(level, field)] = np.abs(ours[field] - reference[f"{name}/P{level}/{field}"]).max() / std
     return errors
-
-
-def _same_order(labels, scores, expected_labels, expected_scores, tie=1e-5):
-    """Labels equal in order, except swaps between detections whose scores are within `tie`."""
-    for i in np.nonzero(labels != expected_labels)[0]:
-        close = np.abs(expected_scores - expected_scores[i]) <= tie
-        assert labels[i] in expected_labels[close], f"detection {i}: label {labels[i]}, torchvision {expected_labels[i]}"
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
@@ -148,7 +139,7 @@ def test_outputs_and_detections_equal_torchvision(converted, reference, size):
     count = len(expected["scores"])
     assert int(detections["num_detections"]) == count == 300
     ids = np.array(converted.category_ids)[detections["labels"][:count]]  # label -> COCO id
-    _same_order(ids[:100], detections["scores"][:100], expected["labels"][:100], expected["scores"][:100])
+    close_up_to_ties(ids[:100], expected["labels"][:100], expected["scores"][:100], atol=0)
     np.testing.assert_allclose(detections["scores"][:100], expected["scores"][:100], atol=1e-5)
     np.testing.assert_allclose(detections["boxes"][:100], expected["boxes"][:100], atol=1e-3)
 
@@ -184,7 +175,7 @@ def test_evaluate_refuses_other_category_ids(converted):
 
 def test_unknown_model_and_missing_file():
     with pytest.raises(ValueError, match="unknown torchvision model"):
-        from_torchvision("fasterrcnn_resnet50_fpn")
+        from_torchvision("maskrcnn_resnet50_fpn")
     with pytest.raises(FileNotFoundError, match="COCO_V1"):
         from_torchvision(weights="/nonexistent/retinanet.pth")
 
@@ -213,16 +204,17 @@ def test_convert_command_writes_a_model_that_loads_and_detects_the_same(checkpoi
 def test_known_weights_download_errors_are_one_line(monkeypatch, tmp_path):
     import keras
 
-    from fpn_keras.convert.torchvision_retinanet import checkpoint_path
+    from fpn_keras.convert.retinanet_layout import WEIGHTS_URL
+    from fpn_keras.convert.torchvision_detection import checkpoint_path
 
     def offline(*args, **kwargs):  # nothing is downloaded in tests
         raise Exception("URL fetch failure: Network is unreachable")
 
     monkeypatch.setattr(keras.utils, "get_file", offline)
     with pytest.raises(RuntimeError, match="may be offline.*pass its path as weights"):
-        checkpoint_path("COCO_V1")
+        checkpoint_path("COCO_V1", WEIGHTS_URL)
     partial = tmp_path / "retinanet_resnet50_fpn_coco-eeacb38b.pth"
     partial.write_bytes(b"not the checkpoint")
     monkeypatch.setattr(keras.utils, "get_file", lambda *args, **kwargs: str(partial))
     with pytest.raises(RuntimeError, match="does not match eeacb38b"):
-        checkpoint_path("COCO_V1")
+        checkpoint_path("COCO_V1", WEIGHTS_URL)

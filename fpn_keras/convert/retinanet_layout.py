@@ -49,15 +49,32 @@ def outputs_in_our_order(value, depth, keep=None):
     return reordered.reshape(-1, len(keep) if keep is not None else depth)
 
 
+def fpn_state_dict_shapes(in_channels, channels=256):
+    """{key: shape} of torchvision's FeaturePyramidNetwork (backbone.fpn) without extra blocks:
+    a 1x1 inner block and a 3x3 layer block per input level, `in_channels` finest first."""
+    shapes = {}
+    for i, inputs in enumerate(in_channels):
+        shapes[f"backbone.fpn.inner_blocks.{i}.0.weight"] = (channels, inputs, 1, 1)
+        shapes[f"backbone.fpn.inner_blocks.{i}.0.bias"] = (channels,)
+    for i in range(len(in_channels)):
+        shapes[f"backbone.fpn.layer_blocks.{i}.0.weight"] = (channels, channels, 3, 3)
+        shapes[f"backbone.fpn.layer_blocks.{i}.0.bias"] = (channels,)
+    return shapes
+
+
+def seeded_tensor(key, shape, seed, gain=1.0, mean=0.0, std=0.1):
+    """float64 values of one state_dict key, from its own generator (seed, crc32(key)) so that
+    they do not depend on the order of the keys: a weight [out, ...] N(0, gain^2 / fan_in),
+    a bias N(mean, std^2)."""
+    rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
+    if key.endswith(".weight"):
+        return rng.standard_normal(shape) * gain / np.sqrt(np.prod(shape[1:]))
+    return mean + rng.standard_normal(shape) * std
+
+
 def retinanet_state_dict_shapes(num_classes=91):
     """{key: shape} of retinanet_resnet50_fpn(num_classes).state_dict() outside backbone.body."""
-    shapes = {}
-    for i, channels in enumerate(C3_C5_CHANNELS):
-        shapes[f"backbone.fpn.inner_blocks.{i}.0.weight"] = (256, channels, 1, 1)
-        shapes[f"backbone.fpn.inner_blocks.{i}.0.bias"] = (256,)
-    for i in range(3):
-        shapes[f"backbone.fpn.layer_blocks.{i}.0.weight"] = (256, 256, 3, 3)
-        shapes[f"backbone.fpn.layer_blocks.{i}.0.bias"] = (256,)
+    shapes = fpn_state_dict_shapes(C3_C5_CHANNELS)
     for name in ("p6", "p7"):
         shapes[f"backbone.fpn.extra_blocks.{name}.weight"] = (256, 256, 3, 3)
         shapes[f"backbone.fpn.extra_blocks.{name}.bias"] = (256,)
@@ -85,21 +102,16 @@ def random_retinanet_state_dict(resnet_state, seed=0, num_classes=91):
     `resnet_state` (resnet_layout.random_resnet_state_dict(50, prefix="backbone.body."),
     its fc dropped) plus the FPN and head, N(0, 1 / fan_in) weights and N(0, 0.1) biases,
     the head's outputs as OUTPUT_SCALES, the unused ids' logit biases UNUSED_CLASS_BIAS
-    (so 80- and 91-class conversions give the same detections). Each key has its own generator (seed, crc32(key)),
-    so the values do not depend on the order of the keys."""
+    (so 80- and 91-class conversions give the same detections); see `seeded_tensor`."""
     state = {k: v for k, v in resnet_state.items() if not k.startswith("backbone.body.fc.")}
     for key, shape in retinanet_state_dict_shapes(num_classes).items():
-        rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
         output = next((name for name in OUTPUT_SCALES if f".{name}." in key), None)
         gain, mean, std = OUTPUT_SCALES.get(output, (1.0, 0.0, 0.1))
         if ".extra_blocks." in key:
             gain = EXTRA_LEVELS_GAIN
-        if key.endswith(".weight"):
-            value = rng.standard_normal(shape) * gain / np.sqrt(np.prod(shape[1:]))
-        else:
-            value = mean + rng.standard_normal(shape) * std
-            if output == "cls_logits" and num_classes == 91:
-                value.reshape(-1, 91)[:, list(COCO_UNUSED_IDS)] = UNUSED_CLASS_BIAS
+        value = seeded_tensor(key, shape, seed, gain, mean, std)
+        if key.endswith(".bias") and output == "cls_logits" and num_classes == 91:
+            value.reshape(-1, 91)[:, list(COCO_UNUSED_IDS)] = UNUSED_CLASS_BIAS
         state[key] = value.astype(np.float32)
     return state
 

@@ -1,6 +1,6 @@
 """torchvision `retinanet_resnet50_fpn` -> an FPNDetector with the same detections.
 
-`from_torchvision("retinanet_resnet50_fpn", weights=...)` builds the detector with every
+`from_torchvision("retinanet_resnet50_fpn", weights=...)` (convert.torchvision_detection) builds the detector with every
 torchvision convention set (`torchvision_retinanet_detector`) and loads the state_dict
 (`load_torchvision_retinanet`). tests/test_torchvision_retinanet.py proves head outputs,
 anchors and detections equal torchvision's (bench/torchvision_retinanet_reference.py).
@@ -26,42 +26,29 @@ bbox_reg are permuted from torchvision's ratio-major anchors to our scale-major 
 an 80-class head keeps the logits of the 80 real COCO ids (category_ids = those ids).
 """
 
-import hashlib
-import os
-
-import numpy as np
-
 from fpn_keras.convert.retinanet_layout import (ANCHOR_SIZES, COCO_80_IDS, COCO_UNUSED_IDS, NUM_RATIOS,
                                                 NUM_SCALES, POSTPROCESS, WEIGHTS_URL,
                                                 reorder_anchor_outputs)
-from fpn_keras.convert.torchvision import assign_torch_weights, read_weights
-
-MODELS = ("retinanet_resnet50_fpn",)
-KNOWN_WEIGHTS = {"COCO_V1": WEIGHTS_URL}  # torchvision's RetinaNet_ResNet50_FPN_Weights.COCO_V1
-DEFAULT_IMAGE_SIZE = (800, 1344)  # torchvision's short side 800, long side <= 1333, to a multiple of 32
+from fpn_keras.convert.torchvision_detection import (DEFAULT_IMAGE_SIZE, assign_detection_weights,
+                                                     backbone_fpn_modules, check_layout, coco_classes,
+                                                     from_torchvision)
 
 
 def _check_detector(detector):
     neck, head = detector.neck, detector.head
-    expected = {"neck levels": ((neck.min_level, neck.max_level), (3, 7)),
-                "neck channels": (neck.channels, 256),
-                "P6/P7 source": (neck.extra_levels_source, "P5"),
-                "anchors per location": (head.head.num_anchors, NUM_SCALES * NUM_RATIOS),
-                "head convs": (head.head.num_convs, 4)}
-    wrong = [f"{name} {got!r} (torchvision: {want!r})" for name, (got, want) in expected.items() if got != want]
-    if head.num_classes not in (80, 91):
-        wrong.append(f"num_classes {head.num_classes} (80: COCO's classes, or 91: torchvision's ids)")
-    if wrong:
-        raise ValueError("detector does not have torchvision retinanet_resnet50_fpn's layout: " + "; ".join(wrong))
+    wrong = [] if head.num_classes in (80, 91) else [
+        f"num_classes {head.num_classes} (80: COCO's classes, or 91: torchvision's ids)"]
+    check_layout("retinanet_resnet50_fpn", {
+        "neck levels": ((neck.min_level, neck.max_level), (3, 7)), "neck channels": (neck.channels, 256),
+        "P6/P7 source": (neck.extra_levels_source, "P5"),
+        "anchors per location": (head.head.num_anchors, NUM_SCALES * NUM_RATIOS),
+        "head convs": (head.head.num_convs, 4)}, wrong)
 
 
 def torchvision_retinanet_modules(detector):
     """{torchvision module path: Keras layer} for every weighted layer of `detector`."""
     neck, towers = detector.neck, detector.head.head
-    modules = {f"backbone.body.{l.name}": l for l in detector.backbone.layers if l.weights}
-    for i, level in enumerate(range(3, 6)):
-        modules[f"backbone.fpn.inner_blocks.{i}.0"] = neck.lateral[f"C{level}"]
-        modules[f"backbone.fpn.layer_blocks.{i}.0"] = neck.output_convs[f"P{level}"]
+    modules = backbone_fpn_modules(detector, (3, 4, 5))
     modules["backbone.fpn.extra_blocks.p6"] = neck.extra["P6"]
     modules["backbone.fpn.extra_blocks.p7"] = neck.extra["P7"]
     for name, convs in (("classification_head", towers.cls_convs), ("regression_head", towers.box_convs)):
@@ -77,27 +64,9 @@ def load_torchvision_retinanet(detector, state_dict):
     retinanet_resnet50_fpn state_dict {key: np.ndarray}; all or nothing. Returns the keys used."""
     _check_detector(detector)
     keep = COCO_80_IDS if detector.head.num_classes == 80 else None
-    state = dict(state_dict)
-    for key, depth, classes in (("head.classification_head.cls_logits", 91, keep),
-                                ("head.regression_head.bbox_reg", 4, None)):
-        for field in ("weight", "bias"):
-            if f"{key}.{field}" in state:
-                state[f"{key}.{field}"] = reorder_anchor_outputs(state[f"{key}.{field}"], depth, classes)
-    return assign_torch_weights(torchvision_retinanet_modules(detector), state, "",
-                                ignore=("backbone.body.fc.",))
-
-
-def coco_classes(num_classes=80):
-    """(class names, COCO category ids) of an 80-class head (the real ids) or of
-    torchvision's 91 ids ("__background__" and "N/A" for the unused ones)."""
-    from fpn_keras.models.detector import COCO_CLASS_NAMES
-
-    if num_classes == 80:
-        return list(COCO_CLASS_NAMES), list(COCO_80_IDS)
-    if num_classes != 91:
-        raise ValueError(f"num_classes must be 80 (COCO's classes) or 91 (torchvision's ids), received {num_classes}")
-    names = dict(zip(COCO_80_IDS, COCO_CLASS_NAMES))
-    return ([names.get(i, "__background__" if i == 0 else "N/A") for i in range(91)], list(range(91)))
+    return assign_detection_weights(torchvision_retinanet_modules(detector), state_dict, {
+        "head.classification_head.cls_logits": lambda value: reorder_anchor_outputs(value, 91, keep),
+        "head.regression_head.bbox_reg": lambda value: reorder_anchor_outputs(value, 4)})
 
 
 def torchvision_retinanet_detector(num_classes=80, image_size=DEFAULT_IMAGE_SIZE, norm_epsilon=0.0):
@@ -123,51 +92,7 @@ def torchvision_retinanet_detector(num_classes=80, image_size=DEFAULT_IMAGE_SIZE
                        image_size=image_size)
 
 
-def checkpoint_path(weights):
-    """A local checkpoint: `weights` itself, or a KNOWN_WEIGHTS name downloaded (once) with
-    keras.utils.get_file and checked against the hash prefix in its file name."""
-    if weights not in KNOWN_WEIGHTS:
-        if not os.path.isfile(str(weights)):
-            raise FileNotFoundError(f"checkpoint {weights} does not exist (pass a .pth / .safetensors "
-                                    f"file, or one of {sorted(KNOWN_WEIGHTS)})")
-        return str(weights)
-    import keras
-
-    url = KNOWN_WEIGHTS[weights]
-    name = url.rsplit("/", 1)[1]
-    try:
-        path = keras.utils.get_file(name, origin=url, cache_subdir="models")
-    except Exception as error:  # keras raises a bare Exception on a failed download
-        raise RuntimeError(f"could not download {url} ({error}); this machine may be offline: download "
-                           "it elsewhere and pass its path as weights") from error
-    sha256 = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            sha256.update(chunk)
-    digest = sha256.hexdigest()
-    expected = name.rsplit("-", 1)[1].split(".")[0]
-    if not digest.startswith(expected):
-        raise RuntimeError(f"{path}: SHA-256 {digest[:8]}... does not match {expected} (a partial download?)")
-    return path
-
-
-def from_torchvision(model="retinanet_resnet50_fpn", weights=None, num_classes=80,
-                     image_size=DEFAULT_IMAGE_SIZE, norm_epsilon=0.0):
-    """The FPNDetector of a torchvision detection model, weights loaded (read without torch).
-
-    model: "retinanet_resnet50_fpn". weights: None (untrained), a torchvision state_dict
-    file (.pth / .safetensors), or "COCO_V1" (downloads torchvision's file). Other
-    arguments: see `torchvision_retinanet_detector`. Detections on a canvas are
-    torchvision's on the same (normalised, padded) tensor; boxes xyxy in canvas pixels.
-    """
-    if model not in MODELS:
-        raise ValueError(f"unknown torchvision model {model!r}; choose from {MODELS}")
-    state = None if weights is None else read_weights(checkpoint_path(weights))
-    detector = torchvision_retinanet_detector(num_classes, image_size, norm_epsilon)
-    detector(np.zeros((1, 64, 64, 3), np.float32))  # builds every layer
-    if state is not None:
-        load_torchvision_retinanet(detector, state)
-    return detector
+build_detector, load_state = torchvision_retinanet_detector, load_torchvision_retinanet  # for from_torchvision
 
 
 __all__ = ["COCO_80_IDS", "COCO_UNUSED_IDS", "from_torchvision", "load_torchvision_retinanet",

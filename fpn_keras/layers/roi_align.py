@@ -23,13 +23,21 @@ import keras
 from keras import ops
 
 
-def assign_levels(boxes, min_level=2, max_level=5, canonical_level=4, canonical_size=224.0):
-    """FPN level of each `xyxy` box [..., 4] -> int32 [...] (Eq. 1 of the FPN paper)."""
+def assign_levels(boxes, min_level=2, max_level=5, canonical_level=4, canonical_size=224.0,
+                  epsilon=None):
+    """FPN level of each `xyxy` box [..., 4] -> int32 [...] (Eq. 1 of the FPN paper).
+
+    epsilon None: floor(k0 + log2(s / s0 + 1e-8)) (the 1e-8 keeps log2 finite for empty
+    boxes); a float: torchvision's LevelMapper, floor(k0 + log2(s / s0) + epsilon) (1e-6;
+    an empty box gets -inf, clamped to min_level). s = sqrt(w * h), s0 = canonical_size.
+    """
     widths = boxes[..., 2] - boxes[..., 0]
     heights = boxes[..., 3] - boxes[..., 1]
     sizes = ops.sqrt(ops.maximum(widths * heights, 0.0))
-    # 1e-8 (detectron2) keeps log2 finite for empty boxes.
-    levels = ops.floor(canonical_level + ops.log2(sizes / canonical_size + 1e-8))
+    if epsilon is None:
+        levels = ops.floor(canonical_level + ops.log2(sizes / canonical_size + 1e-8))
+    else:
+        levels = ops.floor(canonical_level + ops.log2(sizes / canonical_size) + epsilon)
     return ops.cast(ops.clip(levels, min_level, max_level), "int32")
 
 
@@ -57,11 +65,13 @@ def _axis_samples(start, bin_size, pooled_size, sampling_ratio, limit):
 
 def multilevel_roi_align(features, boxes, min_level=2, max_level=5, pooled_size=7,
                          sampling_ratio=2, aligned=True, canonical_level=4, canonical_size=224.0,
-                         implementation="auto"):
+                         implementation="auto", level_epsilon=None):
     """Pools `xyxy` boxes [B, R, 4] (input pixels) from {"P2": [B, H2, W2, C], ...}.
 
-    implementation: "auto" (TF kernel under the TF backend, else generic), "tf"
-    or "generic". Returns [B, R, pooled_size, pooled_size, C].
+    aligned=False: no half-pixel shift, RoIs at least 1x1 (torchvision's roi_align(aligned=False),
+    what MultiScaleRoIAlign uses). level_epsilon: see `assign_levels`.
+    implementation: "auto" (TF kernel under the TF backend, else generic), "tf" or "generic".
+    Returns [B, R, pooled_size, pooled_size, C].
     """
     if implementation == "auto":
         implementation = "tf" if keras.backend.backend() == "tensorflow" else "generic"
@@ -69,7 +79,7 @@ def multilevel_roi_align(features, boxes, min_level=2, max_level=5, pooled_size=
         raise ValueError(f"implementation must be 'auto', 'tf' or 'generic', received {implementation!r}")
     if implementation == "tf":
         return _roi_align_tensorflow(features, boxes, min_level, max_level, pooled_size,
-                                     sampling_ratio, aligned, canonical_level, canonical_size)
+                                     sampling_ratio, aligned, canonical_level, canonical_size, level_epsilon)
     names = [f"P{l}" for l in range(min_level, max_level + 1)]
     batch = ops.shape(boxes)[0]
     num_rois = boxes.shape[1]
@@ -86,7 +96,7 @@ def multilevel_roi_align(features, boxes, min_level=2, max_level=5, pooled_size=
         offset += h * w
     table = ops.concatenate(flat, axis=1)
 
-    levels = assign_levels(boxes, min_level, max_level, canonical_level, canonical_size)
+    levels = assign_levels(boxes, min_level, max_level, canonical_level, canonical_size, level_epsilon)
     index = levels - min_level  # [B, R]
     scale = ops.take(ops.convert_to_tensor([2.0 ** -l for l in range(min_level, max_level + 1)]), index)
     height = ops.take(ops.convert_to_tensor(heights), index)
@@ -125,7 +135,7 @@ def multilevel_roi_align(features, boxes, min_level=2, max_level=5, pooled_size=
 
 
 def _roi_align_tensorflow(features, boxes, min_level, max_level, pooled_size, sampling_ratio,
-                          aligned, canonical_level, canonical_size):
+                          aligned, canonical_level, canonical_size, level_epsilon=None):
     """TF's CropAndResize kernel, one call per level on that level's RoIs only
     (tf.dynamic_partition / dynamic_stitch): cropping every RoI from every level
     and masking cost 4x the work."""
@@ -136,7 +146,7 @@ def _roi_align_tensorflow(features, boxes, min_level, max_level, pooled_size, sa
     num_rois = boxes.shape[1]
     n = pooled_size * sampling_ratio
     num_levels = max_level - min_level + 1
-    levels = assign_levels(boxes, min_level, max_level, canonical_level, canonical_size)
+    levels = assign_levels(boxes, min_level, max_level, canonical_level, canonical_size, level_epsilon)
     flat_boxes = tf.reshape(boxes, [-1, 4])
     box_indices = tf.repeat(tf.range(batch), num_rois)
     # positions[i]: which of the B * R RoIs go to level min_level + i.

@@ -62,7 +62,12 @@ class FasterRCNN(DetectionHead):
             (512, 25 %, IoU 0.5).
         box_coder_weights: (10, 10, 5, 5). smooth_l1_beta: 0 (L1), as detectron2.
         score_threshold, nms_iou_threshold, max_detections: inference (0.05, 0.5, 100).
-        pre_nms_topk: (proposal, class) candidates kept before NMS (a static bound).
+        pre_nms_topk: (proposal, class) candidates kept before NMS (a static bound; P * K
+            keeps them all, as torchvision).
+        roi_aligned, roi_level_epsilon: RoIAlign's half-pixel shift (True, detectron2) and the
+            level mapper's epsilon (see `assign_levels`); torchvision: False, 1e-6.
+        min_box_size: at inference, boxes with a side < min_box_size (pixels) are dropped
+            before NMS (0: none; torchvision: 1e-2).
     """
 
     neck_args = RPN.neck_args
@@ -73,7 +78,8 @@ class FasterRCNN(DetectionHead):
                  batch_size_per_image=512, positive_fraction=0.25, positive_threshold=0.5,
                  box_coder_weights=(10.0, 10.0, 5.0, 5.0), smooth_l1_beta=0.0,
                  score_threshold=0.05, nms_iou_threshold=0.5, max_detections=100,
-                 pre_nms_topk=5000, seed=None, **kwargs):
+                 pre_nms_topk=5000, seed=None, roi_aligned=True, roi_level_epsilon=None,
+                 min_box_size=0.0, **kwargs):
         super().__init__(**kwargs)
         rpn = _deserialize(rpn)
         self.rpn = rpn if rpn is not None else RPN(seed=seed, name="rpn")
@@ -90,10 +96,12 @@ class FasterRCNN(DetectionHead):
         self.box_coder = BoxCoder(box_coder_weights)
         self.smooth_l1_beta = float(smooth_l1_beta)
         self.set_detection_options(pre_nms_topk, score_threshold, nms_iou_threshold, max_detections)
+        self.min_box_size = float(min_box_size)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.roi_heads = RoIHeads(num_classes, roi_min_level, roi_max_level, pooled_size, sampling_ratio,
-                                  canonical_level, canonical_size, fc_dim, num_fc, name="roi_heads")
+                                  canonical_level, canonical_size, fc_dim, num_fc, roi_aligned,
+                                  roi_level_epsilon, name="roi_heads")
         self.loss_names = self.rpn.loss_names + ("cls_loss", "box_loss")
 
     def build(self, input_shape):
@@ -145,6 +153,9 @@ class FasterRCNN(DetectionHead):
         probs = ops.where(valid[..., None], probs, 0.0)  # [B, P, K]
         boxes = self.box_coder.decode(raw["box_deltas"], proposals[:, :, None, :])  # [B, P, K, 4]
         boxes = clip_boxes(boxes, *image_shape)
+        if self.min_box_size > 0:
+            sides = ops.minimum(boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1])
+            probs = ops.where(sides >= self.min_box_size, probs, 0.0)
         num_proposals = proposals.shape[1]
         # [B, P, K] -> [B, P * K] candidates, each with its class.
         scores = ops.reshape(probs, (-1, num_proposals * self.num_classes))
@@ -170,5 +181,7 @@ class FasterRCNN(DetectionHead):
             "positive_threshold": self.matcher.positive_threshold,
             "box_coder_weights": list(self.box_coder.weights),
             "smooth_l1_beta": self.smooth_l1_beta, "seed": self.seed, **self.detection_options(),
+            "roi_aligned": self.roi_heads.aligned, "roi_level_epsilon": self.roi_heads.level_epsilon,
+            "min_box_size": self.min_box_size,
         })
         return config

@@ -1,0 +1,118 @@
+"""`from_torchvision`: a torchvision detection model -> an FPNDetector with the same outputs,
+and what its converters share (checkpoint download, COCO classes, backbone / FPN module map,
+layout checks).
+
+One module per model holds its layout and conventions: `torchvision_retinanet`
+(retinanet_resnet50_fpn) and `torchvision_faster_rcnn` (fasterrcnn_resnet50_fpn), each with
+`WEIGHTS_URL`, `build_detector(num_classes, image_size, norm_epsilon)` (unbuilt) and
+`load_state(detector, state_dict)`.
+"""
+
+import hashlib
+import importlib
+import os
+
+import numpy as np
+
+from fpn_keras.convert.torchvision import assign_torch_weights, read_weights
+
+MODELS = {"retinanet_resnet50_fpn": "fpn_keras.convert.torchvision_retinanet",
+          "fasterrcnn_resnet50_fpn": "fpn_keras.convert.torchvision_faster_rcnn"}
+KNOWN_WEIGHTS = ("COCO_V1",)  # torchvision's <Model>_Weights.COCO_V1 (the module's WEIGHTS_URL)
+DEFAULT_IMAGE_SIZE = (800, 1344)  # torchvision's short side 800, long side <= 1333, to a multiple of 32
+
+
+def backbone_fpn_modules(detector, levels):
+    """{torchvision module path: Keras layer} of the ResNet body and of the FPN's inner
+    (1x1 lateral) and layer (3x3 output) blocks for backbone levels `levels` (finest first)."""
+    neck = detector.neck
+    modules = {f"backbone.body.{l.name}": l for l in detector.backbone.layers if l.weights}
+    for i, level in enumerate(levels):
+        modules[f"backbone.fpn.inner_blocks.{i}.0"] = neck.lateral[f"C{level}"]
+        modules[f"backbone.fpn.layer_blocks.{i}.0"] = neck.output_convs[f"P{level}"]
+    return modules
+
+
+def assign_detection_weights(modules, state_dict, transforms):
+    """`assign_torch_weights` of a whole detection checkpoint (its ResNet's fc ignored), after
+    `transforms` {module path: function of a tensor} change those modules' weight and bias."""
+    state = dict(state_dict)
+    for module, transform in transforms.items():
+        for key in (f"{module}.weight", f"{module}.bias"):
+            if key in state:
+                state[key] = transform(state[key])
+    return assign_torch_weights(modules, state, "", ignore=("backbone.body.fc.",))
+
+
+def check_layout(model, expected, wrong=()):
+    """Raises a ValueError naming every {what: (ours, torchvision's)} that differs (and `wrong`)."""
+    wrong = list(wrong) + [f"{name} {got!r} (torchvision: {want!r})"
+                           for name, (got, want) in expected.items() if got != want]
+    if wrong:
+        raise ValueError(f"detector does not have torchvision {model}'s layout: " + "; ".join(wrong))
+
+
+def coco_classes(num_classes=80, background=True):
+    """(class names, COCO category ids) of an 80-class head (the real ids) or of
+    torchvision's 91 ids ("__background__" and "N/A" for the unused ones; without id 0
+    when `background` is False: 90 classes)."""
+    from fpn_keras.convert.retinanet_layout import COCO_80_IDS
+    from fpn_keras.models.detector import COCO_CLASS_NAMES
+
+    if num_classes == 80:
+        return list(COCO_CLASS_NAMES), list(COCO_80_IDS)
+    if num_classes != 91:
+        raise ValueError(f"num_classes must be 80 (COCO's classes) or 91 (torchvision's ids), received {num_classes}")
+    names = dict(zip(COCO_80_IDS, COCO_CLASS_NAMES))
+    ids = list(range(0 if background else 1, 91))
+    return [names.get(i, "__background__" if i == 0 else "N/A") for i in ids], ids
+
+
+def checkpoint_path(weights, url):
+    """A local checkpoint: `weights` itself, or "COCO_V1": `url` downloaded (once) with
+    keras.utils.get_file and checked against the hash prefix in its file name."""
+    if weights not in KNOWN_WEIGHTS:
+        if not os.path.isfile(str(weights)):
+            raise FileNotFoundError(f"checkpoint {weights} does not exist (pass a .pth / .safetensors "
+                                    f"file, or one of {list(KNOWN_WEIGHTS)})")
+        return str(weights)
+    import keras
+
+    name = url.rsplit("/", 1)[1]
+    try:
+        path = keras.utils.get_file(name, origin=url, cache_subdir="models")
+    except Exception as error:  # keras raises a bare Exception on a failed download
+        raise RuntimeError(f"could not download {url} ({error}); this machine may be offline: download "
+                           "it elsewhere and pass its path as weights") from error
+    sha256 = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            sha256.update(chunk)
+    digest = sha256.hexdigest()
+    expected = name.rsplit("-", 1)[1].split(".")[0]
+    if not digest.startswith(expected):
+        raise RuntimeError(f"{path}: SHA-256 {digest[:8]}... does not match {expected} (a partial download?)")
+    return path
+
+
+def from_torchvision(model="retinanet_resnet50_fpn", weights=None, num_classes=80,
+                     image_size=DEFAULT_IMAGE_SIZE, norm_epsilon=0.0):
+    """The FPNDetector of a torchvision detection model, weights loaded (read without torch).
+
+    model: one of MODELS. weights: None (untrained), a torchvision state_dict file (.pth /
+    .safetensors), or "COCO_V1" (downloads torchvision's file). num_classes: 80 (COCO's
+    classes, `category_ids` their ids) or 91 (torchvision's ids). image_size: the canvas
+    (height, width) stored in the model, which predict / evaluate / export fit images into.
+    norm_epsilon: BatchNorm epsilon (0.0 for the COCO_V1 weights, 1e-5 for a torchvision model
+    built without overwrite_eps). Detections on a canvas are torchvision's on the same
+    (normalised, padded) tensor; boxes xyxy in canvas pixels.
+    """
+    if model not in MODELS:
+        raise ValueError(f"unknown torchvision model {model!r}; choose from {list(MODELS)}")
+    converter = importlib.import_module(MODELS[model])
+    state = None if weights is None else read_weights(checkpoint_path(weights, converter.WEIGHTS_URL))
+    detector = converter.build_detector(num_classes, image_size, norm_epsilon)
+    detector(np.zeros((1, 64, 64, 3), np.float32))  # builds every layer
+    if state is not None:
+        converter.load_state(detector, state)
+    return detector
