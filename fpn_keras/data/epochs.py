@@ -121,7 +121,15 @@ def epoch_elements(elements, random_access, drop_failures, epoch, first, num_pos
             lookup, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
         return dataset.ignore_errors(log_warning=True) if drop_failures else dataset
     shuffle_seed = tf.random.stateless_uniform([], key, minval=0, maxval=2**62, dtype=tf.int64)
-    dataset = elements.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+    # shuffle's seed logic compares a tensor seed with 0 when the global seed is 0 (an error
+    # in graph mode): a fixed graph-level seed avoids it and keeps the order independent of
+    # the process's global seed.
+    graph = tf.compat.v1.get_default_graph()
+    previous, graph.seed = graph.seed, 0x5EED
+    try:
+        dataset = elements.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+    finally:
+        graph.seed = previous
     if num_positions is not None:
         dataset = dataset.take(num_positions)
     # The skipped elements are read (decoded) but not augmented.
