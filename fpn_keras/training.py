@@ -103,7 +103,8 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
     returns (model, metrics).
 
     resume: continue from the latest checkpoint in out_dir/checkpoints (weights,
-        optimizer state and step; the interrupted epoch resumes at the next batch).
+        optimizer state and step; the interrupted epoch resumes at the next batch, with
+        the data order and augmentations an uninterrupted run has there).
     strategy: a `tf.distribute.Strategy` or a spec for `distribute.strategy`
         (default: the recipe's train.strategy, "auto").
     callbacks: extra Keras callbacks.
@@ -125,7 +126,7 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
         data = build_datasets(recipe)
     except (ValueError, FileNotFoundError, NotADirectoryError) as error:
         raise DataError(str(error)) from error
-    train_ds, val_ds, class_names = data.train, data.val, data.class_names
+    val_ds, class_names = data.val, data.class_names
     num_images = data.train_info.num_images
     if num_images is not None and num_images < cfg.batch_size:
         raise DataError(
@@ -148,11 +149,14 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
         recipe.model.num_classes = len(class_names)
     if verbose or chief:
         print(describe_plan(recipe, data, epochs, steps_per_epoch, total_steps))
-    # Training needs boxes and labels only (extra keys trip Keras' build under
-    # MultiWorkerMirroredStrategy); one iterator across epochs: resume can skip
-    # the batches already trained on inside an epoch.
-    train_ds = train_ds.map(lambda images, y: (images, {"boxes": y["boxes"], "labels": y["labels"]})
-                            if isinstance(y, dict) else (images, y)).repeat()
+
+    def train_batches(epoch, batch=0, num_epochs=None):
+        # Epoch e's batches are a function of (seed, e): a resumed run starts at its batch.
+        # Training needs boxes and labels only (extra keys trip Keras' build under
+        # MultiWorkerMirroredStrategy).
+        return data.train_from(epoch, batch, num_epochs).map(
+            lambda images, y: (images, {"boxes": y["boxes"], "labels": y["labels"]})
+            if isinstance(y, dict) else (images, y))
 
     dump_recipe(recipe, os.path.join(files_dir, "recipe.yaml"))
     precision = cfg.mixed_precision
@@ -202,11 +206,12 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
     try:
         with stopper if catch_signals else contextlib.nullcontext():
             # A run resumed inside an epoch first finishes that epoch from the next batch
-            # (the data iterator skips the batches already trained on), then goes on.
+            # (the batches an uninterrupted run trains on there), then goes on.
             epoch, offset = divmod(step, steps_per_epoch)
             if offset and step < total_steps:
                 fit_start = step
-                model.fit(check_finite_batches(train_ds.skip(offset)), initial_epoch=epoch, epochs=epoch + 1,
+                model.fit(check_finite_batches(train_batches(epoch, offset, 1)), initial_epoch=epoch,
+                          epochs=epoch + 1,
                           steps_per_epoch=steps_per_epoch - offset, callbacks=all_callbacks,
                           verbose=verbose, shuffle=False)
                 epoch += 1
@@ -215,7 +220,7 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
                     epoch = epochs
             if epoch < epochs:
                 fit_start = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-                model.fit(check_finite_batches(train_ds), initial_epoch=epoch, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                model.fit(check_finite_batches(train_batches(epoch)), initial_epoch=epoch, epochs=epochs, steps_per_epoch=steps_per_epoch,
                           callbacks=all_callbacks, verbose=verbose, shuffle=False)
     except tf.errors.InvalidArgumentError as error:
         if NON_FINITE_DATA not in str(error):

@@ -130,6 +130,57 @@ def test_sigkill_mid_epoch_then_resume_continues_from_the_saved_step(tmp_path):
     keras.saving.load_model(os.path.join(out, "best.keras"))
 
 
+class Fingerprints:
+    """Wraps `training.build_datasets` so that every training batch drawn from the pipeline
+    appends (sum of pixels, sum of boxes, image ids) to `batches` (in order: the map is
+    sequential; batches prefetched beyond the last step come last)."""
+
+    def __init__(self, monkeypatch):
+        self.batches = []
+        real = training.build_datasets
+
+        def record(images, y):
+            def note(images, boxes, labels):
+                self.batches.append((float(np.asarray(images, np.float64).sum()),
+                                     float(np.asarray(boxes, np.float64).sum()), int(np.asarray(labels).sum())))
+                return 0
+            done = tf.py_function(note, [images, y["boxes"], y["labels"]], tf.int64)
+            with tf.control_dependencies([done]):
+                return tf.identity(images), y
+
+        def recorded(recipe):
+            data = real(recipe)
+            return dataclasses.replace(data, train_from=lambda *a: data.train_from(*a).map(record))
+
+        monkeypatch.setattr(training, "build_datasets", recorded)
+
+
+def test_a_resumed_run_trains_on_the_batches_and_ends_with_the_weights_of_an_uninterrupted_one(
+        tmp_path, monkeypatch):
+    """Killed after step 7 of 8 (checkpoint of step 6), resumed: steps 6 and 7 see the
+    pixels and boxes of an uninterrupted run's steps 6 and 7 (scale jitter and colour
+    augmentation on), and the final weights match."""
+    augment = {"scale_range": [0.8, 1.25], "brightness": 0.2}
+    fingerprints = Fingerprints(monkeypatch)
+    recipe = tiny_recipe()
+    recipe.data.augment = augment
+    uninterrupted, _ = training.train(recipe, str(tmp_path / "whole"), verbose=0)
+    expected = fingerprints.batches[:8]
+    assert len(set(expected)) == 8
+
+    out = str(tmp_path / "run")
+    result = subprocess.run([sys.executable, os.path.join(HERE, "train_helpers.py"), out, "7", "--augment"],
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == -9, result.stderr[-3000:]
+    fingerprints.batches.clear()
+    recipe = tiny_recipe()
+    recipe.data.augment = augment
+    resumed, _ = training.train(recipe, out, verbose=0, resume=True)
+    assert fingerprints.batches[:2] == expected[6:8]
+    for a, b in zip(uninterrupted.weights, resumed.weights):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6, err_msg=a.path)
+
+
 def test_sigkill_in_the_middle_of_a_save_keeps_the_previous_checkpoint(tmp_path):
     """keep_checkpoints 1: the half-written checkpoint of step 6 is never named, and the
     one of step 4 is not deleted before a new one is complete and recorded."""
@@ -208,7 +259,7 @@ def test_nan_in_an_image_stops_training_naming_the_step_and_the_intact_checkpoin
             images, y = batch
             return tf.where(i == 1, tf.fill(tf.shape(images), float("nan")), images), y
 
-        return dataclasses.replace(data, train=data.train.enumerate().map(poison))
+        return dataclasses.replace(data, train_from=lambda *a: data.train_from(*a).enumerate().map(poison))
 
     monkeypatch.setattr(training, "build_datasets", poisoned)
     out = str(tmp_path / "run")

@@ -5,7 +5,8 @@ subprocess to interrupt a run for real).
     python tests/train_helpers.py OUT_DIR KILL_AT_STEP [--resume] [--kill-in-save STEP] [--keep N]
 
 --kill-in-save STEP: SIGKILL in the middle of writing the checkpoint of STEP (half
-the file written). --keep N: train.keep_checkpoints.
+the file written). --keep N: train.keep_checkpoints. --augment: scale jitter [0.8, 1.25]
+and brightness 0.2 (as tests/test_training.py's data-resume test).
 """
 
 import os
@@ -77,6 +78,8 @@ def main(argv):
     if "--kill-in-save" in argv:
         kill_in_save(_option(argv, "--kill-in-save"))
     recipe = tiny_recipe(keep_checkpoints=_option(argv, "--keep", 3))
+    if "--augment" in argv:
+        recipe.data.augment = {"scale_range": [0.8, 1.25], "brightness": 0.2}
     training.train(recipe, out_dir, verbose=0, resume="--resume" in argv,
                    callbacks=[KillAt(kill_at)] if kill_at > 0 else ())
     return 0

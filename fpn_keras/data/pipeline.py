@@ -11,8 +11,7 @@ inside ``tf.data`` (graph mode). Augmentations live in
 import tensorflow as tf
 
 from fpn_keras.boxes.convert import check_format, from_xyxy
-from fpn_keras.data import transforms
-
+from fpn_keras.data import epochs, transforms
 
 
 def _output_hw(output_size, stride):
@@ -139,6 +138,10 @@ def prepare(
     augment=None,
     resize=None,
     bounding_box_format="xyxy",
+    start_epoch=0,
+    start_batch=0,
+    num_epochs=1,
+    factory=False,
 ):
     """Turn a dataset of detection elements into batches for ``FPNDetector.fit``.
 
@@ -151,9 +154,18 @@ def prepare(
     ``ResizeShortestEdge`` (capped to fit ``image_size``) instead of filling
     the canvas; multi-scale / scale-jitter training ignore it.
 
-    ``seed`` makes the pipeline deterministic: same seed, same batches, same
-    augmentations (per-element stateless random seeds; the parallel maps keep
-    their order). Without a seed the maps may return elements out of order.
+    Training batches come epoch by epoch, each a pure function of (seed, epoch)
+    (see ``fpn_keras.data.epochs``): a stateless permutation of the elements
+    (a global shuffle; ``shuffle_buffer`` only for sources without random
+    access, e.g. TFDS) and per-element augmentation seeds from (seed, epoch,
+    position). ``start_epoch`` / ``start_batch`` start at batch ``start_batch``
+    of epoch ``start_epoch`` (a resumed run: the same batches an uninterrupted
+    run trains on from there, nothing replayed); ``num_epochs``: how many epochs
+    (None: unbounded). ``seed`` makes the pipeline deterministic: same seed, same
+    batches, same augmentations (the parallel maps keep their order). Without a
+    seed, a random one is drawn and the maps may return elements out of order.
+    ``factory=True`` (training): returns ``make(start_epoch=0, start_batch=0,
+    num_epochs=None)`` instead, whose datasets share one decoded (cached) source.
 
     Ignore boxes (element ``"ignore"`` True: COCO iscrowd, VOC difficult) are
     sorted after the others (so ``max_boxes`` truncation drops them first);
@@ -190,16 +202,17 @@ def prepare(
     autotune = tf.data.AUTOTUNE
     colour = training and (augment.brightness or augment.contrast or augment.saturation)
 
+    # Training looks elements up by index where the source allows it (before decoding).
+    view = epochs.random_access_view(dataset) if training else None
+    if view is not None and view[1] and cache:
+        view = None  # decode failures must be dropped before the cache: shuffle-buffer path
+    if view is not None:
+        dataset = view[0]
     dataset = dataset.map(_decode, num_parallel_calls=autotune, deterministic=deterministic)
     if cache:
         dataset = dataset.cache()
-    if training:
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        # one stateless [2] seed per element, fresh each epoch, reproducible with `seed`
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        dataset = tf.data.Dataset.zip((dataset, seeds))
-    else:
-        dataset = dataset.map(lambda element: (element, tf.zeros([2], tf.int64)))
+    elif view is not None:
+        epochs.warm(dataset, view[2])
 
     def transform(element, element_seed):
         image, boxes = element["image"], element["boxes"]
@@ -241,30 +254,71 @@ def prepare(
         }
         return image, targets
 
-    dataset = dataset.map(transform, num_parallel_calls=autotune, deterministic=deterministic)
-    dataset = dataset.padded_batch(
-        int(batch_size),
-        padded_shapes=(
-            [height, width, 3],
-            {"boxes": [max_boxes, 4], "labels": [max_boxes], "ignore": [max_boxes],
-             "image_id": [], "image_scale": []},
-        ),
-        padding_values=(
-            tf.constant(0.0, tf.float32),
-            {
-                "boxes": tf.constant(-1.0, tf.float32),
-                "labels": tf.constant(-1, tf.int32),
-                "ignore": tf.constant(False),
-                "image_id": tf.constant(0, tf.int64),
-                "image_scale": tf.constant(0.0, tf.float32),
-            },
-        ),
-        drop_remainder=drop_remainder,
+    def batches(elements):
+        return elements.map(transform, num_parallel_calls=autotune, deterministic=deterministic).padded_batch(
+            int(batch_size), padded_shapes=padded_shapes, padding_values=padding_values,
+            drop_remainder=drop_remainder)
+
+    padded_shapes = (
+        [height, width, 3],
+        {"boxes": [max_boxes, 4], "labels": [max_boxes], "ignore": [max_boxes], "image_id": [], "image_scale": []},
     )
-    if bounding_box_format != "xyxy":
-        dataset = dataset.map(lambda images, targets: (images, _convert_boxes(
-            targets, check_format(bounding_box_format), height, width)), num_parallel_calls=autotune)
-    return dataset.prefetch(autotune)
+    padding_values = (
+        tf.constant(0.0, tf.float32),
+        {
+            "boxes": tf.constant(-1.0, tf.float32),
+            "labels": tf.constant(-1, tf.int32),
+            "ignore": tf.constant(False),
+            "image_id": tf.constant(0, tf.int64),
+            "image_scale": tf.constant(0.0, tf.float32),
+        },
+    )
+
+    def finish(batched):
+        if bounding_box_format != "xyxy":
+            batched = batched.map(lambda images, targets: (images, _convert_boxes(
+                targets, check_format(bounding_box_format), height, width)), num_parallel_calls=autotune)
+        return batched.prefetch(autotune)
+
+    if not training:
+        return finish(batches(dataset.map(lambda element: (element, tf.zeros([2], tf.int64)))))
+    seed = epochs.resolve_seed(seed)
+
+    def make(start_epoch=0, start_batch=0, num_epochs=None):
+        return finish(_training_epochs(dataset, view, batches, int(batch_size), drop_remainder, seed,
+                                       shuffle_buffer, deterministic, start_epoch, start_batch, num_epochs))
+
+    return make if factory else make(start_epoch, start_batch, num_epochs)
+
+
+def _training_epochs(elements, view, batches, batch_size, drop_remainder, seed, shuffle_buffer,
+                     deterministic, start_epoch, start_batch, num_epochs):
+    """Epochs start_epoch.. of batches (the first from batch start_batch) -> dataset."""
+    size = int(elements.cardinality())
+    if size < 0:
+        per_epoch, num_positions = None, None
+    else:
+        per_epoch = size // batch_size if drop_remainder else -(-size // batch_size)
+        num_positions = per_epoch * batch_size if drop_remainder else size
+    start_epoch, start_batch = int(start_epoch), int(start_batch)
+    if start_epoch < 0 or start_batch < 0 or (per_epoch is not None and start_batch and start_batch >= per_epoch):
+        raise ValueError(f"start_epoch={start_epoch}, start_batch={start_batch}: expected epoch >= 0 and "
+                         f"0 <= batch < {per_epoch} (the batches per epoch)")
+
+    def one_epoch(epoch):
+        first = tf.where(epoch == start_epoch, tf.constant(start_batch * batch_size, tf.int64),
+                         tf.constant(0, tf.int64))
+        return batches(epochs.epoch_elements(
+            elements, view is not None, view is not None and view[1], epoch, first, num_positions, size,
+            seed, shuffle_buffer, deterministic))
+
+    stop = None if num_epochs is None else start_epoch + int(num_epochs)
+    epoch_ids = tf.data.Dataset.counter(start_epoch) if stop is None else tf.data.Dataset.range(start_epoch, stop)
+    dataset = epoch_ids.flat_map(one_epoch)
+    if stop is not None and per_epoch is not None and not (view is not None and view[1]):
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(
+            per_epoch * int(num_epochs) - start_batch))
+    return dataset
 
 
 def _convert_boxes(targets, bounding_box_format, height, width):

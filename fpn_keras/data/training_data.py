@@ -33,7 +33,10 @@ FALLBACK_MAX_BOXES = 100
 class TrainingData:
     """Batches for `fit` and evaluation, and what was decided about them.
 
-    train / val: batched datasets (`pipeline.prepare`); train is finite (one pass).
+    train / val: batched datasets (`pipeline.prepare`); train is finite (one pass: epoch 0).
+    train_from(start_epoch=0, start_batch=0, num_epochs=None): the training batches from
+    batch `start_batch` of epoch `start_epoch` on (what `fit` and a resumed run train
+    on); its datasets share one decoded (cached) source.
     train_info / val_info: `DatasetInfo` of the images (after the checks).
     image_size: (height, width) of the canvas; max_boxes: boxes per image after padding.
     settings: setting name -> (value, where it came from), for the training log.
@@ -47,6 +50,7 @@ class TrainingData:
     image_size: typing.Tuple[int, int]
     max_boxes: int
     settings: dict
+    train_from: typing.Callable = None
 
 
 def auto_image_size(image_sizes, max_image_size):
@@ -175,15 +179,16 @@ def build_datasets(recipe):
     max_boxes = _resolve_max_boxes(recipe, train_info, settings)
     cache = _resolve_cache(recipe, specs + ([] if holdout else [cfg.val]), [train_info, val_info], settings)
     batch = recipe.train.batch_size
-    train = pipeline.prepare(train, batch, image_size, training=True, max_boxes=max_boxes,
-                             seed=recipe.train.seed, cache=cache, augment=cfg.augment, resize=cfg.resize,
-                             bounding_box_format=recipe.model.bounding_box_format)
+    train_from = pipeline.prepare(train, batch, image_size, training=True, max_boxes=max_boxes,
+                                  seed=recipe.train.seed, cache=cache, augment=cfg.augment, resize=cfg.resize,
+                                  bounding_box_format=recipe.model.bounding_box_format, factory=True)
     # Evaluation batches are never truncated: an image with more boxes than the
     # training padding keeps all of them (max_boxes only bounds training targets).
     val_boxes = max(max_boxes, val_info.max_boxes or 0)
     val = pipeline.prepare(val, batch, image_size, training=False, max_boxes=val_boxes, cache=cache,
                            resize=cfg.resize, bounding_box_format=recipe.model.bounding_box_format)
-    return TrainingData(train, val, class_names, train_info, val_info, image_size, max_boxes, settings)
+    return TrainingData(train_from(num_epochs=1), val, class_names, train_info, val_info, image_size, max_boxes,
+                        settings, train_from)
 
 
 __all__ = ["TrainingData", "auto_image_size", "build_datasets"]
