@@ -110,19 +110,9 @@ _CONVERSIONS = {
 }
 
 
-def image_conversion(path):
-    """What decoding ``path`` as 8-bit RGB changes (e.g. "16-bit image scaled to 8 bits"), or None."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return _CONVERSIONS.get(image.mode)
-    except Exception:  # noqa: BLE001 - inspect_image reports unreadable files
-        return None
-
-
 def inspect_image(path, mode="header"):
-    """-> (None or the reason ``path`` is not a decodable image, (height, width) or None).
+    """-> (None or the reason ``path`` is not a decodable image, (height, width) or None,
+    what decoding it as 8-bit RGB changes (e.g. "16-bit image scaled to 8 bits") or None).
 
     ``mode``: "none" (exists, non-empty; size unknown), "header" (default: PIL
     reads the header, the format is one tf.io.decode_image supports and a
@@ -132,32 +122,33 @@ def inspect_image(path, mode="header"):
     if mode not in ("none", "header", "full"):
         raise ValueError(f"check_images must be 'none', 'header' or 'full', got {mode!r}")
     if not os.path.isfile(path):
-        return "missing image file", None
+        return "missing image file", None, None
     size = os.path.getsize(path)
     if size == 0:
-        return "empty image file", None
+        return "empty image file", None, None
     if mode == "none":
-        return None, None
+        return None, None, None
     from PIL import Image
 
     try:
         with Image.open(path) as image:
             fmt = image.format
             width, height = image.size
+            conversion = _CONVERSIONS.get(image.mode)
             if mode == "full":
                 image.load()
     except Exception as error:  # noqa: BLE001 - any PIL failure means unreadable
-        return f"unreadable image ({type(error).__name__}: {error})", None
+        return f"unreadable image ({type(error).__name__}: {error})", None, None
     if fmt not in _SUPPORTED_FORMATS:
-        return f"unsupported image format {fmt}", None
+        return f"unsupported image format {fmt}", None, None
     with open(path, "rb") as f:
         f.seek(max(size - 1024, 0))
         tail = f.read()
     if fmt == "JPEG" and b"\xff\xd9" not in tail:
-        return "truncated JPEG (no end-of-image marker)", None
+        return "truncated JPEG (no end-of-image marker)", None, None
     if fmt == "PNG" and b"IEND" not in tail:
-        return "truncated PNG (no IEND chunk)", None
-    return None, (int(height), int(width))
+        return "truncated PNG (no IEND chunk)", None, None
+    return None, (int(height), int(width)), conversion
 
 
 def check_image(path, mode="header"):
@@ -334,11 +325,10 @@ def read_annotations(annotations, image_dir, check_images="header"):
         if path is None:
             skips.add("file_name refused (absolute or outside the image folder)", repr(info["file_name"]))
             continue
-        reason, size = inspect_image(path, check_images)
+        reason, size, conversion = inspect_image(path, check_images)
         if reason is not None:
             skips.add(reason, path)
             continue
-        conversion = image_conversion(path) if check_images != "none" else None
         if conversion:
             skips.add(conversion, path)
         if size is None and all(isinstance(info[k], (int, float)) for k in ("height", "width")):
@@ -439,5 +429,5 @@ def load(annotations, image_dir, split=None, shuffle=False, seed=None, check_ima
     return records_to_dataset(records, shuffle=shuffle, seed=seed), class_names
 
 
-__all__ = ["ClassNames", "DatasetInfo", "check_image", "holdout_indices", "image_conversion", "inspect_image", "limit_records", "load", "read_annotations", "records_info",
+__all__ = ["ClassNames", "DatasetInfo", "check_image", "holdout_indices", "inspect_image", "limit_records", "load", "read_annotations", "records_info",
            "records_to_dataset", "safe_join", "split_records"]

@@ -39,7 +39,6 @@ import numpy as np
 from fpn_keras.data.coco import (
     ClassNames,
     SkipLog,
-    image_conversion,
     inspect_image,
     limit_records,
     records_to_dataset,
@@ -199,11 +198,10 @@ def read_split(root, split, class_names=None, check_images="header"):
         if path is None:
             skips.add("image path refused (outside JPEGImages)", repr(name))
             continue
-        reason, size = inspect_image(path, check_images)
+        reason, size, conversion = inspect_image(path, check_images)
         if reason is not None:
             skips.add(reason, path)
             continue
-        conversion = image_conversion(path) if check_images != "none" else None
         if conversion:
             skips.add(conversion, path)
         negatives += not len(ann["labels"])
