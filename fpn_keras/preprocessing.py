@@ -28,6 +28,12 @@ def _non_finite_message(counts, names=None):
             "'no objects': fix or drop these images")
 
 
+def _eager_tf():
+    import tensorflow as tf
+
+    return tf.executing_eagerly()
+
+
 def check_finite_images(images, names=None):
     """Fails on NaN / Inf pixels in a float batch [B, H, W, 3], naming each bad image
     (`names`, else its index) and how many values are not finite; returns the images.
@@ -39,14 +45,10 @@ def check_finite_images(images, names=None):
     if "float" not in dtype:
         return images
     backend = keras.backend.backend()
-    if backend == "tensorflow" and not isinstance(images, np.ndarray):
+    if backend == "tensorflow" and not isinstance(images, np.ndarray) and not _eager_tf():
         import tensorflow as tf
 
         counts = tf.reduce_sum(tf.cast(~tf.math.is_finite(images), tf.int32), axis=[1, 2, 3])
-        if tf.executing_eagerly():
-            if int(tf.reduce_max(counts)):
-                raise ValueError(_non_finite_message(counts.numpy(), names))
-            return images
         check = tf.debugging.Assert(tf.reduce_all(counts == 0), [
             NON_FINITE_INPUT + " (per image of the batch, the count of NaN/Inf values):", counts], summarize=64)
         with tf.control_dependencies([check]):
