@@ -23,6 +23,12 @@ libraries see the same pixels): the same measurements in a subprocess of
 --torchvision-python (a separate venv with torch + torchvision; the project venv
 stays torch-free), `model.eval()` + `torch.inference_mode()` for inference.
 
+--converted: both sides run the same seeded COCO-layout weights instead of random init:
+the torchvision state dict of bench/torchvision_*_reference.py's numpy seeds, loaded by
+torchvision (BatchNorm eps 0.0, as its COCO_V1 weights) and converted by
+`fpn_keras.convert.from_torchvision` (canvas = the image side, so both see the same
+pixels); inference only, `predict_on_batch` as above.
+
 Both sides run with 2 threads (--threads). With random init almost no score
 passes the threshold, which flatters post-processing (ours and theirs);
 bench/postprocess.py measures NMS with thousands of boxes above threshold.
@@ -77,7 +83,13 @@ def run_ours(model_name, jit, args):
     rng = np.random.default_rng(0)
     row = {"library": "fpn_keras", "model": model_name, "jit_compile": jit, "threads": args.threads,
            "size": args.size, "train_size": args.train_size, "tf": tf.__version__, "keras": keras.__version__}
-    model = FPNDetector(head=model_name, backbone="resnet50", backbone_weights=None)
+    if args.weights:  # --converted: torchvision's weights in torchvision's layout
+        from fpn_keras.convert import from_torchvision
+
+        model = from_torchvision(MODELS[model_name], weights=args.weights, image_size=(args.size, args.size))
+        row["weights"] = "converted seeded torchvision checkpoint"
+    else:
+        model = FPNDetector(head=model_name, backbone="resnet50", backbone_weights=None)
     model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9), jit_compile=jit)
     image = rng.uniform(0, 255, (1, args.size, args.size, 3)).astype("float32")
     model(image)
@@ -124,6 +136,12 @@ def run_torchvision(model_name, args):
            "torch": torch.__version__, "torchvision": torchvision.__version__}
     if not args.skip_inference:
         model = builder(weights=None, weights_backbone=None, min_size=args.size, max_size=args.size).eval()
+        if args.weights:  # --converted: the same state dict the converted model holds
+            for module in model.modules():
+                if isinstance(module, (torch.nn.BatchNorm2d, torchvision.ops.FrozenBatchNorm2d)):
+                    module.eps = 0.0
+            model.load_state_dict(torch.load(args.weights, weights_only=True), strict=True)
+            row["weights"] = "seeded torchvision checkpoint"
         image = torch.from_numpy(rng.uniform(0, 1, (3, args.size, args.size)).astype("float32"))
         with torch.inference_mode():
             row["infer_median_ms"], row["infer_min_ms"] = _time(lambda: model([image]), args.runs)
@@ -152,6 +170,22 @@ def run_torchvision(model_name, args):
 
 
 # ------------------------------------------------------------------ driver
+def _seeded_checkpoints(model_names):
+    """{model: path of a torchvision .pth with bench/torchvision_*_reference.py's seeded weights}."""
+    import tempfile
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from convert_parity import seeded_state
+    from fpn_keras.convert import save_torch_checkpoint
+
+    directory = tempfile.mkdtemp(prefix="speed_converted_")
+    paths = {}
+    for name in model_names:
+        paths[name] = os.path.join(directory, f"{MODELS[name]}.pth")
+        save_torch_checkpoint(paths[name], seeded_state(MODELS[name]))
+    return paths
+
+
 def _subprocess(python, argv):
     env = dict(os.environ, OMP_NUM_THREADS=str(2))
     out = subprocess.run([python, os.path.abspath(__file__), *argv], capture_output=True, text=True, env=env)
@@ -183,6 +217,9 @@ def main(argv=None):
     parser.add_argument("--skip-inference", action="store_true")
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--json", default=None, help="append one JSON line per result here")
+    parser.add_argument("--converted", action="store_true",
+                        help="both sides on the same seeded torchvision weights (ours converted); inference only")
+    parser.add_argument("--weights", default=None, help=argparse.SUPPRESS)  # set by --converted
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # "ours:<model>:<jit>" | "tv:<model>"
     args = parser.parse_args(argv)
 
@@ -195,6 +232,10 @@ def main(argv=None):
     common = ["--size", str(args.size), "--train-size", str(args.train_size), "--runs", str(args.runs),
               "--train-runs", str(args.train_runs), "--threads", str(args.threads)]
     common += ["--skip-inference"] * args.skip_inference + ["--skip-training"] * args.skip_training
+    checkpoints = {}
+    if args.converted:
+        common += ["--skip-training"] * (not args.skip_training)
+        checkpoints = _seeded_checkpoints(args.models.split(","))
     tv_python = args.torchvision_python
     if tv_python is None:
         try:
@@ -205,14 +246,16 @@ def main(argv=None):
     rows = []
     for model_name in args.models.split(","):
         for jit in args.jit.split(","):
-            row = _subprocess(sys.executable, common + ["--worker", f"ours:{model_name}:{jit}"])
+            weights = ["--weights", checkpoints[model_name]] if checkpoints else []
+            row = _subprocess(sys.executable, common + weights + ["--worker", f"ours:{model_name}:{jit}"])
             row.setdefault("library", "fpn_keras")
             row.setdefault("model", model_name)
             row.setdefault("jit_compile", jit == "1")
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
         if tv_python:
-            row = _subprocess(tv_python, common + ["--worker", f"tv:{model_name}"])
+            weights = ["--weights", checkpoints[model_name]] if checkpoints else []
+            row = _subprocess(tv_python, common + weights + ["--worker", f"tv:{model_name}"])
             row.setdefault("library", "torchvision")
             row.setdefault("model", MODELS[model_name])
             rows.append(row)

@@ -161,9 +161,11 @@ def evaluate(args):
     extra = {"image_size": size} if spec == "synthetic" else {}
     elements, class_names, info = data_lib.load(spec, split, num_images=args.num_images, with_info=True,
                                                 **holdout, **extra)
-    batches = data_lib.pipeline.prepare(elements, args.batch_size, size, training=False,
-                                        resize=run.get("resize") if args.data is None else None,
-                                        bounding_box_format=model.bounding_box_format)
+    # A converted torchvision / detectron2 model resizes as its library does (short side, cap).
+    resize = (run.get("resize") if args.data is None else None) or model.short_side_resize
+    batches = data_lib.pipeline.prepare(elements, args.batch_size, size, training=False, resize=resize,
+                                        bounding_box_format=model.bounding_box_format,
+                                        pad_value=model.pad_value)
     evaluator = CocoEvaluator(class_names=class_names, category_ids=_category_ids(model, class_names))
     metrics = evaluate_model(model, batches, class_names=class_names, verbose=False, evaluator=evaluator)
     print(format_metrics(metrics, title=f"COCO metrics: {args.model} on {info.description} "

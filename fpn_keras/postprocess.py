@@ -23,7 +23,7 @@ def top_candidates(logits, deltas, anchors, k, box_coder, image_shape):
     """One level's k best (anchor, class) logits, their boxes decoded and clipped.
 
     logits [B, N, K] (K = 1 for objectness), deltas [B, N, 4], anchors [N, 4] xyxy,
-    image_shape (height, width) -> (boxes [B, k, 4] xyxy, logits [B, k] descending,
+    image_shape (height, width) to clip to (numbers, or [B] tensors per image) -> (boxes [B, k, 4] xyxy, logits [B, k] descending,
     classes [B, k] int32). k is cut to N * K when N is static. Ranking logits, not
     probabilities: sigmoid is monotonic, so only the k kept need one.
     """
@@ -72,8 +72,8 @@ def finalize_detections(detections, bounding_box_format, image_shape, scales=Non
 
     detections: `select_detections`' output (boxes xyxy on the model's input canvas of
         `image_shape` (height, width)).
-    scales [B], original_sizes [B, 2] (height, width): when given, boxes are divided by
-        the resize factor and clipped to the original image (the preprocessing contract
+    scales [B] (or [B, 2]: a (height, width) factor each), original_sizes [B, 2] (height,
+        width): when given, boxes are divided by the resize factor and clipped to the original image (the preprocessing contract
         of `fpn_keras.data.pipeline.prepare` and the exports), and relative formats are
         relative to the original size.
     Returns the same dict with "boxes" converted; "labels" int32, "num_detections" int32.
@@ -81,7 +81,12 @@ def finalize_detections(detections, bounding_box_format, image_shape, scales=Non
     boxes = ops.cast(detections["boxes"], "float32")
     height, width = image_shape
     if scales is not None:
-        boxes = boxes / ops.cast(scales, "float32")[:, None, None]
+        scales = ops.cast(scales, "float32")
+        if len(scales.shape) == 2:  # (height, width) factors -> (x, y, x, y)
+            scales = ops.concatenate([scales[:, ::-1], scales[:, ::-1]], axis=-1)[:, None, :]
+        else:
+            scales = scales[:, None, None]
+        boxes = boxes / scales
         sizes = ops.cast(original_sizes, "float32")
         limits = ops.concatenate([sizes[:, ::-1], sizes[:, ::-1]], axis=-1)[:, None, :]  # [B, 1, 4] w h w h
         boxes = ops.minimum(ops.maximum(boxes, 0.0), limits)

@@ -49,14 +49,18 @@ def from_xyxy(boxes, target, height=None, width=None):
 
 
 def clip_boxes(boxes, height, width):
-    """Clip `xyxy` boxes [..., 4] to an image of `height` x `width` pixels."""
+    """Clip `xyxy` boxes [B, ..., 4] to an image of `height` x `width` pixels: numbers
+    (every image the same) or [B] tensors (one size per image of the batch)."""
     x1, y1, x2, y2 = ops.unstack(boxes, 4, axis=-1)
     width = ops.cast(width, boxes.dtype)
     height = ops.cast(height, boxes.dtype)
-    x1 = ops.clip(x1, 0.0, width)
-    x2 = ops.clip(x2, 0.0, width)
-    y1 = ops.clip(y1, 0.0, height)
-    y2 = ops.clip(y2, 0.0, height)
+    if len(getattr(width, "shape", ())) == 1:  # per image: [B] -> [B, 1, ...] against x1 [B, ...]
+        per_image = (-1,) + (1,) * (len(x1.shape) - 1)
+        width, height = ops.reshape(width, per_image), ops.reshape(height, per_image)
+    x1 = ops.minimum(ops.maximum(x1, 0.0), width)
+    x2 = ops.minimum(ops.maximum(x2, 0.0), width)
+    y1 = ops.minimum(ops.maximum(y1, 0.0), height)
+    y2 = ops.minimum(ops.maximum(y2, 0.0), height)
     return ops.stack([x1, y1, x2, y2], axis=-1)
 
 

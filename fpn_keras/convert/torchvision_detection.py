@@ -20,6 +20,19 @@ MODELS = {"retinanet_resnet50_fpn": "fpn_keras.convert.torchvision_retinanet",
           "fasterrcnn_resnet50_fpn": "fpn_keras.convert.torchvision_faster_rcnn"}
 KNOWN_WEIGHTS = ("COCO_V1",)  # torchvision's <Model>_Weights.COCO_V1 (the module's WEIGHTS_URL)
 DEFAULT_IMAGE_SIZE = (800, 1344)  # torchvision's short side 800, long side <= 1333, to a multiple of 32
+TRANSFORM_SIZES = (800, 1333)  # GeneralizedRCNNTransform(min_size=800, max_size=1333)
+
+
+def use_torchvision_transform(detector, min_size=800, max_size=1333):
+    """Makes `detector` preprocess as torchvision's GeneralizedRCNNTransform: resize to
+    short side `min_size`, long side at most `max_size`, a batch padded to a multiple of 32
+    with the pixel mean (0 after normalising), boxes clipped to each image (FPNDetector's
+    `short_side_resize` and `pad_value`). Returns the detector."""
+    from fpn_keras.convert.resnet_layout import IMAGENET_MEAN
+
+    detector.short_side_resize = (int(min_size), int(max_size))
+    detector.pad_value = tuple(255.0 * m for m in IMAGENET_MEAN)
+    return detector
 
 
 def backbone_fpn_modules(detector, levels):
@@ -96,14 +109,15 @@ def checkpoint_path(weights, url):
 
 
 def from_torchvision(model="retinanet_resnet50_fpn", weights=None, num_classes=80,
-                     image_size=DEFAULT_IMAGE_SIZE, norm_epsilon=0.0):
+                     image_size=DEFAULT_IMAGE_SIZE, norm_epsilon=0.0, transform_sizes=TRANSFORM_SIZES):
     """The FPNDetector of a torchvision detection model, weights loaded (read without torch).
 
     model: one of MODELS. weights: None (untrained), a torchvision state_dict file (.pth /
     .safetensors), or "COCO_V1" (downloads torchvision's file). num_classes: 80 (COCO's
     classes, `category_ids` their ids) or 91 (torchvision's ids). image_size: the canvas
-    (height, width) stored in the model, which predict / evaluate / export fit images into.
-    norm_epsilon: BatchNorm epsilon (0.0 for the COCO_V1 weights, 1e-5 for a torchvision model
+    (height, width) stored in the model, which evaluate / export fit images into.
+    transform_sizes: torchvision's (min_size, max_size), to which `predict_images` resizes
+    as torchvision does (`use_torchvision_transform`). norm_epsilon: BatchNorm epsilon (0.0 for the COCO_V1 weights, 1e-5 for a torchvision model
     built without overwrite_eps). Detections on a canvas are torchvision's on the same
     (normalised, padded) tensor; boxes xyxy in canvas pixels.
     """
@@ -111,7 +125,8 @@ def from_torchvision(model="retinanet_resnet50_fpn", weights=None, num_classes=8
         raise ValueError(f"unknown torchvision model {model!r}; choose from {list(MODELS)}")
     converter = importlib.import_module(MODELS[model])
     state = None if weights is None else read_weights(checkpoint_path(weights, converter.WEIGHTS_URL))
-    detector = converter.build_detector(num_classes, image_size, norm_epsilon)
+    detector = use_torchvision_transform(converter.build_detector(num_classes, image_size, norm_epsilon),
+                                         *transform_sizes)
     detector(np.zeros((1, 64, 64, 3), np.float32))  # builds every layer
     if state is not None:
         converter.load_state(detector, state)

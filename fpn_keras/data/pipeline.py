@@ -41,13 +41,15 @@ def _resize_within(image, boxes, scale, out_h, out_w):
     return resized, tf.cast(boxes, tf.float32) * scale
 
 
-def _pad(image, out_h, out_w):
-    padded = tf.image.pad_to_bounding_box(image, 0, 0, out_h, out_w)
+def _pad(image, out_h, out_w, pad_value=0.0):
+    pad = tf.cast(tf.broadcast_to(pad_value, [3]), tf.float32)
+    padded = tf.image.pad_to_bounding_box(image - pad, 0, 0, out_h, out_w) + pad
     return tf.ensure_shape(padded, [out_h, out_w, 3])
 
 
-def resize_and_pad(image, boxes, output_size, stride=128, scale=None):
-    """Resize keeping aspect ratio to fit ``output_size``, pad bottom/right with zeros.
+def resize_and_pad(image, boxes, output_size, stride=128, scale=None, pad_value=0.0):
+    """Resize keeping aspect ratio to fit ``output_size``, pad bottom/right with
+    ``pad_value`` (pixel values: one, or one per channel).
 
     Args:
         image: [h, w, 3] image (any numeric dtype).
@@ -65,7 +67,7 @@ def resize_and_pad(image, boxes, output_size, stride=128, scale=None):
     fit = _fit_scale(image, out_h, out_w)
     scale = fit if scale is None else tf.minimum(tf.cast(scale, tf.float32), fit)
     resized, boxes = _resize_within(image, boxes, scale, out_h, out_w)
-    return _pad(resized, out_h, out_w), boxes, scale
+    return _pad(resized, out_h, out_w, pad_value), boxes, scale
 
 
 def clip_and_filter(boxes, labels, height, width, min_size=1.0, ignore=None):
@@ -142,6 +144,7 @@ def prepare(
     start_batch=0,
     num_epochs=1,
     factory=False,
+    pad_value=0.0,
 ):
     """Turn a dataset of detection elements into batches for ``FPNDetector.fit``.
 
@@ -152,7 +155,8 @@ def prepare(
     ``cache=True`` caches the decoded elements (in memory: small datasets).
     ``resize=(short_side, max_size)`` resizes like detectron2's test-time
     ``ResizeShortestEdge`` (capped to fit ``image_size``) instead of filling
-    the canvas; multi-scale / scale-jitter training ignore it.
+    the canvas; multi-scale / scale-jitter training ignore it. ``pad_value``:
+    the pixel value(s) of the padding (the model's ``pad_value``).
 
     Training batches come epoch by epoch, each a pure function of (seed, epoch)
     (see ``fpn_keras.data.epochs``): a stateless permutation of the elements
@@ -231,7 +235,7 @@ def prepare(
             image = transforms.color_jitter(
                 image, augment.brightness, augment.contrast, augment.saturation, seed=seed_colour
             )
-        image = _pad(image, height, width)
+        image = _pad(image, height, width, pad_value)
         boxes, labels, ignore = clip_and_filter(boxes, labels, height, width, ignore=ignore)
         order = tf.argsort(tf.cast(ignore, tf.int32), stable=True)
         boxes, labels, ignore = (tf.gather(t, order) for t in (boxes, labels, ignore))

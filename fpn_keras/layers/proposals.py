@@ -17,7 +17,8 @@ def generate_proposals(objectness, deltas, anchors, image_shape, box_coder, pre_
     than `min_size`; then NMS within each level (detectron2) and the best `post_nms_topk`
     over all levels.
 
-    objectness {"P2": [B, N2], ...}, deltas {"P2": [B, N2, 4]}, anchors {"P2": [N2, 4]}.
+    objectness {"P2": [B, N2], ...}, deltas {"P2": [B, N2, 4]}, anchors {"P2": [N2, 4]};
+    image_shape (height, width) to clip to: numbers, or [B] tensors (one per image).
     Returns (proposals [B, P, 4] xyxy, logits [B, P], valid [B, P] bool), in
     descending objectness; the gradient is stopped (no gradient through proposals).
     """

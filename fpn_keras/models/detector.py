@@ -18,7 +18,7 @@ from fpn_keras.models.faster_rcnn import FasterRCNN
 from fpn_keras.models.retinanet import RetinaNet
 from fpn_keras.models.rpn import RPN
 from fpn_keras.postprocess import finalize_detections
-from fpn_keras.preprocessing import check_finite_images, fit_to_canvas, read_image
+from fpn_keras.preprocessing import check_finite_images, fit_to_canvas, read_image, short_side_batch
 
 
 HEADS = {"retinanet": RetinaNet, "faster_rcnn": FasterRCNN, "rpn": RPN}
@@ -69,11 +69,19 @@ class FPNDetector(keras.Model):
             exports resize every image to fit it (keeping its aspect ratio, padding
             bottom/right) and map boxes back to the image's pixels. None: unknown
             (`predict_images` and `export` then need it).
+        short_side_resize: None, or (short side, long-side cap) such as (800, 1333):
+            `predict_images` resizes and pads as torchvision / detectron2 do (see
+            `fpn_keras.preprocessing.short_side_batch`); the exports take that scale,
+            capped to fit `image_size`.
+        pad_value: pixel value(s) (0..255, one or one per channel) of the padding;
+            a converted torchvision model pads with the pixel mean, as torchvision
+            pads with 0 after normalising.
     """
 
     def __init__(self, num_classes=None, backbone="resnet50", head="retinanet",
                  bounding_box_format="xyxy", neck=None, fpn_channels=256,
-                 backbone_weights=None, class_names=None, image_size=None, category_ids=None, **kwargs):
+                 backbone_weights=None, class_names=None, image_size=None, category_ids=None,
+                 short_side_resize=None, pad_value=0.0, **kwargs):
         super().__init__(**kwargs)
         self.bounding_box_format = check_format(bounding_box_format)
         if image_size is not None:
@@ -82,6 +90,16 @@ class FPNDetector(keras.Model):
                 raise ValueError(f"image_size must be (height, width), positive multiples of 32; "
                                  f"received {image_size!r}")
         self.image_size = image_size
+        if short_side_resize is not None:
+            short_side_resize = tuple(int(s) for s in short_side_resize)
+            if len(short_side_resize) != 2 or min(short_side_resize) <= 0:
+                raise ValueError("short_side_resize must be (short side, long-side cap) in pixels, e.g. "
+                                 f"(800, 1333); received {short_side_resize!r}")
+        self.short_side_resize = short_side_resize
+        pad = np.asarray(pad_value, np.float64).reshape(-1)
+        if pad.size not in (1, 3) or not np.all((pad >= 0) & (pad <= 255)):
+            raise ValueError(f"pad_value must be one or three pixel values in 0..255; received {pad_value!r}")
+        self.pad_value = float(pad[0]) if pad.size == 1 else tuple(float(p) for p in pad)
         backbone, head, neck = _deserialize(backbone), _deserialize(head), _deserialize(neck)
 
         self._backbone_name = backbone if isinstance(backbone, str) else None
@@ -125,13 +143,17 @@ class FPNDetector(keras.Model):
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in head.loss_names}
 
     # ------------------------------------------------------------------ flow
-    def call(self, images, training=False):
-        """images [B, H, W, 3] (0..255) -> the head's raw outputs."""
+    def call(self, images, training=False, image_sizes=None):
+        """images [B, H, W, 3] (0..255) -> the head's raw outputs. image_sizes: None, or
+        [B, 2] (height, width) of each image's pixels on the padded canvas (boxes are
+        clipped to them)."""
         images = self._check_images(images)
         features = self.backbone(images, training=training)  # {"C2".."C5"}
         pyramid = self.neck(features)  # {"P<min>".."P<max>"}
         image_shape = (ops.shape(images)[1], ops.shape(images)[2])
-        return self.head(pyramid, image_shape=image_shape, training=training)
+        if image_sizes is None:
+            return self.head(pyramid, image_shape=image_shape, training=training)
+        return self.head(pyramid, image_shape=image_shape, training=training, image_sizes=image_sizes)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Matches anchors to `y` and returns the total loss (per-term losses are tracked)."""
@@ -259,11 +281,13 @@ class FPNDetector(keras.Model):
 
         images: a list of uint8 / float [H_i, W_i, 3] arrays (0..255) or image file paths.
         Each image is resized to fit `image_size` (aspect kept, padded bottom/right), as
-        in training (`fpn_keras.data.pipeline.prepare`) and in the exports. Returns a list
+        in training (`fpn_keras.data.pipeline.prepare`) and in the exports; with
+        `short_side_resize`, as torchvision does (`preprocessing.short_side_batch`: a
+        batch padded to its largest image, boxes clipped to each image). Returns a list
         with one dict per image: "boxes" [n, 4] in `bounding_box_format` relative to that
         image, "scores" [n], "labels" [n] (only the n real detections).
         """
-        size = self._require_image_size("predict_images")
+        size = None if self.short_side_resize else self._require_image_size("predict_images")
         arrays = [read_image(image) if isinstance(image, str) else np.asarray(image) for image in images]
         for i, image in enumerate(arrays):
             if image.ndim != 3 or image.shape[-1] != 3:
@@ -273,11 +297,17 @@ class FPNDetector(keras.Model):
         results = []
         for start in range(0, len(arrays), batch_size):
             chunk = arrays[start:start + batch_size]
-            canvases, scales, sizes = zip(*(fit_to_canvas(image, size) for image in chunk))
-            canvas = ops.stack(canvases)
-            raw = self(canvas, training=False)
-            detections = finalize_detections(self.head.detect(raw, size), self.bounding_box_format, size,
-                                             ops.stack(scales), ops.stack(sizes))
+            if self.short_side_resize:
+                canvas, image_sizes, scales, sizes = short_side_batch(chunk, *self.short_side_resize,
+                                                                      pad_value=self.pad_value)
+                shape = tuple(canvas.shape[1:3])
+                raw = self(canvas, training=False, image_sizes=image_sizes)
+                detections = self.head.detect(raw, shape, image_sizes=image_sizes)
+            else:
+                canvases, scales, sizes = zip(*(fit_to_canvas(image, size, self.pad_value) for image in chunk))
+                canvas, scales, sizes, shape = ops.stack(canvases), ops.stack(scales), ops.stack(sizes), size
+                detections = self.head.detect(self(canvas, training=False), shape)
+            detections = finalize_detections(detections, self.bounding_box_format, shape, scales, sizes)
             numpy = {k: ops.convert_to_numpy(v) for k, v in detections.items()}
             for i in range(len(chunk)):
                 n = int(numpy["num_detections"][i])
@@ -327,6 +357,8 @@ class FPNDetector(keras.Model):
             "class_names": list(self.class_names),
             "category_ids": self.category_ids,
             "image_size": None if self.image_size is None else list(self.image_size),
+            "short_side_resize": None if self.short_side_resize is None else list(self.short_side_resize),
+            "pad_value": self.pad_value if isinstance(self.pad_value, float) else list(self.pad_value),
         })
         return config
 

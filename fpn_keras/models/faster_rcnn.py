@@ -111,7 +111,7 @@ class FasterRCNN(DetectionHead):
                               for l in range(self.roi_min_level, self.roi_max_level + 1)})
         self.built = True
 
-    def call(self, pyramid, image_shape, training=False):
+    def call(self, pyramid, image_shape, training=False, image_sizes=None):
         """RPN -> proposals -> RoI heads. Returns {"rpn": the RPN's raw outputs,
         "features": {"P2".."P5"}, "proposals": [B, P, 4], "valid": [B, P]} and, at
         inference, the RoI heads' "cls_logits" [B, P, K + 1] and "box_deltas" [B, P, K, 4]
@@ -119,7 +119,7 @@ class FasterRCNN(DetectionHead):
         sampled against the ground truth (which `call` does not see)."""
         features = {f"P{l}": pyramid[f"P{l}"] for l in range(self.roi_min_level, self.roi_max_level + 1)}
         rpn_raw = self.rpn(pyramid, image_shape=image_shape, training=training)
-        proposals, _, valid = self.rpn.propose(rpn_raw, image_shape, training=training)
+        proposals, _, valid = self.rpn.propose(rpn_raw, image_shape, training=training, image_sizes=image_sizes)
         raw = {"rpn": rpn_raw, "features": features, "proposals": proposals, "valid": valid}
         if not training:
             raw["cls_logits"], raw["box_deltas"] = self.roi_heads(features, proposals)
@@ -146,13 +146,13 @@ class FasterRCNN(DetectionHead):
             cls_logits, box_deltas, cls_targets, rois, matched_boxes, self.box_coder, self.smooth_l1_beta)
         return losses
 
-    def detect(self, raw, image_shape):
+    def detect(self, raw, image_shape, image_sizes=None):
         """-> {"boxes" [B, D, 4], "scores" [B, D], "labels" [B, D], "num_detections" [B]}."""
         proposals, valid = raw["proposals"], raw["valid"]
         probs = ops.softmax(ops.cast(raw["cls_logits"], "float32"), axis=-1)[..., : self.num_classes]
         probs = ops.where(valid[..., None], probs, 0.0)  # [B, P, K]
         boxes = self.box_coder.decode(raw["box_deltas"], proposals[:, :, None, :])  # [B, P, K, 4]
-        boxes = clip_boxes(boxes, *image_shape)
+        boxes = clip_boxes(boxes, *self.clip_bounds(image_shape, image_sizes))
         if self.min_box_size > 0:
             sides = ops.minimum(boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1])
             probs = ops.where(sides >= self.min_box_size, probs, 0.0)

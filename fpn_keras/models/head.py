@@ -20,14 +20,18 @@ A head is a Keras layer with
 
   methods
     from_args(num_classes, name, **args)   (classmethod) the head from plain recipe data
-    call(pyramid, image_shape, training)
+    call(pyramid, image_shape, training, image_sizes=None)
                              {"P<l>": [B, H_l, W_l, C]}, (height, width) -> raw outputs (a
                              dict of tensors and per-level dicts; only this head reads them)
     compute_losses(raw, gt_boxes [B, M, 4], gt_labels [B, M], image_shape)
                              -> {name: scalar} for `loss_names`, each already normalised
                              over the global batch (fpn_keras.distribute)
-    detect(raw, image_shape) -> `Detections`: {"boxes": [B, D, 4] xyxy, "scores": [B, D],
+    detect(raw, image_shape, image_sizes=None) -> `Detections`: {"boxes": [B, D, 4] xyxy, "scores": [B, D],
                              "labels": [B, D] int32 (-1 padding), "num_detections": [B] int32}
+    image_sizes: None, or [B, 2] (height, width) of each image's pixels on the canvas
+                             (the rest is padding): boxes are clipped to them instead of
+                             to the canvas (`clip_bounds`), as torchvision and detectron2
+                             clip to each image of a padded batch
     set_implementations(nms=None, roi_align=None)
                              which kernels it uses: "auto" (TF's NMS / CropAndResize
                              kernels under TensorFlow) or "generic" (keras.ops: XLA,
@@ -102,10 +106,19 @@ class DetectionHead(layers.Layer):
         return select_detections(boxes, scores, classes, self.nms_iou_threshold, self.max_detections,
                                  self.score_threshold, self.nms_implementation)
 
+    @staticmethod
+    def clip_bounds(image_shape, image_sizes=None):
+        """(height, width) that boxes are clipped to: the canvas' numbers, or [B] tensors
+        of each image's own size (`image_sizes` [B, 2])."""
+        if image_sizes is None:
+            return image_shape
+        sizes = ops.cast(image_sizes, "float32")
+        return sizes[:, 0], sizes[:, 1]
+
     def compute_losses(self, raw, gt_boxes, gt_labels, image_shape):
         raise NotImplementedError(f"{type(self).__name__} does not implement compute_losses")
 
-    def detect(self, raw, image_shape):
+    def detect(self, raw, image_shape, image_sizes=None):
         raise NotImplementedError(f"{type(self).__name__} does not implement detect")
 
     def set_implementations(self, nms=None, roi_align=None):

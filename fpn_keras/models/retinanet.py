@@ -76,7 +76,7 @@ class RetinaNet(DetectionHead):
         self.head.build(input_shape)
         self.built = True
 
-    def call(self, pyramid, image_shape=None, training=False):
+    def call(self, pyramid, image_shape=None, training=False, image_sizes=None):
         """pyramid {"P3".."P7"} -> raw outputs, per level:
         {"cls_logits": {"P3": [B, N3, K], ...}, "box_deltas": {..: [B, Nl, 4]},
          "anchors": {..: [Nl, 4]}}."""
@@ -118,11 +118,12 @@ class RetinaNet(DetectionHead):
         box_loss = ops.sum(ops.where(positive, per_anchor, 0.0)) / num_positives
         return {"cls_loss": cls_loss, "box_loss": self.box_loss_weight * box_loss}
 
-    def detect(self, raw, image_shape):
+    def detect(self, raw, image_shape, image_sizes=None):
         """Raw outputs -> detections, padded to D = max_detections.
 
         Per level: the top `pre_nms_topk` (anchor, class) scores, decoded and
-        clipped to `image_shape` (height, width); then class-aware NMS over all
+        clipped to `image_shape` (height, width) (or each image's `image_sizes`
+        [B, 2]); then class-aware NMS over all
         levels and the D best. Returns {"boxes": [B, D, 4] xyxy, "scores": [B, D],
         "labels": [B, D] int32 (-1 padding), "num_detections": [B] int32}.
         """
@@ -130,7 +131,7 @@ class RetinaNet(DetectionHead):
         for name in self.level_names:
             boxes, logits, classes = top_candidates(
                 raw["cls_logits"][name], raw["box_deltas"][name], raw["anchors"][name],
-                self.pre_nms_topk, self.box_coder, image_shape)
+                self.pre_nms_topk, self.box_coder, self.clip_bounds(image_shape, image_sizes))
             all_boxes.append(boxes)
             all_scores.append(ops.sigmoid(logits))
             all_classes.append(classes)

@@ -79,7 +79,7 @@ class RPN(DetectionHead):
                              if self.min_level <= int(k[1:]) <= self.max_level})
         self.built = True
 
-    def call(self, pyramid, image_shape=None, training=False):
+    def call(self, pyramid, image_shape=None, training=False, image_sizes=None):
         """-> {"objectness": {"P2": [B, N2]}, "deltas": {"P2": [B, N2, 4]}, "anchors": {"P2": [N2, 4]}}."""
         levels = self.select_levels(pyramid)
         objectness, deltas = self.head(levels)
@@ -106,17 +106,19 @@ class RPN(DetectionHead):
         box_loss = ops.sum(ops.where(positive, per_anchor, 0.0)) / normaliser
         return {"rpn_cls_loss": cls_loss, "rpn_box_loss": box_loss}
 
-    def propose(self, raw, image_shape, training=False):
-        """-> (proposals [B, P, 4] xyxy, logits [B, P], valid [B, P]); P = post_nms_topk."""
+    def propose(self, raw, image_shape, training=False, image_sizes=None):
+        """-> (proposals [B, P, 4] xyxy, logits [B, P], valid [B, P]); P = post_nms_topk;
+        clipped to the canvas `image_shape`, or to each image's `image_sizes` [B, 2]."""
         return generate_proposals(
-            raw["objectness"], raw["deltas"], raw["anchors"], image_shape, self.box_coder,
+            raw["objectness"], raw["deltas"], raw["anchors"], self.clip_bounds(image_shape, image_sizes),
+            self.box_coder,
             self.pre_nms_topk_train if training else self.pre_nms_topk_test,
             self.post_nms_topk_train if training else self.post_nms_topk_test,
             self.nms_threshold, self.min_size, self.nms_implementation)
 
-    def detect(self, raw, image_shape):
+    def detect(self, raw, image_shape, image_sizes=None):
         """Proposals as detections of class 0 ("object")."""
-        proposals, logits, valid = self.propose(raw, image_shape, training=False)
+        proposals, logits, valid = self.propose(raw, image_shape, training=False, image_sizes=image_sizes)
         return {
             "boxes": ops.where(valid[..., None], proposals, -1.0),
             "scores": ops.where(valid, ops.sigmoid(logits), 0.0),
