@@ -159,3 +159,4 @@ def test_cli_train_with_an_unknown_preset_exits_2_before_any_data(capsys, tmp_pa
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("fpn-keras train: error: model.init_from: unknown preset"), err
     assert "did you mean 'detectron2/retinanet_R_50_FPN_1x_coco'" in err and not (tmp_path / "run").exists()
+

@@ -8,6 +8,7 @@ import http.server
 import inspect
 import os
 import re
+import shutil
 import socket
 import threading
 
@@ -167,6 +168,23 @@ def test_a_wrong_hash_is_refused_and_not_kept(row, served, tmp_path):
     with pytest.raises(DownloadError, match=r"has SHA256 [0-9a-f]{16}\.\.\., not the published [01]{8}\.\.\.: deleted"):
         FPNDetector.from_preset(NAME)
     assert server.requests == [f"/{name}"] and _files(tmp_path) == []
+
+
+def test_a_file_put_in_the_cache_by_hand_is_used_offline_after_its_hash_check(row, served, tmp_path, monkeypatch):
+    server, _, name, directory = served
+    monkeypatch.setenv(presets.URL_ENV, "http://127.0.0.1:1")  # offline
+    path = presets.checkpoint_cache_path(NAME)
+    os.makedirs(os.path.dirname(path))
+    shutil.copy(directory / name, path)
+    assert presets.download_checkpoint(NAME) == path and server.requests == []
+    with open(path, "r+b") as handle:  # one byte changed
+        handle.seek(1000)
+        byte = handle.read(1)
+        handle.seek(1000)
+        handle.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(DownloadError, match=f"{re.escape(path)}: the file .* deleted"):
+        presets.download_checkpoint(NAME)
+    assert not os.path.exists(path)
 
 
 def test_offline_names_the_url_the_path_and_the_local_file_option(row, served, tmp_path, monkeypatch):

@@ -136,17 +136,17 @@ def file_digest(path, algorithm="sha256"):
     return digest.hexdigest()
 
 
-def check_hash(path, spec, url):
+def check_hash(path, spec, source):
     """Raises DownloadError (after deleting `path`) unless the file's digest starts
-    with the prefix of `spec` ("sha256:eeacb38b")."""
+    with the prefix of `spec` ("sha256:eeacb38b"); `source`: where the file came from."""
     algorithm, prefix = parse_hash(spec)
     digest = file_digest(path, algorithm)
     if not digest.startswith(prefix):
         size = os.path.getsize(path)
         os.remove(path)
-        raise DownloadError(f"{url}: the file received ({size} bytes) has {algorithm.upper()} {digest[:16]}..., "
+        raise DownloadError(f"{source}: the file ({size} bytes) has {algorithm.upper()} {digest[:16]}..., "
                             f"not the published {prefix}...: deleted (a partial or altered download?); "
-                            "try again, or fetch the file yourself")
+                            "try again, or pass a file you trust as checkpoint=")
 
 
 def _offline_message(name, url, error, cache_dir):
@@ -184,9 +184,11 @@ def download(url, path, hash_spec, timeout=60.0, progress=True):
 
 def download_checkpoint(name, cache_dir=None, base_url=None, progress=True):
     """The local path of preset `name`'s checkpoint, downloaded into the cache if it
-    is not there yet (and then hash-checked); DownloadError with the offline message."""
+    is not there yet; hash-checked either way (a file put there by hand too). DownloadError
+    with the offline message."""
     path = checkpoint_cache_path(name, cache_dir)
     if os.path.isfile(path):
+        check_hash(path, preset(name)["hash"], path)
         return path
     url = preset_url(name, base_url)
     if progress:
