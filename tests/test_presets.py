@@ -55,13 +55,15 @@ def test_cache_paths_and_mirror(monkeypatch, tmp_path):
     monkeypatch.delenv(presets.HOME_ENV, raising=False)
     assert presets.cache_home() == os.path.expanduser("~/.keras/fpn_keras")
     monkeypatch.setenv(presets.HOME_ENV, str(tmp_path))
-    assert presets.checkpoint_cache_path(name) == str(tmp_path / "checkpoints" / "retinanet_resnet50_fpn_coco-eeacb38b.pth")
+    file = "retinanet_resnet50_fpn_coco-eeacb38b.pth"
+    assert presets.checkpoint_cache_path(name) == str(tmp_path / "checkpoints" / file)
     assert presets.checkpoint_cache_path(name, "/elsewhere").startswith("/elsewhere/checkpoints/")
     assert presets.preset_url(name) == PRESETS[name]["url"]
     assert presets.preset_url(name, "http://mirror/m/") == "http://mirror/m/retinanet_resnet50_fpn_coco-eeacb38b.pth"
     monkeypatch.setenv(presets.URL_ENV, "http://other")
     assert presets.preset_url(name) == "http://other/retinanet_resnet50_fpn_coco-eeacb38b.pth"
-    assert presets.converted_path(name, "eeacb38b", {}).endswith("converted/torchvision--retinanet_resnet50_fpn_coco-eeacb38b.keras")
+    converted = presets.converted_path(name, "eeacb38b", {})
+    assert converted == str(tmp_path / "converted" / "torchvision--retinanet_resnet50_fpn_coco-eeacb38b.keras")
     sized = presets.converted_path(name, "eeacb38b", {"image_size": (128, 128)})
     assert sized != presets.converted_path(name, "eeacb38b", {"image_size": (160, 224)})
     with pytest.raises(ValueError, match="hash must be"):

@@ -85,7 +85,8 @@ def from_torchvision(model="retinanet_resnet50_fpn", weights=None, num_classes=8
     """The FPNDetector of a torchvision detection model, weights loaded (read without torch).
 
     model: one of MODELS. weights: None (untrained), a torchvision state_dict file (.pth /
-    .safetensors), or "COCO_V1" (downloads torchvision's file). num_classes: 80 (COCO's
+    .safetensors), or "COCO_V1" (torchvision's file, downloaded once into the preset cache:
+    convert.presets, preset "torchvision/<model>_coco"). num_classes: 80 (COCO's
     classes, `category_ids` their ids) or 91 (torchvision's ids). image_size: the canvas
     (height, width) stored in the model, which predict / evaluate / export fit images into.
     norm_epsilon: BatchNorm epsilon (0.0 for the COCO_V1 weights, 1e-5 for a torchvision model
