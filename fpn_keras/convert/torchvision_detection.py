@@ -1,6 +1,6 @@
 """`from_torchvision`: a torchvision detection model -> an FPNDetector with the same outputs,
-and what its converters share (local checkpoint or preset download, COCO classes, backbone / FPN module map,
-layout checks).
+and what its converters share (local checkpoint or preset download, COCO classes,
+backbone / FPN module map, layout checks).
 
 One module per model holds its layout and conventions: `torchvision_retinanet`
 (retinanet_resnet50_fpn) and `torchvision_faster_rcnn` (fasterrcnn_resnet50_fpn), each with
