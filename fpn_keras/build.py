@@ -1,6 +1,7 @@
 """The one place where recipe settings become objects."""
 
 import inspect
+import os
 
 import keras
 
@@ -49,10 +50,56 @@ def check_model_args(recipe: Recipe):
         if isinstance(cfg.head_args.get(key), dict):
             _check_args(cfg.head_args[key], sub_head.__init__, f"model.head_args.{key}", exclude=("name",))
     _check_args(cfg.head_args, head.__init__, "model.head_args", exclude=("num_classes", "name"))
+    if cfg.init_from is not None:
+        check_init_from(recipe)
+
+
+def check_init_from(recipe: Recipe):
+    """model.init_from: a known preset (of that head) or an existing .keras file, and no
+    architecture settings beside it (they come from the trained detector)."""
+    from fpn_keras.convert.presets import PresetError, preset
+
+    cfg, defaults = recipe.model, config_lib.ModelConfig()
+    if HEADS[cfg.head].class_agnostic:
+        raise config_lib.RecipeError(f"model.init_from: the {cfg.head!r} head has no classes to fine-tune")
+    if str(cfg.init_from).endswith(".keras"):
+        if not os.path.isfile(cfg.init_from):
+            raise config_lib.RecipeError(f"model.init_from: {cfg.init_from!r} does not exist")
+    else:
+        try:
+            row = preset(cfg.init_from)
+        except PresetError as error:
+            raise config_lib.RecipeError(f"model.init_from: {error}, or a .keras file") from None
+        if row["head"] != cfg.head:
+            raise config_lib.RecipeError(f"model.init_from: preset {cfg.init_from!r} has a {row['head']!r} head, "
+                                         f"the recipe's model.head is {cfg.head!r}")
+    fixed = [f"model.{key}" for key in ("backbone_args", "head_args", "fpn_channels", "fpn_separable",
+                                        "backbone_weights") if getattr(cfg, key) != getattr(defaults, key)]
+    if fixed:
+        raise config_lib.RecipeError(f"model.init_from ({cfg.init_from}) sets the architecture: remove {fixed}")
+
+
+def init_model(recipe: Recipe, class_names, image_size):
+    """The recipe's model.init_from detector (preset or .keras file) with its class-specific
+    layers replaced for `class_names` (fpn_keras.finetune)."""
+    cfg = recipe.model
+    if cfg.init_from.endswith(".keras"):
+        source = keras.saving.load_model(cfg.init_from, safe_mode=True)
+    else:
+        source = FPNDetector.from_preset(cfg.init_from)
+    if type(source.head) is not HEADS[cfg.head]:
+        raise config_lib.RecipeError(f"model.init_from: {cfg.init_from} has a {type(source.head).__name__} head, "
+                                     f"the recipe's model.head is {cfg.head!r}")
+    if class_names is None:
+        class_names = [str(i) for i in range(cfg.num_classes)]
+    return source.with_classes(class_names, image_size=image_size, bounding_box_format=cfg.bounding_box_format)
 
 
 def build_model(recipe: Recipe, class_names=None):
     cfg = recipe.model
+    image_size = None if recipe.data.image_size == config_lib.AUTO else recipe.data.image_size
+    if cfg.init_from is not None:
+        return init_model(recipe, class_names, image_size)
     backbone = build_backbone(cfg.backbone, weights=cfg.backbone_weights, **cfg.backbone_args)
     head = HEADS[cfg.head].from_args(cfg.num_classes, name="head", **cfg.head_args)
     if head.class_agnostic:
@@ -66,7 +113,7 @@ def build_model(recipe: Recipe, class_names=None):
         neck=neck,
         bounding_box_format=cfg.bounding_box_format,
         class_names=class_names,
-        image_size=None if recipe.data.image_size == config_lib.AUTO else recipe.data.image_size,
+        image_size=image_size,
     )
 
 

@@ -40,6 +40,11 @@ class ModelConfig:
     head: str = "retinanet"
     head_args: dict = dataclasses.field(default_factory=dict)
     bounding_box_format: str = "xyxy"
+    # Start from a trained detector: a preset name (fpn_keras.convert.presets.PRESETS, e.g.
+    # torchvision/retinanet_resnet50_fpn_coco) or a .keras file. Its architecture and weights
+    # are kept, its class-specific layers replaced for the data's classes (fpn_keras.finetune);
+    # model.head must name its head; backbone_args, head_args and fpn_* cannot be set with it.
+    init_from: typing.Optional[str] = None
 
 
 @dataclasses.dataclass

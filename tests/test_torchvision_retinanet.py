@@ -201,20 +201,17 @@ def test_convert_command_writes_a_model_that_loads_and_detects_the_same(checkpoi
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_known_weights_download_errors_are_one_line(monkeypatch, tmp_path):
-    import keras
-
+def test_coco_v1_weights_come_from_the_preset_cache(monkeypatch, tmp_path):
+    # COCO_V1 is the preset "torchvision/retinanet_resnet50_fpn_coco" (convert/presets.py, tested
+    # in tests/test_presets.py): offline (a closed port as the mirror), the error names the
+    # published URL and the exact cache path to put the file at.
+    from fpn_keras.convert.presets import DownloadError
     from fpn_keras.convert.retinanet_layout import WEIGHTS_URL
-    from fpn_keras.convert.torchvision_detection import checkpoint_path
 
-    def offline(*args, **kwargs):  # nothing is downloaded in tests
-        raise Exception("URL fetch failure: Network is unreachable")
-
-    monkeypatch.setattr(keras.utils, "get_file", offline)
-    with pytest.raises(RuntimeError, match="may be offline.*pass its path as weights"):
-        checkpoint_path("COCO_V1", WEIGHTS_URL)
-    partial = tmp_path / "retinanet_resnet50_fpn_coco-eeacb38b.pth"
-    partial.write_bytes(b"not the checkpoint")
-    monkeypatch.setattr(keras.utils, "get_file", lambda *args, **kwargs: str(partial))
-    with pytest.raises(RuntimeError, match="does not match eeacb38b"):
-        checkpoint_path("COCO_V1", WEIGHTS_URL)
+    monkeypatch.setenv("FPN_KERAS_HOME", str(tmp_path))
+    monkeypatch.setenv("FPN_KERAS_PRESET_URL", "http://127.0.0.1:1")
+    expected = tmp_path / "checkpoints" / "retinanet_resnet50_fpn_coco-eeacb38b.pth"
+    with pytest.raises(DownloadError, match="may be offline") as error:
+        from_torchvision(weights="COCO_V1")
+    assert WEIGHTS_URL in str(error.value) and f"put it at {expected} " in str(error.value)
+    assert list(tmp_path.rglob("*")) == [tmp_path / "checkpoints"]  # no partial file left

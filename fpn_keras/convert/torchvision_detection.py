@@ -1,6 +1,6 @@
 """`from_torchvision`: a torchvision detection model -> an FPNDetector with the same outputs,
-and what its converters share (checkpoint download, COCO classes, backbone / FPN module map,
-layout checks).
+and what its converters share (local checkpoint or preset download, COCO classes,
+backbone / FPN module map, layout checks).
 
 One module per model holds its layout and conventions: `torchvision_retinanet`
 (retinanet_resnet50_fpn) and `torchvision_faster_rcnn` (fasterrcnn_resnet50_fpn), each with
@@ -8,7 +8,6 @@ One module per model holds its layout and conventions: `torchvision_retinanet`
 `load_state(detector, state_dict)`.
 """
 
-import hashlib
 import importlib
 import os
 
@@ -81,31 +80,17 @@ def coco_classes(num_classes=80, background=True):
     return [names.get(i, "__background__" if i == 0 else "N/A") for i in ids], ids
 
 
-def checkpoint_path(weights, url):
-    """A local checkpoint: `weights` itself, or "COCO_V1": `url` downloaded (once) with
-    keras.utils.get_file and checked against the hash prefix in its file name."""
+def checkpoint_path(weights, model):
+    """A local checkpoint: `weights` itself, or "COCO_V1": the file of the preset
+    "torchvision/<model>_coco", downloaded once and hash-checked (convert.presets)."""
     if weights not in KNOWN_WEIGHTS:
         if not os.path.isfile(str(weights)):
             raise FileNotFoundError(f"checkpoint {weights} does not exist (pass a .pth / .safetensors "
                                     f"file, or one of {list(KNOWN_WEIGHTS)})")
         return str(weights)
-    import keras
+    from fpn_keras.convert.presets import download_checkpoint
 
-    name = url.rsplit("/", 1)[1]
-    try:
-        path = keras.utils.get_file(name, origin=url, cache_subdir="models")
-    except Exception as error:  # keras raises a bare Exception on a failed download
-        raise RuntimeError(f"could not download {url} ({error}); this machine may be offline: download "
-                           "it elsewhere and pass its path as weights") from error
-    sha256 = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            sha256.update(chunk)
-    digest = sha256.hexdigest()
-    expected = name.rsplit("-", 1)[1].split(".")[0]
-    if not digest.startswith(expected):
-        raise RuntimeError(f"{path}: SHA-256 {digest[:8]}... does not match {expected} (a partial download?)")
-    return path
+    return download_checkpoint(f"torchvision/{model}_coco")
 
 
 def from_torchvision(model="retinanet_resnet50_fpn", weights=None, num_classes=80,
@@ -113,18 +98,19 @@ def from_torchvision(model="retinanet_resnet50_fpn", weights=None, num_classes=8
     """The FPNDetector of a torchvision detection model, weights loaded (read without torch).
 
     model: one of MODELS. weights: None (untrained), a torchvision state_dict file (.pth /
-    .safetensors), or "COCO_V1" (downloads torchvision's file). num_classes: 80 (COCO's
+    .safetensors), or "COCO_V1" (torchvision's file, downloaded once into the preset cache:
+    convert.presets, preset "torchvision/<model>_coco"). num_classes: 80 (COCO's
     classes, `category_ids` their ids) or 91 (torchvision's ids). image_size: the canvas
     (height, width) stored in the model, which evaluate / export fit images into.
     transform_sizes: torchvision's (min_size, max_size), to which `predict_images` resizes
-    as torchvision does (`use_torchvision_transform`). norm_epsilon: BatchNorm epsilon (0.0 for the COCO_V1 weights, 1e-5 for a torchvision model
-    built without overwrite_eps). Detections on a canvas are torchvision's on the same
+    as torchvision does (`use_torchvision_transform`). norm_epsilon: BatchNorm epsilon (0.0
+    for the COCO_V1 weights, 1e-5 for a torchvision model built without overwrite_eps). Detections on a canvas are torchvision's on the same
     (normalised, padded) tensor; boxes xyxy in canvas pixels.
     """
     if model not in MODELS:
         raise ValueError(f"unknown torchvision model {model!r}; choose from {list(MODELS)}")
     converter = importlib.import_module(MODELS[model])
-    state = None if weights is None else read_weights(checkpoint_path(weights, converter.WEIGHTS_URL))
+    state = None if weights is None else read_weights(checkpoint_path(weights, model))
     detector = use_torchvision_transform(converter.build_detector(num_classes, image_size, norm_epsilon),
                                          *transform_sizes)
     detector(np.zeros((1, 64, 64, 3), np.float32))  # builds every layer

@@ -344,6 +344,24 @@ class FPNDetector(keras.Model):
                          f"{format!r} (keras' other formats would hold raw head outputs without decoding "
                          "or NMS; use fpn_keras.export)")
 
+    # ------------------------------------------------- presets, fine-tuning
+    @classmethod
+    def from_preset(cls, name, cache_dir=None, **kwargs):
+        """A COCO-trained detector by preset name (e.g. "torchvision/retinanet_resnet50_fpn_coco"),
+        downloaded and converted once into `cache_dir` (default $FPN_KERAS_HOME, else
+        ~/.keras/fpn_keras); offline, `checkpoint="/path/file.pth"`. See fpn_keras.convert.presets."""
+        from fpn_keras.convert.presets import from_preset
+
+        return from_preset(name, cache_dir=cache_dir, **kwargs)
+
+    def with_classes(self, class_names, **kwargs):
+        """A copy for other classes: every weight kept but the head's class-specific layers,
+        freshly initialised (fine-tuning; kwargs category_ids, image_size, bounding_box_format:
+        see fpn_keras.finetune.with_classes)."""
+        from fpn_keras.finetune import with_classes
+
+        return with_classes(self, class_names, **kwargs)
+
     # ---------------------------------------------------------- serialising
     def get_config(self):
         config = super().get_config()

@@ -167,6 +167,12 @@ class FasterRCNN(DetectionHead):
         classes = ops.take(classes[0], top, axis=0)
         return self.select(boxes, scores, classes)
 
+    def class_specific_layers(self):
+        """The box predictor's class scores (K + 1) and per-class box deltas (K * 4); the RPN,
+        RoIAlign and the fc layers are shared."""
+        box_head = self.roi_heads.box_head
+        return [box_head.cls_score, box_head.bbox_pred]
+
     def get_config(self):
         config = super().get_config()
         config.update({

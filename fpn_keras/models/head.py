@@ -37,6 +37,10 @@ A head is a Keras layer with
                              kernels under TensorFlow) or "generic" (keras.ops: XLA,
                              JAX, TFLite builtins). `FPNDetector.implementations` is the
                              one place that sets them, for training and every exporter.
+    class_specific_layers()  the sub-layers whose weights depend on num_classes (RetinaNet:
+                             the class logits conv; Faster R-CNN: the predictor's class scores
+                             and per-class box deltas; the RPN: none): the layers that
+                             `FPNDetector.with_classes` (fpn_keras.finetune) re-initialises
 
 To add a head: subclass `DetectionHead` in a new module of `fpn_keras/models/`, set the
 attributes, implement the three methods, and name it in `fpn_keras.models.detector.HEADS`.
@@ -120,6 +124,10 @@ class DetectionHead(layers.Layer):
 
     def detect(self, raw, image_shape, image_sizes=None):
         raise NotImplementedError(f"{type(self).__name__} does not implement detect")
+
+    def class_specific_layers(self):
+        """The sub-layers whose weights depend on num_classes (see the module docstring)."""
+        raise NotImplementedError(f"{type(self).__name__} does not declare its class_specific_layers")
 
     def set_implementations(self, nms=None, roi_align=None):
         """Chooses the NMS / RoIAlign kernels ("auto" or "generic"; None: keep) ->

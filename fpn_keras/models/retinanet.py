@@ -140,6 +140,10 @@ class RetinaNet(DetectionHead):
         classes = ops.concatenate(all_classes, axis=1)
         return self.select(boxes, scores, classes)
 
+    def class_specific_layers(self):
+        """The class subnet's last conv (A*K logits); its towers and the box subnet are shared."""
+        return [self.head.cls_logits]
+
     def get_config(self):
         config = super().get_config()
         anchors = self.anchor_generator.get_config()

@@ -126,6 +126,10 @@ class RPN(DetectionHead):
             "num_detections": ops.sum(ops.cast(valid, "int32"), axis=1),
         }
 
+    def class_specific_layers(self):
+        """None: one class, "object", whatever the dataset."""
+        return []
+
     def get_config(self):
         config = super().get_config()
         anchors = self.anchor_generator.get_config()
