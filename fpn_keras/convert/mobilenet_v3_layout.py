@@ -1,7 +1,7 @@
 """torchvision's MobileNetV3-Large layout as data (`features.0` .. `features.16`), the feature
 maps its detection models take, and seeded numpy weights in that layout.
 
-numpy only (no Keras, no torch), like `resnet_layout`: the Keras builder
+numpy only (no Keras, no torch), like `resnet_layout` (it reads `fasterrcnn_layout`): the Keras builder
 (`fpn_keras.models.torchvision_mobilenet_v3`), the converter, the tests and
 `bench/torchvision_mobilenet_reference.py` (where only torch is installed) read the same table.
 
@@ -19,6 +19,11 @@ overwrite_eps for fasterrcnn_mobilenet_v3_large_fpn) when trained, BatchNorm2d (
 """
 
 import numpy as np
+
+try:
+    from .fasterrcnn_layout import random_fasterrcnn_state_dict
+except ImportError:  # loaded by file path (bench/, where only torch is installed)
+    from fasterrcnn_layout import random_fasterrcnn_state_dict
 
 # (kernel, expanded, out, use_se, activation, stride) of features.1 .. features.15.
 LARGE_BLOCKS = (
@@ -131,3 +136,29 @@ def random_features_state_dict(seed=0, prefix="backbone.body."):
             value = rng.standard_normal(shape) * 0.1
         state[prefix + key] = value if value.dtype == np.int64 else value.astype(np.float32)
     return state
+
+
+# fasterrcnn_mobilenet_v3_large_fpn (torchvision models/detection/faster_rcnn.py): FPN on
+# features.13 and features.16 (LastLevelMaxPool adds "pool"), 5 anchor sizes x 3 ratios on each
+# of its 3 levels, FasterRCNN defaults otherwise, plus rpn_score_thresh 0.05.
+FASTERRCNN_WEIGHTS_URL = "https://download.pytorch.org/models/fasterrcnn_mobilenet_v3_large_fpn-fb6a3cc7.pth"
+FASTERRCNN_ANCHOR_SIZES = ((32, 64, 128, 256, 512),) * 3
+FASTERRCNN_NUM_ANCHORS = 15
+FASTERRCNN_RPN_SCORE_THRESHOLD = 0.05
+# Gains of the seeded heads (fasterrcnn_layout.OUTPUT_SCALES otherwise): class logits of std ~8,
+# so most RoIs have one class well above the rest (confident detections, scores up to ~1).
+FASTERRCNN_OUTPUT_SCALES = {"box_predictor.cls_score": (1.0, 0.0, 0.3)}
+
+
+def fpn_in_channels():
+    """Channels of the maps the FPN reads, finest first: (160, 960)."""
+    return tuple(feature_channels(index) for index in FPN_FEATURES.values())
+
+
+def random_fasterrcnn_mobilenet_state_dict(seed=0, num_classes=91):
+    """Seeded float32 weights of fasterrcnn_mobilenet_v3_large_fpn in torchvision's layout: the
+    body `random_features_state_dict(seed)` plus `fasterrcnn_layout.random_fasterrcnn_state_dict`'s
+    FPN / RPN / RoI heads (FASTERRCNN_OUTPUT_SCALES)."""
+    return random_fasterrcnn_state_dict(
+        random_features_state_dict(seed), seed, num_classes, scales=FASTERRCNN_OUTPUT_SCALES,
+        in_channels=fpn_in_channels(), num_anchors=FASTERRCNN_NUM_ANCHORS)
