@@ -230,14 +230,27 @@ def test_wrong_layout_is_named():
         load_torchvision_faster_rcnn_mobilenet(detector, {})
 
 
-def test_recipe_backbone_has_c2_to_c5_at_strides_4_to_32():
+def test_recipe_backbone_loads_a_classification_checkpoint_and_freezes_early_stages(tmp_path, state):
+    from fpn_keras.build import check_model_args
+    from fpn_keras.config import load_recipe
+    from fpn_keras.convert import save_torch_checkpoint
     from fpn_keras.models.backbones import build_backbone
 
-    backbone = build_backbone("torchvision_mobilenet_v3_large")
+    # mobilenet_v3_large()'s state_dict: features.* and a classifier that the backbone leaves unread.
+    body = {"features." + k[len("backbone.body."):]: v for k, v in state.items() if k.startswith("backbone.body.")}
+    path = str(tmp_path / "mobilenet_v3_large.pth")
+    save_torch_checkpoint(path, {**body, "classifier.0.weight": np.zeros((1280, 960), np.float32)})
+    backbone = build_backbone("torchvision_mobilenet_v3_large", weights=path)
     features = backbone(np.zeros((1, 64, 96, 3), np.float32))
     assert {k: tuple(v.shape[1:]) for k, v in features.items()} == {
         "C2": (16, 24, 24), "C3": (8, 12, 40), "C4": (4, 6, 112), "C5": (2, 3, 960)}
-    assert all(layer.trainable for layer in backbone.layers if layer.weights)  # no weights: all 6 stages
+    np.testing.assert_array_equal(np.asarray(backbone.get_layer("15.block.2.fc1").kernel)[0, 0],
+                                  body["features.15.block.2.fc1.weight"][:, :, 0, 0].T)
+    # With weights, 3 stages train (torchvision's default): features.7 onwards.
+    assert not backbone.get_layer("6.block.3.0").trainable and backbone.get_layer("7.block.0.0").trainable
+    recipe = load_recipe("retinanet_synthetic", ["model.backbone=torchvision_mobilenet_v3_large",
+                                                 "model.backbone_args={trainable_layers: 6}"])
+    check_model_args(recipe)
 
 
 def test_print_measured_errors():
