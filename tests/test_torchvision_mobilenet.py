@@ -5,7 +5,8 @@ tests/data/torchvision_mobilenet_reference.npz (bench/torchvision_mobilenet_refe
 weights (`random_fasterrcnn_mobilenet_state_dict(14)`), images of 150x200 and 200x130 normalised and
 zero-padded to 160x224 / 224x160, torchvision's backbone maps (features.13, features.16), FPN levels
 ("0", "1", "pool"), proposals, RoI-head outputs on them and detections (100 per image, scores
-0.62-1.0: class logits of std ~3.5, three labels; the RoI-head outputs check every class); backbone maps of an unpadded 97x131 image; the state_dict shapes.
+0.62-1.0: class logits of std ~3.5, three labels; the RoI-head outputs check every class);
+backbone maps of an unpadded 97x131 image; the state_dict shapes.
 """
 
 import json
@@ -74,7 +75,8 @@ def test_every_torchvision_key_has_a_place(reference, state, converted):
     assert len(used) == len([k for k in state if not k.endswith("num_batches_tracked")])
     # A depthwise kernel: torchvision [C, 1, k, k] -> Keras [k, k, C, 1].
     depthwise = converted.backbone.get_layer("4.block.1.0").kernel
-    np.testing.assert_array_equal(np.asarray(depthwise)[1, 2, 5, 0], state["backbone.body.4.block.1.0.weight"][5, 0, 1, 2])
+    np.testing.assert_array_equal(np.asarray(depthwise)[1, 2, 5, 0],
+                                  state["backbone.body.4.block.1.0.weight"][5, 0, 1, 2])
     # RPN outputs: torchvision's anchor a = ratio * 5 + size, ours size * 3 + ratio.
     bias = state["rpn.head.bbox_pred.bias"].reshape(15, 4)
     ours = np.asarray(converted.head.rpn.head.deltas.bias).reshape(15, 4)
@@ -255,4 +257,4 @@ def test_recipe_backbone_loads_a_classification_checkpoint_and_freezes_early_sta
 
 def test_print_measured_errors():
     for name, errors in ERRORS.items():
-        print(name, {k: f"{v:.1e}" if isinstance(v, float) else v for k, v in errors.items()})
+        print(name, {k: f"{v:.1e}" if isinstance(v, (float, np.floating)) else v for k, v in errors.items()})

@@ -2,7 +2,8 @@
 
 A Keras layer named like a torch module (e.g. "layer1.0.conv1") takes the
 tensors "<prefix><module>.<field>": Conv2D kernel <- weight (OIHW -> HWIO), bias
-<- bias; DepthwiseConv2D kernel <- weight ([C, 1, kh, kw] -> [kh, kw, C, 1]); (Frozen)BatchNorm gamma, beta, moving_mean, moving_variance <- weight,
+<- bias; DepthwiseConv2D kernel <- weight ([C, 1, kh, kw] -> [kh, kw, C, 1]);
+(Frozen)BatchNorm gamma, beta, moving_mean, moving_variance <- weight,
 bias, running_mean, running_var; Dense kernel <- weight (out, in -> in, out).
 Every weight of the model must be set and every key under the prefix used,
 except BatchNorm's num_batches_tracked and keys explicitly ignored (the

@@ -16,8 +16,8 @@ def generate_proposals(objectness, deltas, anchors, image_shape, box_coder, pre_
                        score_threshold=0.0):
     """Per level: top `pre_nms_topk` objectness logits, decode, clip, drop boxes smaller
     than `min_size` and, when score_threshold > 0, boxes whose objectness probability
-    sigmoid(logit) is below it (torchvision's rpn_score_thresh); then NMS within each level (detectron2) and the best `post_nms_topk`
-    over all levels.
+    sigmoid(logit) is below it (torchvision's rpn_score_thresh); then NMS within each level
+    (detectron2) and the best `post_nms_topk` over all levels.
 
     objectness {"P2": [B, N2], ...}, deltas {"P2": [B, N2, 4]}, anchors {"P2": [N2, 4]}.
     Returns (proposals [B, P, 4] xyxy, logits [B, P], valid [B, P] bool), in
