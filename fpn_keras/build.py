@@ -13,12 +13,14 @@ from fpn_keras.layers.fpn import FeaturePyramid
 from fpn_keras.models.backbones import (BACKBONES, TORCHVISION_RESNETS, build_backbone, mobilenet_v3,
                                         resnet, small_resnet)
 from fpn_keras.models.detector import HEADS, FPNDetector
+from fpn_keras.models.torchvision_mobilenet_v3 import torchvision_mobilenet_v3_large
 from fpn_keras.models.torchvision_resnet import torchvision_resnet
 
 
 BACKBONE_CONSTRUCTORS = {"resnet50": resnet, "resnet101": resnet, "mobilenet_v3_large": mobilenet_v3,
                          "mobilenet_v3_small": mobilenet_v3, "small_resnet": small_resnet,
-                         **{name: torchvision_resnet for name in TORCHVISION_RESNETS}}
+                         **{name: torchvision_resnet for name in TORCHVISION_RESNETS},
+                         "torchvision_mobilenet_v3_large": torchvision_mobilenet_v3_large}
 
 
 def _parameters(function, exclude):

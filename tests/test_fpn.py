@@ -203,3 +203,26 @@ def test_conv_padding_validates_and_round_trips():
     fpn = FeaturePyramid(3, 7, conv_padding="symmetric")
     assert FeaturePyramid.from_config(fpn.get_config()).conv_padding == "symmetric"
     assert FeaturePyramid().get_config()["conv_padding"] == "same"
+
+
+def test_top_down_upsampling_1_adds_the_coarser_level_as_it_is():
+    # torchvision's MobileNetV3 FPN: C4 and C5 at one resolution, so P4 = C4 + C5 (no upsampling),
+    # P6 = P5[::2, ::2] (identity laterals and outputs).
+    fpn = FeaturePyramid(4, 6, channels=1, extra_levels_type="max_pool", top_down_upsampling=1)
+    c4 = np.arange(6, dtype="float32").reshape(1, 2, 3, 1)
+    c5 = np.array([[10.0, 20.0, 30.0], [40.0, 50.0, 60.0]], "float32").reshape(1, 2, 3, 1)
+    fpn.build({"C4": c4.shape, "C5": c5.shape})
+    for layer in fpn.lateral.values():
+        layer.set_weights([np.ones((1, 1, 1, 1), "float32"), np.zeros(1, "float32")])
+    identity = np.zeros((3, 3, 1, 1), "float32")
+    identity[1, 1] = 1.0
+    for layer in fpn.output_convs.values():
+        layer.set_weights([identity, np.zeros(1, "float32")])
+    out = {k: keras.ops.convert_to_numpy(v)[0, :, :, 0] for k, v in fpn({"C4": c4, "C5": c5}).items()}
+    np.testing.assert_allclose(out["P4"], [[10.0, 21.0, 32.0], [43.0, 54.0, 65.0]])
+    np.testing.assert_allclose(out["P5"], c5[0, :, :, 0])
+    np.testing.assert_allclose(out["P6"], [[10.0, 30.0]])
+    assert FeaturePyramid.from_config(fpn.get_config()).top_down_upsampling == 1
+    assert FeaturePyramid().get_config()["top_down_upsampling"] == 2
+    with pytest.raises(ValueError, match="top_down_upsampling must be 2 or 1, received 4"):
+        FeaturePyramid(top_down_upsampling=4)

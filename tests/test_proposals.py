@@ -34,3 +34,21 @@ def test_proposals_shapes_ordering_and_per_level_nms():
     _, _, valid_05 = generate_proposals(objectness, deltas, anchors, (100, 100), BoxCoder(),
                                         pre_nms_topk=10, post_nms_topk=12, nms_threshold=0.5)
     assert 0 < ops.convert_to_numpy(valid_05).sum(1).max() < 12
+
+
+def test_score_threshold_drops_low_objectness_before_nms():
+    # Four disjoint anchors, logits 2, -2, -3, 0: probabilities 0.881, 0.119, 0.047, 0.5. At 0.05
+    # (torchvision's rpn_score_thresh of fasterrcnn_mobilenet_v3_large_fpn) the third is dropped.
+    anchors = {"P2": np.array([[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10], [60, 0, 70, 10]], "float32")}
+    objectness = {"P2": np.array([[2.0, -2.0, -3.0, 0.0]], "float32")}
+    deltas = {"P2": np.zeros((1, 4, 4), "float32")}
+
+    def run(threshold):
+        _, logits, valid = generate_proposals(objectness, deltas, anchors, (100, 100), BoxCoder(), 4, 4,
+                                              score_threshold=threshold)
+        return ops.convert_to_numpy(logits)[0], ops.convert_to_numpy(valid)[0]
+
+    logits, valid = run(0.05)
+    assert valid.tolist() == [True, True, True, False]
+    np.testing.assert_allclose(logits[:3], [2.0, 0.0, -2.0])
+    assert run(0.0)[1].all()  # the default keeps every box

@@ -126,3 +126,17 @@ def test_level_epsilon_is_torchvisions_level_mapper():
     boxes = np.array([[0, 0, side, side], [0, 0, 0, 0], [0, 0, 112, 112], [0, 0, 2000, 2000]], "float32")
     assert ops.convert_to_numpy(assign_levels(boxes)).tolist() == [3, 2, 3, 5]
     assert ops.convert_to_numpy(assign_levels(boxes, epsilon=1e-6)).tolist() == [4, 2, 3, 5]
+
+
+@pytest.mark.parametrize("implementation", ["generic", "tf"])
+def test_strides_override_the_level_stride(implementation):
+    # The 4x4 map f(y, x) = 4y + x named P2 but at stride 8 (torchvision's MobileNetV3 FPN pools
+    # a stride-32 map we name P4): the box [8, 8, 24, 24] is cells [1, 1, 3, 3], bin centres 1.5, 2.5.
+    feature = (4.0 * np.arange(4)[:, None] + np.arange(4)[None, :]).astype("float32")[None, :, :, None]
+    boxes = np.array([[[8.0, 8.0, 24.0, 24.0]]], "float32")
+    got = ops.convert_to_numpy(multilevel_roi_align({"P2": feature}, boxes, 2, 2, 2, 1, False,
+                                                    implementation=implementation, strides=(8,)))
+    np.testing.assert_allclose(got[0, 0, ..., 0], [[7.5, 8.5], [11.5, 12.5]], atol=1e-5)
+    with pytest.raises(ValueError, match="one positive stride per level P2-P2"):
+        multilevel_roi_align({"P2": feature}, boxes, 2, 2, 2, 1, False, implementation=implementation,
+                             strides=(8, 16))

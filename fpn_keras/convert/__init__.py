@@ -4,11 +4,14 @@ and converters of torchvision weights into this package's models."""
 from fpn_keras.convert.presets import PRESETS, from_preset
 from fpn_keras.convert.torch_checkpoint import (CheckpointError, load_safetensors,
                                                 read_torch_checkpoint, save_torch_checkpoint)
-from fpn_keras.convert.torchvision import ConversionError, load_torchvision_resnet, read_weights
+from fpn_keras.convert.torchvision import (ConversionError, load_torchvision_mobilenet_v3, load_torchvision_resnet,
+                                          read_weights)
 from fpn_keras.convert.torchvision_detection import from_torchvision
 from fpn_keras.convert.torchvision_faster_rcnn import load_torchvision_faster_rcnn
+from fpn_keras.convert.torchvision_faster_rcnn_mobilenet import load_torchvision_faster_rcnn_mobilenet
 from fpn_keras.convert.torchvision_retinanet import load_torchvision_retinanet
 
 __all__ = ["CheckpointError", "ConversionError", "PRESETS", "from_preset", "from_torchvision", "load_safetensors",
-           "load_torchvision_faster_rcnn", "load_torchvision_resnet", "load_torchvision_retinanet",
+           "load_torchvision_faster_rcnn", "load_torchvision_faster_rcnn_mobilenet",
+           "load_torchvision_mobilenet_v3", "load_torchvision_resnet", "load_torchvision_retinanet",
            "read_torch_checkpoint", "read_weights", "save_torch_checkpoint"]

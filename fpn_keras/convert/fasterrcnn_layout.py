@@ -63,14 +63,15 @@ def fc6_in_our_order(weight, channels=CHANNELS, size=POOLED_SIZE):
     return weight.reshape(-1, channels, size, size).transpose(0, 2, 3, 1).reshape(weight.shape[0], -1)
 
 
-def fasterrcnn_state_dict_shapes(num_classes=91):
-    """{key: shape} of fasterrcnn_resnet50_fpn(num_classes).state_dict() outside backbone.body."""
-    shapes = fpn_state_dict_shapes(C2_C5_CHANNELS, CHANNELS)
+def fasterrcnn_state_dict_shapes(num_classes=91, in_channels=C2_C5_CHANNELS, num_anchors=NUM_ANCHORS):
+    """{key: shape} of fasterrcnn_resnet50_fpn(num_classes).state_dict() outside backbone.body
+    (another backbone: its FPN inputs `in_channels`, finest first, and RPN `num_anchors`)."""
+    shapes = fpn_state_dict_shapes(in_channels, CHANNELS)
     shapes["rpn.head.conv.0.0.weight"] = (CHANNELS, CHANNELS, 3, 3)
     shapes["rpn.head.conv.0.0.bias"] = (CHANNELS,)
     for name, depth in (("cls_logits", 1), ("bbox_pred", 4)):
-        shapes[f"rpn.head.{name}.weight"] = (NUM_ANCHORS * depth, CHANNELS, 1, 1)
-        shapes[f"rpn.head.{name}.bias"] = (NUM_ANCHORS * depth,)
+        shapes[f"rpn.head.{name}.weight"] = (num_anchors * depth, CHANNELS, 1, 1)
+        shapes[f"rpn.head.{name}.bias"] = (num_anchors * depth,)
     inputs = CHANNELS * POOLED_SIZE ** 2
     for name, shape in (("box_head.fc6", (FC_DIM, inputs)), ("box_head.fc7", (FC_DIM, FC_DIM)),
                         ("box_predictor.cls_score", (num_classes, FC_DIM)),
@@ -93,15 +94,16 @@ BACKGROUND_BIAS = 1.0
 UNUSED_CLASS_BIAS = -10.0  # the N/A ids never fire: 80- and 91-class conversions agree
 
 
-def random_fasterrcnn_state_dict(resnet_state, seed=0, num_classes=91, scales=None):
+def random_fasterrcnn_state_dict(resnet_state, seed=0, num_classes=91, scales=None, **shape_args):
     """Deterministic float32 weights of the whole detector in torchvision's layout:
     `resnet_state` (resnet_layout.random_resnet_state_dict(50, prefix="backbone.body."),
     its fc dropped) plus the FPN, RPN and RoI heads (`seeded_tensor`, gains OUTPUT_SCALES
     or `scales`), cls_score's rows centred, its background bias BACKGROUND_BIAS and N/A biases
-    UNUSED_CLASS_BIAS."""
+    UNUSED_CLASS_BIAS. shape_args: `fasterrcnn_state_dict_shapes`' in_channels / num_anchors
+    (another backbone's body in `resnet_state`)."""
     scales = {**OUTPUT_SCALES, **(scales or {})}
     state = {k: v for k, v in resnet_state.items() if not k.startswith("backbone.body.fc.")}
-    for key, shape in fasterrcnn_state_dict_shapes(num_classes).items():
+    for key, shape in fasterrcnn_state_dict_shapes(num_classes, **shape_args).items():
         module = next((name for name in scales if f"{name}." in key), None)
         value = seeded_tensor(key, shape, seed, *scales.get(module, (1.0, 0.0, 0.1)))
         if key == "roi_heads.box_predictor.cls_score.weight":  # rows of mean 0: fc7's common

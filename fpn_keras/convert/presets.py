@@ -61,6 +61,12 @@ PRESETS = {
         "args": {"model": "fasterrcnn_resnet50_fpn", "num_classes": 80}, "head": "faster_rcnn",
         "coco_ap": 37.0, "classes": _COCO_80 + "; softmax background last",  # FasterRCNN_..._Weights.COCO_V1
     },
+    "torchvision/fasterrcnn_mobilenet_v3_large_fpn_coco": {
+        "url": "https://download.pytorch.org/models/fasterrcnn_mobilenet_v3_large_fpn-fb6a3cc7.pth",
+        "hash": "sha256:fb6a3cc7", "converter": _TORCHVISION, "checkpoint_arg": "weights",
+        "args": {"model": "fasterrcnn_mobilenet_v3_large_fpn", "num_classes": 80}, "head": "faster_rcnn",
+        "coco_ap": 32.8, "classes": _COCO_80 + "; softmax background last",  # ..._Weights.COCO_V1
+    },
     "detectron2/retinanet_R_50_FPN_1x_coco": {
         "url": _D2_URL + "retinanet_R_50_FPN_1x/190397773/model_final_bfca0b.pkl",
         "hash": "md5:bfca0b", "converter": _DETECTRON2, "checkpoint_arg": "checkpoint",

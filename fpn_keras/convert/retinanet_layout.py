@@ -29,23 +29,24 @@ WEIGHTS_URL = "https://download.pytorch.org/models/retinanet_resnet50_fpn_coco-e
 C3_C5_CHANNELS = (512, 1024, 2048)
 
 
-def reorder_anchor_outputs(value, depth, keep=None):
+def reorder_anchor_outputs(value, depth, keep=None, num_scales=NUM_SCALES):
     """cls_logits / bbox_reg weight [A*depth, ...] or bias [A*depth] from torchvision's
-    (ratio, scale) anchor order to ours (scale, ratio); `keep`: indices along depth."""
+    (ratio, scale) anchor order to ours (scale, ratio); `keep`: indices along depth;
+    num_scales: sizes per level (3 ratios each)."""
     value = np.asarray(value)
-    blocks = value.reshape((NUM_RATIOS, NUM_SCALES, depth) + value.shape[1:])
+    blocks = value.reshape((NUM_RATIOS, num_scales, depth) + value.shape[1:])
     blocks = blocks.transpose((1, 0, 2) + tuple(range(3, blocks.ndim)))
     if keep is not None:
         blocks = blocks[:, :, list(keep)]
     return blocks.reshape((-1,) + value.shape[1:])
 
 
-def outputs_in_our_order(value, depth, keep=None):
+def outputs_in_our_order(value, depth, keep=None, num_scales=NUM_SCALES):
     """One level's torchvision head output [H*W*A, depth] (row-major locations, then
     anchors ratio-major) -> ours [H*W*A, len(keep) or depth] (anchors scale-major)."""
     value = np.asarray(value)
-    per_location = value.reshape(-1, NUM_RATIOS * NUM_SCALES * depth).T  # [A*depth, H*W]
-    reordered = reorder_anchor_outputs(per_location, depth, keep).T  # [H*W, A*depth']
+    per_location = value.reshape(-1, NUM_RATIOS * num_scales * depth).T  # [A*depth, H*W]
+    reordered = reorder_anchor_outputs(per_location, depth, keep, num_scales).T  # [H*W, A*depth']
     return reordered.reshape(-1, len(keep) if keep is not None else depth)
 
 

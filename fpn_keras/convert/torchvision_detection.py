@@ -3,9 +3,10 @@ and what its converters share (local checkpoint or preset download, COCO classes
 backbone / FPN module map, layout checks).
 
 One module per model holds its layout and conventions: `torchvision_retinanet`
-(retinanet_resnet50_fpn) and `torchvision_faster_rcnn` (fasterrcnn_resnet50_fpn), each with
-`WEIGHTS_URL`, `build_detector(num_classes, image_size, norm_epsilon)` (unbuilt) and
-`load_state(detector, state_dict)`.
+(retinanet_resnet50_fpn), `torchvision_faster_rcnn` (fasterrcnn_resnet50_fpn) and
+`torchvision_faster_rcnn_mobilenet` (fasterrcnn_mobilenet_v3_large_fpn), each with
+`WEIGHTS_URL`, `build_detector(num_classes, image_size, norm_epsilon)` (unbuilt; norm_epsilon
+defaults to what the model's COCO_V1 weights use) and `load_state(detector, state_dict)`.
 """
 
 import importlib
@@ -16,7 +17,8 @@ import numpy as np
 from fpn_keras.convert.torchvision import assign_torch_weights, read_weights
 
 MODELS = {"retinanet_resnet50_fpn": "fpn_keras.convert.torchvision_retinanet",
-          "fasterrcnn_resnet50_fpn": "fpn_keras.convert.torchvision_faster_rcnn"}
+          "fasterrcnn_resnet50_fpn": "fpn_keras.convert.torchvision_faster_rcnn",
+          "fasterrcnn_mobilenet_v3_large_fpn": "fpn_keras.convert.torchvision_faster_rcnn_mobilenet"}
 KNOWN_WEIGHTS = ("COCO_V1",)  # torchvision's <Model>_Weights.COCO_V1 (the module's WEIGHTS_URL)
 DEFAULT_IMAGE_SIZE = (800, 1344)  # torchvision's short side 800, long side <= 1333, to a multiple of 32
 TRANSFORM_SIZES = (800, 1333)  # GeneralizedRCNNTransform(min_size=800, max_size=1333)
@@ -94,7 +96,7 @@ def checkpoint_path(weights, model):
 
 
 def from_torchvision(model="retinanet_resnet50_fpn", weights=None, num_classes=80,
-                     image_size=DEFAULT_IMAGE_SIZE, norm_epsilon=0.0, transform_sizes=TRANSFORM_SIZES):
+                     image_size=DEFAULT_IMAGE_SIZE, norm_epsilon=None, transform_sizes=TRANSFORM_SIZES):
     """The FPNDetector of a torchvision detection model, weights loaded (read without torch).
 
     model: one of MODELS. weights: None (untrained), a torchvision state_dict file (.pth /
@@ -103,15 +105,18 @@ def from_torchvision(model="retinanet_resnet50_fpn", weights=None, num_classes=8
     classes, `category_ids` their ids) or 91 (torchvision's ids). image_size: the canvas
     (height, width) stored in the model, which evaluate / export fit images into.
     transform_sizes: torchvision's (min_size, max_size), to which `predict_images` resizes
-    as torchvision does (`use_torchvision_transform`). norm_epsilon: BatchNorm epsilon (0.0
-    for the COCO_V1 weights, 1e-5 for a torchvision model built without overwrite_eps). Detections on a canvas are torchvision's on the same
+    as torchvision does (`use_torchvision_transform`).
+    norm_epsilon: BatchNorm epsilon; None: the model's COCO_V1 one (the ResNet-50 models: 0.0,
+    as overwrite_eps sets it; fasterrcnn_mobilenet_v3_large_fpn: 1e-5). 1e-5 for a ResNet-50
+    model torchvision built without overwrite_eps. Detections on a canvas are torchvision's on the same
     (normalised, padded) tensor; boxes xyxy in canvas pixels.
     """
     if model not in MODELS:
         raise ValueError(f"unknown torchvision model {model!r}; choose from {list(MODELS)}")
     converter = importlib.import_module(MODELS[model])
     state = None if weights is None else read_weights(checkpoint_path(weights, model))
-    detector = use_torchvision_transform(converter.build_detector(num_classes, image_size, norm_epsilon),
+    epsilon = {} if norm_epsilon is None else {"norm_epsilon": norm_epsilon}
+    detector = use_torchvision_transform(converter.build_detector(num_classes, image_size, **epsilon),
                                          *transform_sizes)
     detector(np.zeros((1, 64, 64, 3), np.float32))  # builds every layer
     if state is not None:

@@ -60,10 +60,11 @@ def _check_detector(detector):
         "box head": ((roi.box_head.num_fc, roi.box_head.fc_dim), (2, FC_DIM))}, wrong)
 
 
-def torchvision_faster_rcnn_modules(detector):
-    """{torchvision module path: Keras layer} for every weighted layer of `detector`."""
+def torchvision_faster_rcnn_modules(detector, levels=(2, 3, 4, 5)):
+    """{torchvision module path: Keras layer} for every weighted layer of `detector` (FPN inputs
+    C<levels>, finest first)."""
     rpn, box_head = detector.head.rpn.head, detector.head.roi_heads.box_head
-    modules = backbone_fpn_modules(detector, (2, 3, 4, 5))
+    modules = backbone_fpn_modules(detector, levels)
     modules.update({"rpn.head.conv.0.0": rpn.conv, "rpn.head.cls_logits": rpn.objectness,
                     "rpn.head.bbox_pred": rpn.deltas,
                     "roi_heads.box_head.fc6": box_head.fcs[0], "roi_heads.box_head.fc7": box_head.fcs[1],
@@ -77,11 +78,16 @@ def load_torchvision_faster_rcnn(detector, state_dict):
     fasterrcnn_resnet50_fpn state_dict {key: np.ndarray} (91 outputs); all or nothing.
     Returns the keys used."""
     _check_detector(detector)
-    ids = class_ids(_num_classes(detector.head))
-    return assign_detection_weights(torchvision_faster_rcnn_modules(detector), state_dict, {
-        "roi_heads.box_head.fc6": lambda value: fc6_in_our_order(value) if np.ndim(value) == 2 else value,
-        "roi_heads.box_predictor.cls_score": lambda value: predictor_in_our_order(value, 1, ids),
-        "roi_heads.box_predictor.bbox_pred": lambda value: predictor_in_our_order(value, 4, ids)})
+    return assign_detection_weights(torchvision_faster_rcnn_modules(detector), state_dict,
+                                    faster_rcnn_weight_transforms(class_ids(_num_classes(detector.head))))
+
+
+def faster_rcnn_weight_transforms(ids):
+    """{module path: function of a tensor}: fc6's inputs to our (y, x, c) order, the predictor's
+    rows to our classes `ids` (COCO ids) then background."""
+    return {"roi_heads.box_head.fc6": lambda value: fc6_in_our_order(value) if np.ndim(value) == 2 else value,
+            "roi_heads.box_predictor.cls_score": lambda value: predictor_in_our_order(value, 1, ids),
+            "roi_heads.box_predictor.bbox_pred": lambda value: predictor_in_our_order(value, 4, ids)}
 
 
 def torchvision_faster_rcnn_detector(num_classes=80, image_size=DEFAULT_IMAGE_SIZE, norm_epsilon=0.0):

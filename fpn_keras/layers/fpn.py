@@ -22,6 +22,10 @@ column at the bottom / right only, when the input side is even) or "symmetric" (
 zeros on every side, then "valid": torch's Conv2d(padding=1), torchvision and
 detectron2). Output sides are ceil(H / 2) in both; the values differ for even H.
 
+`top_down_upsampling=1` is for backbones whose levels share one resolution (torchvision's
+MobileNetV3-Large FPN: C4 and C5 both at stride 32): Ml = lateral_Cl + M(l+1), no upsampling
+(torchvision's nearest interpolation to the lateral's own size is the identity).
+
 The upsampled map is cropped to the lateral's exact size (or, for backbones
 that round sizes down, resized to it, as torchvision does), so inputs whose side
 is not a multiple of 32 work.
@@ -63,12 +67,14 @@ class FeaturePyramid(layers.Layer):
         lateral: False drops the lateral connections below C5 (Pl from the
             upsampled coarser map alone).
         conv_padding: "same" or "symmetric" padding of the stride-2 convs (see above).
+        top_down_upsampling: 2 (each Cl at twice C(l+1)'s resolution) or 1 (all at one
+            resolution, see above).
     """
 
     def __init__(self, min_level=3, max_level=7, channels=256,
                  extra_levels_source="C5", extra_levels_type="conv",
                  separable=False, kernel_initializer="glorot_uniform", top_down=True,
-                 lateral=True, conv_padding="same", **kwargs):
+                 lateral=True, conv_padding="same", top_down_upsampling=2, **kwargs):
         super().__init__(**kwargs)
         if min_level > max_level:
             raise ValueError(f"min_level ({min_level}) must be <= max_level ({max_level})")
@@ -92,6 +98,9 @@ class FeaturePyramid(layers.Layer):
         if conv_padding not in CONV_PADDINGS:
             raise ValueError(f"conv_padding must be one of {CONV_PADDINGS}, received {conv_padding!r}")
         self.conv_padding = conv_padding
+        if top_down_upsampling not in (1, 2):
+            raise ValueError(f"top_down_upsampling must be 2 or 1, received {top_down_upsampling!r}")
+        self.top_down_upsampling = int(top_down_upsampling)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.backbone_max_level = min(self.max_level, 5)
 
@@ -170,8 +179,8 @@ class FeaturePyramid(layers.Layer):
             for l in range(4, self.min_level - 1, -1):
                 if self.use_lateral:
                     lateral = self.lateral[f"C{l}"](features[f"C{l}"])
-                    merged = lateral + top_down(merged, lateral)
-                else:  # no lateral: only the upsampled coarser map, at Cl's size
+                    merged = lateral + (top_down(merged, lateral) if self.top_down_upsampling == 2 else merged)
+                elif self.top_down_upsampling == 2:  # no lateral: only the upsampled coarser map, at Cl's size
                     merged = top_down(merged, features[f"C{l}"])
                 if l <= self.max_level:
                     outputs[f"P{l}"] = self.output_convs[f"P{l}"](merged)
@@ -215,6 +224,7 @@ class FeaturePyramid(layers.Layer):
             "top_down": self.top_down,
             "lateral": self.use_lateral,
             "conv_padding": self.conv_padding,
+            "top_down_upsampling": self.top_down_upsampling,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
         })
         return config

@@ -12,10 +12,12 @@ _DROPPED = -1e9  # logit given to boxes too small to keep
 
 
 def generate_proposals(objectness, deltas, anchors, image_shape, box_coder, pre_nms_topk,
-                       post_nms_topk, nms_threshold=0.7, min_size=0.0, implementation="auto"):
+                       post_nms_topk, nms_threshold=0.7, min_size=0.0, implementation="auto",
+                       score_threshold=0.0):
     """Per level: top `pre_nms_topk` objectness logits, decode, clip, drop boxes smaller
-    than `min_size`; then NMS within each level (detectron2) and the best `post_nms_topk`
-    over all levels.
+    than `min_size` and, when score_threshold > 0, boxes whose objectness probability
+    sigmoid(logit) is below it (torchvision's rpn_score_thresh); then NMS within each level
+    (detectron2) and the best `post_nms_topk` over all levels.
 
     objectness {"P2": [B, N2], ...}, deltas {"P2": [B, N2, 4]}, anchors {"P2": [N2, 4]};
     image_shape (height, width) to clip to: numbers, or [B] tensors (one per image).
@@ -30,7 +32,10 @@ def generate_proposals(objectness, deltas, anchors, image_shape, box_coder, pre_
         wide = (boxes[..., 2] - boxes[..., 0]) > min_size
         tall = (boxes[..., 3] - boxes[..., 1]) > min_size
         all_boxes.append(boxes)
-        all_logits.append(ops.where(wide & tall, top_logits, _DROPPED))
+        keep = wide & tall
+        if score_threshold > 0:
+            keep = keep & (ops.sigmoid(ops.cast(top_logits, "float32")) >= score_threshold)
+        all_logits.append(ops.where(keep, top_logits, _DROPPED))
         all_levels.append(ops.full(ops.shape(top_logits), i, "int32"))
     boxes = ops.concatenate(all_boxes, axis=1)
     logits = ops.concatenate(all_logits, axis=1)

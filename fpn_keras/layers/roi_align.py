@@ -41,6 +41,17 @@ def assign_levels(boxes, min_level=2, max_level=5, canonical_level=4, canonical_
     return ops.cast(ops.clip(levels, min_level, max_level), "int32")
 
 
+def level_strides(min_level, max_level, strides=None):
+    """The stride of each level min_level..max_level: `strides` checked, or 2**l."""
+    if strides is None:
+        return tuple(2.0 ** l for l in range(min_level, max_level + 1))
+    strides = tuple(float(s) for s in strides)
+    if len(strides) != max_level - min_level + 1 or min(strides) <= 0:
+        raise ValueError(f"strides must give one positive stride per level P{min_level}-P{max_level}, "
+                         f"received {strides!r}")
+    return strides
+
+
 def _axis_samples(start, bin_size, pooled_size, sampling_ratio, limit):
     """Sample coordinates along one axis and their bilinear terms.
 
@@ -65,9 +76,11 @@ def _axis_samples(start, bin_size, pooled_size, sampling_ratio, limit):
 
 def multilevel_roi_align(features, boxes, min_level=2, max_level=5, pooled_size=7,
                          sampling_ratio=2, aligned=True, canonical_level=4, canonical_size=224.0,
-                         implementation="auto", level_epsilon=None):
+                         implementation="auto", level_epsilon=None, strides=None):
     """Pools `xyxy` boxes [B, R, 4] (input pixels) from {"P2": [B, H2, W2, C], ...}.
 
+    strides: the pixels per cell of levels min_level..max_level (None: 2**l; torchvision's
+    MobileNetV3 FPN pools from a level at stride 32 that we name P4: (32,)).
     aligned=False: no half-pixel shift, RoIs at least 1x1 (torchvision's roi_align(aligned=False),
     what MultiScaleRoIAlign uses). level_epsilon: see `assign_levels`.
     implementation: "auto" (TF kernel under the TF backend, else generic), "tf" or "generic".
@@ -78,9 +91,10 @@ def multilevel_roi_align(features, boxes, min_level=2, max_level=5, pooled_size=
     if implementation not in ("tf", "generic"):
         raise ValueError(f"implementation must be 'auto', 'tf' or 'generic', received {implementation!r}")
     if implementation == "tf":
-        return _roi_align_tensorflow(features, boxes, min_level, max_level, pooled_size,
-                                     sampling_ratio, aligned, canonical_level, canonical_size, level_epsilon)
+        return _roi_align_tensorflow(features, boxes, min_level, max_level, pooled_size, sampling_ratio,
+                                     aligned, canonical_level, canonical_size, level_epsilon, strides)
     names = [f"P{l}" for l in range(min_level, max_level + 1)]
+    strides = level_strides(min_level, max_level, strides)
     batch = ops.shape(boxes)[0]
     num_rois = boxes.shape[1]
     channels = features[names[0]].shape[-1]
@@ -98,7 +112,7 @@ def multilevel_roi_align(features, boxes, min_level=2, max_level=5, pooled_size=
 
     levels = assign_levels(boxes, min_level, max_level, canonical_level, canonical_size, level_epsilon)
     index = levels - min_level  # [B, R]
-    scale = ops.take(ops.convert_to_tensor([2.0 ** -l for l in range(min_level, max_level + 1)]), index)
+    scale = ops.take(ops.convert_to_tensor([1.0 / stride for stride in strides]), index)
     height = ops.take(ops.convert_to_tensor(heights), index)
     width = ops.take(ops.convert_to_tensor(widths), index)
     base = ops.take(ops.convert_to_tensor(offsets, "int32"), index)
@@ -135,12 +149,13 @@ def multilevel_roi_align(features, boxes, min_level=2, max_level=5, pooled_size=
 
 
 def _roi_align_tensorflow(features, boxes, min_level, max_level, pooled_size, sampling_ratio,
-                          aligned, canonical_level, canonical_size, level_epsilon=None):
+                          aligned, canonical_level, canonical_size, level_epsilon=None, strides=None):
     """TF's CropAndResize kernel, one call per level on that level's RoIs only
     (tf.dynamic_partition / dynamic_stitch): cropping every RoI from every level
     and masking cost 4x the work."""
     import tensorflow as tf
 
+    strides = level_strides(min_level, max_level, strides)
     boxes = tf.cast(boxes, tf.float32)
     batch = tf.shape(boxes)[0]
     num_rois = boxes.shape[1]
@@ -160,7 +175,7 @@ def _roi_align_tensorflow(features, boxes, min_level, max_level, pooled_size, sa
         height = tf.cast(tf.shape(feature)[1], tf.float32)
         width = tf.cast(tf.shape(feature)[2], tf.float32)
         level_boxes = tf.gather(flat_boxes, positions[i])
-        x1, y1, x2, y2 = tf.unstack(level_boxes * (2.0 ** -level) - shift, axis=-1)
+        x1, y1, x2, y2 = tf.unstack(level_boxes * (1.0 / strides[i]) - shift, axis=-1)
         roi_w, roi_h = x2 - x1, y2 - y1
         if not aligned:
             roi_w, roi_h = tf.maximum(roi_w, 1.0), tf.maximum(roi_h, 1.0)

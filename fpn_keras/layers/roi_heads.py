@@ -7,7 +7,7 @@ import keras
 from keras import layers
 
 from fpn_keras.layers.box_head import BoxHead
-from fpn_keras.layers.roi_align import multilevel_roi_align
+from fpn_keras.layers.roi_align import level_strides, multilevel_roi_align
 
 
 @keras.saving.register_keras_serializable(package="fpn_keras")
@@ -21,20 +21,22 @@ class RoIHeads(layers.Layer):
     `implementation`: the RoIAlign kernel, "auto" or "generic" (set through
     `FasterRCNN.set_implementations`; not saved). aligned (True: half-pixel shift, as
     detectron2; False: torchvision's MultiScaleRoIAlign) and level_epsilon: see
-    `multilevel_roi_align` / `assign_levels`.
+    `multilevel_roi_align` / `assign_levels`. feature_strides: each level's stride (None: 2**l).
     """
 
     implementation = "auto"
 
     def __init__(self, num_classes, min_level=2, max_level=5, pooled_size=7, sampling_ratio=2,
                  canonical_level=4, canonical_size=224.0, fc_dim=1024, num_fc=2, aligned=True,
-                 level_epsilon=None, **kwargs):
+                 level_epsilon=None, feature_strides=None, **kwargs):
         super().__init__(**kwargs)
         self.min_level, self.max_level = int(min_level), int(max_level)
         self.pooled_size, self.sampling_ratio = int(pooled_size), int(sampling_ratio)
         self.canonical_level, self.canonical_size = int(canonical_level), float(canonical_size)
         self.aligned = bool(aligned)
         self.level_epsilon = None if level_epsilon is None else float(level_epsilon)
+        self.feature_strides = None if feature_strides is None else tuple(
+            level_strides(self.min_level, self.max_level, feature_strides))
         self.box_head = BoxHead(num_classes, fc_dim, num_fc, name="box_head")
 
     def build(self, input_shape):
@@ -45,7 +47,8 @@ class RoIHeads(layers.Layer):
     def call(self, features, rois):
         pooled = multilevel_roi_align(features, rois, self.min_level, self.max_level, self.pooled_size,
                                       self.sampling_ratio, self.aligned, self.canonical_level,
-                                      self.canonical_size, self.implementation, self.level_epsilon)
+                                      self.canonical_size, self.implementation, self.level_epsilon,
+                                      self.feature_strides)
         return self.box_head(pooled)
 
     def get_config(self):
@@ -55,5 +58,6 @@ class RoIHeads(layers.Layer):
             "pooled_size": self.pooled_size, "sampling_ratio": self.sampling_ratio,
             "canonical_level": self.canonical_level, "canonical_size": self.canonical_size,
             "fc_dim": self.box_head.fc_dim, "num_fc": self.box_head.num_fc, "aligned": self.aligned,
-            "level_epsilon": self.level_epsilon})
+            "level_epsilon": self.level_epsilon,
+            "feature_strides": None if self.feature_strides is None else list(self.feature_strides)})
         return config

@@ -20,7 +20,7 @@ RESNET_STAGE_OUTPUTS = {
 }
 TORCHVISION_RESNETS = {f"torchvision_resnet{depth}": depth for depth in (18, 34, 50, 101)}
 BACKBONES = ("resnet50", "resnet101", "mobilenet_v3_large", "mobilenet_v3_small", "small_resnet",
-             *TORCHVISION_RESNETS)
+             *TORCHVISION_RESNETS, "torchvision_mobilenet_v3_large")
 
 
 @keras.saving.register_keras_serializable(package="fpn_keras")
@@ -174,8 +174,8 @@ def small_resnet(widths=(32, 64, 128, 256), blocks=(1, 1, 1, 1), input_shape=(No
 
 def build_backbone(name="resnet50", weights=None, **kwargs):
     """Backbone by name: one of BACKBONES. `weights`: None, "imagenet" or a local file path
-    (torchvision_resnet*: None or a torchvision .pth / .safetensors file, see
-    `fpn_keras.models.torchvision_resnet`)."""
+    (torchvision_resnet*, torchvision_mobilenet_v3_large: None or a torchvision .pth /
+    .safetensors file, see `fpn_keras.models.torchvision_resnet` / `torchvision_mobilenet_v3`)."""
     if name in TORCHVISION_RESNETS:
         from fpn_keras.models.torchvision_resnet import torchvision_resnet
 
@@ -183,6 +183,13 @@ def build_backbone(name="resnet50", weights=None, **kwargs):
             raise ValueError(f"{name}: pass the path of a torchvision checkpoint as weights "
                              "(e.g. resnet50-0676ba61.pth); nothing is downloaded")
         return torchvision_resnet(TORCHVISION_RESNETS[name], weights=weights, **kwargs)
+    if name == "torchvision_mobilenet_v3_large":  # C2..C5 at strides 4..32 (feature_maps="strides")
+        from fpn_keras.models.torchvision_mobilenet_v3 import torchvision_mobilenet_v3_large
+
+        if weights == "imagenet":
+            raise ValueError(f"{name}: pass the path of a torchvision checkpoint as weights "
+                             "(e.g. mobilenet_v3_large-8738ca79.pth); nothing is downloaded")
+        return torchvision_mobilenet_v3_large(weights=weights, **kwargs)
     if name in RESNET_STAGE_OUTPUTS:
         return resnet(name, weights=weights, **kwargs)
     if name.startswith("mobilenet_v3"):

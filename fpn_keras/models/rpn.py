@@ -34,7 +34,9 @@ class RPN(DetectionHead):
     size per level, as in the paper); several scales let a single level cover
     all object sizes (Table 1's single-map baselines and "only P2").
     anchor_offset, anchor_sizes, round_anchors, anchor_strides: as `RetinaNet`'s
-    (torchvision's conventions; `AnchorGenerator`).
+    (torchvision's conventions; `AnchorGenerator`). score_threshold: proposals whose
+    objectness probability is below it are dropped before NMS (0: none; torchvision's
+    rpn_score_thresh, 0.05 in fasterrcnn_mobilenet_v3_large_fpn).
     """
 
     loss_names = ("rpn_cls_loss", "rpn_box_loss")
@@ -49,7 +51,7 @@ class RPN(DetectionHead):
                  positive_fraction=0.5, pre_nms_topk_train=2000, pre_nms_topk_test=1000,
                  post_nms_topk_train=2000, post_nms_topk_test=1000, nms_threshold=0.7,
                  min_size=0.0, smooth_l1_beta=0.0, seed=None, anchor_scales=(1.0,), anchor_offset=0.5,
-                 anchor_sizes=None, round_anchors=False, anchor_strides="level", **kwargs):
+                 anchor_sizes=None, round_anchors=False, anchor_strides="level", score_threshold=0.0, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = 1
         self.min_level, self.max_level = int(min_level), int(max_level)
@@ -64,6 +66,7 @@ class RPN(DetectionHead):
         self.post_nms_topk_train, self.post_nms_topk_test = int(post_nms_topk_train), int(post_nms_topk_test)
         self.nms_threshold = float(nms_threshold)
         self.min_size = float(min_size)
+        self.score_threshold = float(score_threshold)
         self.smooth_l1_beta = float(smooth_l1_beta)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
@@ -114,7 +117,7 @@ class RPN(DetectionHead):
             self.box_coder,
             self.pre_nms_topk_train if training else self.pre_nms_topk_test,
             self.post_nms_topk_train if training else self.post_nms_topk_test,
-            self.nms_threshold, self.min_size, self.nms_implementation)
+            self.nms_threshold, self.min_size, self.nms_implementation, self.score_threshold)
 
     def detect(self, raw, image_shape, image_sizes=None):
         """Proposals as detections of class 0 ("object")."""
@@ -143,7 +146,7 @@ class RPN(DetectionHead):
             "positive_fraction": self.positive_fraction,
             "pre_nms_topk_train": self.pre_nms_topk_train, "pre_nms_topk_test": self.pre_nms_topk_test,
             "post_nms_topk_train": self.post_nms_topk_train, "post_nms_topk_test": self.post_nms_topk_test,
-            "nms_threshold": self.nms_threshold, "min_size": self.min_size,
+            "nms_threshold": self.nms_threshold, "min_size": self.min_size, "score_threshold": self.score_threshold,
             "smooth_l1_beta": self.smooth_l1_beta, "seed": self.seed,
             **self.anchor_generator.head_config(),
         })
