@@ -27,10 +27,11 @@ CLS_BIAS = "head.classification_head.cls_logits.bias"
 
 
 def test_the_published_rows():
-    from fpn_keras.convert import fasterrcnn_layout, retinanet_layout
+    from fpn_keras.convert import fasterrcnn_layout, mobilenet_v3_layout, retinanet_layout
 
     urls = {"torchvision/retinanet_resnet50_fpn_coco": retinanet_layout.WEIGHTS_URL,
-            "torchvision/fasterrcnn_resnet50_fpn_coco": fasterrcnn_layout.WEIGHTS_URL}
+            "torchvision/fasterrcnn_resnet50_fpn_coco": fasterrcnn_layout.WEIGHTS_URL,
+            "torchvision/fasterrcnn_mobilenet_v3_large_fpn_coco": mobilenet_v3_layout.FASTERRCNN_WEIGHTS_URL}
     d2 = "https://dl.fbaipublicfiles.com/detectron2/COCO-Detection/"
     urls["detectron2/retinanet_R_50_FPN_1x_coco"] = d2 + "retinanet_R_50_FPN_1x/190397773/model_final_bfca0b.pkl"
     urls["detectron2/faster_rcnn_R_50_FPN_1x_coco"] = d2 + "faster_rcnn_R_50_FPN_1x/137257794/model_final_b275ba.pkl"
