@@ -146,7 +146,8 @@ def _add_convert(sub):
         "category ids: its detections on a canvas are torchvision's. The file works with\n"
         "predict, evaluate and export."))
     p.add_argument("--from", dest="source", required=True, metavar="SOURCE",
-                   help="torchvision:retinanet_resnet50_fpn or torchvision:fasterrcnn_resnet50_fpn")
+                   help="torchvision:retinanet_resnet50_fpn, torchvision:fasterrcnn_resnet50_fpn or "
+                        "their _v2 (retinanet_resnet50_fpn_v2, fasterrcnn_resnet50_fpn_v2)")
     p.add_argument("--weights", required=True, metavar="W",
                    help="a torchvision state_dict (.pth / .safetensors), or COCO_V1 (downloads torchvision's)")
     p.add_argument("--out", required=True, metavar="FILE", help="the .keras file to write")
@@ -155,9 +156,9 @@ def _add_convert(sub):
                         "ids 1..90 as 90 classes, the softmax exactly torchvision's)")
     p.add_argument("--image-size", type=int, nargs=2, default=[800, 1344], metavar=("H", "W"),
                    help="canvas stored in the model, multiples of 32 (default: 800 1344)")
-    p.add_argument("--norm-epsilon", type=float, default=0.0, metavar="EPS",
-                   help="BatchNorm epsilon: 0.0 for COCO_V1 (default), 1e-5 for a model torchvision "
-                        "built without overwrite_eps")
+    p.add_argument("--norm-epsilon", type=float, default=None, metavar="EPS",
+                   help="backbone BatchNorm epsilon (default: the COCO_V1 weights': 0.0 for the v1 models, "
+                        "1e-5 for *_v2); 1e-5 for a v1 model torchvision built without overwrite_eps")
 
 
 def _add_recipes(sub):

@@ -3,8 +3,10 @@ and what its converters share (checkpoint download, COCO classes, backbone / FPN
 layout checks).
 
 One module per model holds its layout and conventions: `torchvision_retinanet`
-(retinanet_resnet50_fpn) and `torchvision_faster_rcnn` (fasterrcnn_resnet50_fpn), each with
-`WEIGHTS_URL`, `build_detector(num_classes, image_size, norm_epsilon)` (unbuilt) and
+(retinanet_resnet50_fpn), `torchvision_faster_rcnn` (fasterrcnn_resnet50_fpn),
+`torchvision_retinanet_v2` and `torchvision_faster_rcnn_v2` (the *_v2 models), each with
+`WEIGHTS_URL`, `NORM_EPSILON` (the backbone BatchNorm epsilon of its COCO_V1 weights),
+`build_detector(num_classes, image_size, norm_epsilon)` (unbuilt) and
 `load_state(detector, state_dict)`.
 """
 
@@ -17,7 +19,9 @@ import numpy as np
 from fpn_keras.convert.torchvision import assign_torch_weights, read_weights
 
 MODELS = {"retinanet_resnet50_fpn": "fpn_keras.convert.torchvision_retinanet",
-          "fasterrcnn_resnet50_fpn": "fpn_keras.convert.torchvision_faster_rcnn"}
+          "fasterrcnn_resnet50_fpn": "fpn_keras.convert.torchvision_faster_rcnn",
+          "retinanet_resnet50_fpn_v2": "fpn_keras.convert.torchvision_retinanet_v2",
+          "fasterrcnn_resnet50_fpn_v2": "fpn_keras.convert.torchvision_faster_rcnn_v2"}
 KNOWN_WEIGHTS = ("COCO_V1",)  # torchvision's <Model>_Weights.COCO_V1 (the module's WEIGHTS_URL)
 DEFAULT_IMAGE_SIZE = (800, 1344)  # torchvision's short side 800, long side <= 1333, to a multiple of 32
 
@@ -96,22 +100,24 @@ def checkpoint_path(weights, url):
 
 
 def from_torchvision(model="retinanet_resnet50_fpn", weights=None, num_classes=80,
-                     image_size=DEFAULT_IMAGE_SIZE, norm_epsilon=0.0):
+                     image_size=DEFAULT_IMAGE_SIZE, norm_epsilon=None):
     """The FPNDetector of a torchvision detection model, weights loaded (read without torch).
 
     model: one of MODELS. weights: None (untrained), a torchvision state_dict file (.pth /
     .safetensors), or "COCO_V1" (downloads torchvision's file). num_classes: 80 (COCO's
     classes, `category_ids` their ids) or 91 (torchvision's ids). image_size: the canvas
     (height, width) stored in the model, which predict / evaluate / export fit images into.
-    norm_epsilon: BatchNorm epsilon (0.0 for the COCO_V1 weights, 1e-5 for a torchvision model
-    built without overwrite_eps). Detections on a canvas are torchvision's on the same
+    norm_epsilon: the backbone's BatchNorm epsilon; None: the model's NORM_EPSILON (0.0 for the
+    v1 COCO_V1 weights, which torchvision loads with overwrite_eps; 1e-5 for the v2 models),
+    1e-5 for a v1 model built without overwrite_eps. Detections on a canvas are torchvision's on the same
     (normalised, padded) tensor; boxes xyxy in canvas pixels.
     """
     if model not in MODELS:
         raise ValueError(f"unknown torchvision model {model!r}; choose from {list(MODELS)}")
     converter = importlib.import_module(MODELS[model])
     state = None if weights is None else read_weights(checkpoint_path(weights, converter.WEIGHTS_URL))
-    detector = converter.build_detector(num_classes, image_size, norm_epsilon)
+    epsilon = converter.NORM_EPSILON if norm_epsilon is None else norm_epsilon
+    detector = converter.build_detector(num_classes, image_size, epsilon)
     detector(np.zeros((1, 64, 64, 3), np.float32))  # builds every layer
     if state is not None:
         converter.load_state(detector, state)

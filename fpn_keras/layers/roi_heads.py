@@ -21,21 +21,23 @@ class RoIHeads(layers.Layer):
     `implementation`: the RoIAlign kernel, "auto" or "generic" (set through
     `FasterRCNN.set_implementations`; not saved). aligned (True: half-pixel shift, as
     detectron2; False: torchvision's MultiScaleRoIAlign) and level_epsilon: see
-    `multilevel_roi_align` / `assign_levels`.
+    `multilevel_roi_align` / `assign_levels`. num_conv, conv_dim, norm, norm_epsilon: the
+    box head's convs before its fcs (`BoxHead`).
     """
 
     implementation = "auto"
 
     def __init__(self, num_classes, min_level=2, max_level=5, pooled_size=7, sampling_ratio=2,
                  canonical_level=4, canonical_size=224.0, fc_dim=1024, num_fc=2, aligned=True,
-                 level_epsilon=None, **kwargs):
+                 level_epsilon=None, num_conv=0, conv_dim=256, norm=None, norm_epsilon=None, **kwargs):
         super().__init__(**kwargs)
         self.min_level, self.max_level = int(min_level), int(max_level)
         self.pooled_size, self.sampling_ratio = int(pooled_size), int(sampling_ratio)
         self.canonical_level, self.canonical_size = int(canonical_level), float(canonical_size)
         self.aligned = bool(aligned)
         self.level_epsilon = None if level_epsilon is None else float(level_epsilon)
-        self.box_head = BoxHead(num_classes, fc_dim, num_fc, name="box_head")
+        self.box_head = BoxHead(num_classes, fc_dim, num_fc, num_conv, conv_dim, norm, norm_epsilon,
+                                name="box_head")
 
     def build(self, input_shape):
         channels = input_shape[f"P{self.min_level}"][-1]
@@ -55,5 +57,7 @@ class RoIHeads(layers.Layer):
             "pooled_size": self.pooled_size, "sampling_ratio": self.sampling_ratio,
             "canonical_level": self.canonical_level, "canonical_size": self.canonical_size,
             "fc_dim": self.box_head.fc_dim, "num_fc": self.box_head.num_fc, "aligned": self.aligned,
-            "level_epsilon": self.level_epsilon})
+            "level_epsilon": self.level_epsilon, "num_conv": self.box_head.num_conv,
+            "conv_dim": self.box_head.conv_dim, "norm": self.box_head.norm,
+            "norm_epsilon": self.box_head.norm_epsilon})
         return config

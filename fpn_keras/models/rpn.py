@@ -34,7 +34,8 @@ class RPN(DetectionHead):
     size per level, as in the paper); several scales let a single level cover
     all object sizes (Table 1's single-map baselines and "only P2").
     anchor_offset, anchor_sizes, round_anchors, anchor_strides: as `RetinaNet`'s
-    (torchvision's conventions; `AnchorGenerator`).
+    (torchvision's conventions; `AnchorGenerator`). conv_depth: the head's 3x3 convs
+    (`RPNHead`; torchvision's fasterrcnn_resnet50_fpn_v2: 2).
     """
 
     loss_names = ("rpn_cls_loss", "rpn_box_loss")
@@ -49,7 +50,7 @@ class RPN(DetectionHead):
                  positive_fraction=0.5, pre_nms_topk_train=2000, pre_nms_topk_test=1000,
                  post_nms_topk_train=2000, post_nms_topk_test=1000, nms_threshold=0.7,
                  min_size=0.0, smooth_l1_beta=0.0, seed=None, anchor_scales=(1.0,), anchor_offset=0.5,
-                 anchor_sizes=None, round_anchors=False, anchor_strides="level", **kwargs):
+                 anchor_sizes=None, round_anchors=False, anchor_strides="level", conv_depth=1, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = 1
         self.min_level, self.max_level = int(min_level), int(max_level)
@@ -67,7 +68,7 @@ class RPN(DetectionHead):
         self.smooth_l1_beta = float(smooth_l1_beta)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self.head = RPNHead(self.anchor_generator.num_anchors_per_location, name="rpn_head")
+        self.head = RPNHead(self.anchor_generator.num_anchors_per_location, conv_depth=conv_depth, name="rpn_head")
 
     @property
     def max_detections(self):
@@ -138,7 +139,7 @@ class RPN(DetectionHead):
             "pre_nms_topk_train": self.pre_nms_topk_train, "pre_nms_topk_test": self.pre_nms_topk_test,
             "post_nms_topk_train": self.post_nms_topk_train, "post_nms_topk_test": self.post_nms_topk_test,
             "nms_threshold": self.nms_threshold, "min_size": self.min_size,
-            "smooth_l1_beta": self.smooth_l1_beta, "seed": self.seed,
+            "smooth_l1_beta": self.smooth_l1_beta, "seed": self.seed, "conv_depth": self.head.conv_depth,
             **self.anchor_generator.head_config(),
         })
         return config
