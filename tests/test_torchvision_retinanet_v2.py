@@ -81,7 +81,8 @@ def test_pyramid_head_and_detections_equal_torchvision(converted, reference, cas
         for field, factor in (("pixels", 1.0), ("channel_sum", 16.0)):  # a sum of 256: 16 x the std
             difference = ours[f"feature_{field}"] - reference[prefix + f"feature_{field}"]
             errors[(f"P{level}", field)] = np.abs(difference).max() / (std * factor)
-        head = head_summary(np.asarray(raw["cls_logits"][f"P{level}"][0]), np.asarray(raw["box_deltas"][f"P{level}"][0]))
+        head = head_summary(np.asarray(raw["cls_logits"][f"P{level}"][0]),
+                            np.asarray(raw["box_deltas"][f"P{level}"][0]))
         for field, factor in SUM_STD.items():
             std = reference[prefix + "stds"][0 if field.startswith("cls") else 1] * factor
             errors[(f"P{level}", field)] = np.abs(head[field] - reference[prefix + field]).max() / std

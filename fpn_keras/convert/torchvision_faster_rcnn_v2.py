@@ -111,7 +111,8 @@ def torchvision_faster_rcnn_v2_detector(num_classes=80, image_size=DEFAULT_IMAGE
                        image_size=image_size)
 
 
-build_detector, load_state = torchvision_faster_rcnn_v2_detector, load_torchvision_faster_rcnn_v2  # for from_torchvision
+# for from_torchvision
+build_detector, load_state = torchvision_faster_rcnn_v2_detector, load_torchvision_faster_rcnn_v2
 
 __all__ = ["load_torchvision_faster_rcnn_v2", "torchvision_faster_rcnn_v2_detector",
            "torchvision_faster_rcnn_v2_modules"]

@@ -30,9 +30,10 @@ class RetinaNetHead(layers.Layer):
 
     Each subnet: `num_convs` x (3x3 conv, `channels` wide, optional norm, ReLU),
     norm None / "group" / "batch" with epsilon `norm_epsilon` (None: Keras' 1e-3;
-    torchvision's retinanet_resnet50_fpn_v2: "group", 1e-5; see layers/norm.py), then a 3x3 conv to A*K class logits or A*4 box deltas. The class output bias
-    starts at -log((1 - pi) / pi) with prior pi = 0.01 (RetinaNet, Section 4.1),
-    so training starts with every anchor at ~0.01 foreground probability.
+    torchvision's retinanet_resnet50_fpn_v2: "group", 1e-5; see layers/norm.py), then a
+    3x3 conv to A*K class logits or A*4 box deltas. The class output bias starts at
+    -log((1 - pi) / pi) with prior pi = 0.01 (RetinaNet, Section 4.1), so training starts
+    with every anchor at ~0.01 foreground probability.
 
     call({"P3": [B, H3, W3, C], ...}) -> ({"P3": [B, H3*W3*A, K], ...} class
     logits, {"P3": [B, H3*W3*A, 4], ...} box deltas); anchor order per level is
