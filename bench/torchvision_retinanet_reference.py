@@ -35,15 +35,16 @@ from torchvision_reference import IMAGE_SEED, ROOT, SEED, load_by_path  # noqa: 
 SIZES = ((128, 128), (160, 224))
 
 
-def seeded_model(torch, resnet, state, builder="retinanet_resnet50_fpn"):
+def seeded_model(torch, resnet, state, builder="retinanet_resnet50_fpn", eps=0.0):
     """(torchvision.models.detection.<builder>(weights=None, weights_backbone=None), every
-    BatchNorm eps 0.0, loaded strictly with `state` through torch.save; the reference's header)."""
+    BatchNorm eps `eps` (None: torchvision's own), loaded strictly with `state` through
+    torch.save; the reference's header)."""
     import torchvision
 
     model = getattr(torchvision.models.detection, builder)(weights=None, weights_backbone=None)
     for module in model.modules():
-        if isinstance(module, (torch.nn.BatchNorm2d, torchvision.ops.FrozenBatchNorm2d)):
-            module.eps = 0.0
+        if eps is not None and isinstance(module, (torch.nn.BatchNorm2d, torchvision.ops.FrozenBatchNorm2d)):
+            module.eps = eps
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, f"{builder}.pth")
         torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)

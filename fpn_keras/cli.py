@@ -147,7 +147,8 @@ def _add_convert(sub):
         "predict, evaluate and export."))
     p.add_argument("--from", dest="source", required=True, metavar="SOURCE",
                    help="torchvision:retinanet_resnet50_fpn, torchvision:fasterrcnn_resnet50_fpn or "
-                        "torchvision:fasterrcnn_mobilenet_v3_large_fpn")
+                        "torchvision:fasterrcnn_mobilenet_v3_large_fpn, and the _v2 ResNet-50 models "
+                        "(retinanet_resnet50_fpn_v2, fasterrcnn_resnet50_fpn_v2)")
     p.add_argument("--weights", required=True, metavar="W",
                    help="a torchvision state_dict (.pth / .safetensors), or COCO_V1 (downloads torchvision's)")
     p.add_argument("--out", required=True, metavar="FILE", help="the .keras file to write")
@@ -157,8 +158,8 @@ def _add_convert(sub):
     p.add_argument("--image-size", type=int, nargs=2, default=[800, 1344], metavar=("H", "W"),
                    help="canvas stored in the model, multiples of 32 (default: 800 1344)")
     p.add_argument("--norm-epsilon", type=float, default=None, metavar="EPS",
-                   help="BatchNorm epsilon (default: the COCO_V1 weights': 0.0 for the ResNet-50 models, "
-                        "1e-5 for fasterrcnn_mobilenet_v3_large_fpn); 1e-5 for a ResNet-50 model "
+                   help="backbone BatchNorm epsilon (default: the COCO_V1 weights': 0.0 for the v1 ResNet-50 "
+                        "models, 1e-5 for *_v2 and fasterrcnn_mobilenet_v3_large_fpn); 1e-5 for a v1 model "
                         "torchvision built without overwrite_eps")
 
 

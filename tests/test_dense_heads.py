@@ -43,3 +43,31 @@ def test_rpn_head_parameter_count_matches_detectron2():
     head.build({"P2": (None, None, None, 256)})
     # 3x3 conv 9*256*256 + 256; objectness 256*3 + 3; deltas 256*12 + 12.
     assert head.count_params() == 9 * 65536 + 256 + 771 + 3084 == 593_935
+
+
+def test_rpn_head_conv_depth_two_by_count_and_config():
+    head = RPNHead(num_anchors=3, channels=256, conv_depth=2)
+    head.build({"P2": (None, None, None, 256)})
+    assert head.count_params() == 593_935 + 9 * 65536 + 256  # torchvision's v2 RPN head: one more 3x3 conv
+    clone = RPNHead.from_config(head.get_config())
+    assert clone.conv_depth == 2 and [c.name for c in [clone.conv] + clone.more_convs] == ["conv", "conv2"]
+    with pytest.raises(ValueError, match=r"conv_depth must be >= 1, received 0"):
+        RPNHead(conv_depth=0)
+
+
+def test_rpn_head_second_conv_is_applied():
+    head = RPNHead(num_anchors=1, channels=1, conv_depth=2)
+    head.build({"P2": (None, None, None, 1)})
+    for conv, scale in ((head.conv, 2.0), (head.more_convs[0], 3.0)):  # centre taps: x -> 2x -> 6x
+        kernel = np.zeros((3, 3, 1, 1), "float32")
+        kernel[1, 1] = scale
+        conv.kernel.assign(kernel)
+    head.objectness.kernel.assign(np.ones((1, 1, 1, 1), "float32"))
+    objectness, _ = head({"P2": np.full((1, 2, 2, 1), 0.5, "float32")})
+    np.testing.assert_allclose(np.asarray(objectness["P2"]), 3.0)  # 0.5 * 2 * 3
+
+
+def test_group_norm_epsilon_reaches_the_towers():
+    head = RetinaNetHead(num_classes=2, num_anchors=1, channels=32, num_convs=2, norm="group", norm_epsilon=1e-5)
+    clone = RetinaNetHead.from_config(head.get_config())
+    assert clone.norm_epsilon == 1e-5 and {n.epsilon for n in clone.cls_norms + clone.box_norms} == {1e-5}

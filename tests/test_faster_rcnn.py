@@ -135,3 +135,13 @@ def test_min_box_size_drops_thin_boxes_before_nms():
     head = FasterRCNN.from_config(config)
     assert (head.min_box_size, head.roi_heads.aligned, head.roi_heads.level_epsilon) == (1e-2, False, 1e-6)
     assert (FasterRCNN(rpn=RPN()).roi_heads.aligned, FasterRCNN(rpn=RPN()).roi_heads.level_epsilon) == (True, None)
+
+
+def test_conv_box_head_options_reach_the_box_head_and_round_trip():
+    head = FasterRCNN(num_classes=3, fc_dim=16, num_fc=1, num_conv=2, conv_dim=8, box_head_norm="group",
+                      box_head_norm_epsilon=1e-5)
+    clone = FasterRCNN.from_config(head.get_config())
+    box_head = clone.roi_heads.box_head
+    assert (box_head.num_conv, box_head.conv_dim, box_head.norm, box_head.num_fc) == (2, 8, "group", 1)
+    assert box_head.norms[1].epsilon == 1e-5 and box_head.convs[1].filters == 8
+    assert FasterRCNN(num_classes=3).roi_heads.box_head.convs == []  # the paper's 2fc head by default

@@ -226,3 +226,23 @@ def test_top_down_upsampling_1_adds_the_coarser_level_as_it_is():
     assert FeaturePyramid().get_config()["top_down_upsampling"] == 2
     with pytest.raises(ValueError, match="top_down_upsampling must be 2 or 1, received 4"):
         FeaturePyramid(top_down_upsampling=4)
+
+
+def test_norm_after_lateral_and_output_convs_by_hand():
+    # One level, 2 channels: identity 1x1 lateral, identity 3x3 output conv (centre tap),
+    # each followed by BatchNorm (mean 1, var 4, gamma 2, beta 0.5, eps 0): y = (x - 1) / 2 * 2 + 0.5.
+    fpn = FeaturePyramid(5, 5, channels=2, top_down=False, norm="batch", norm_epsilon=0.0)
+    fpn.build({"C5": (None, 3, 3, 2)})
+    assert not fpn.lateral["C5"].use_bias and not fpn.output_convs["P5"].use_bias
+    fpn.lateral["C5"].kernel.assign(np.eye(2, dtype="float32")[None, None])
+    output = np.zeros((3, 3, 2, 2), "float32")
+    output[1, 1] = np.eye(2)
+    fpn.output_convs["P5"].kernel.assign(output)
+    for norm in (fpn.lateral_norms["C5"], fpn.output_norms["P5"]):
+        norm.set_weights([np.full(2, 2.0), np.full(2, 0.5), np.full(2, 1.0), np.full(2, 4.0)])
+    x = np.arange(18, dtype="float32").reshape(1, 3, 3, 2)
+    once = (x - 1.0) + 0.5
+    np.testing.assert_allclose(np.asarray(fpn({"C5": x})["P5"]), (once - 1.0) + 0.5, rtol=1e-6)
+    clone = FeaturePyramid.from_config(fpn.get_config())
+    assert clone.norm == "batch" and clone.output_norms["P5"].epsilon == 0.0
+    assert FeaturePyramid(3, 7).lateral["C3"].use_bias and not FeaturePyramid(3, 7).lateral_norms

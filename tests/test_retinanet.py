@@ -54,3 +54,9 @@ def test_detect_by_hand_decodes_thresholds_and_pads():
     np.testing.assert_allclose(out["scores"][0], [1 / (1 + math.exp(-2)), 0, 0], rtol=1e-5)
     np.testing.assert_array_equal(out["labels"][0], [1, -1, -1])
     assert int(out["num_detections"][0]) == 1
+
+
+def test_norm_epsilon_reaches_the_towers_and_round_trips():
+    head = RetinaNet(num_classes=2, channels=32, norm="group", norm_epsilon=1e-5, box_loss="giou")
+    clone = RetinaNet.from_config(head.get_config())
+    assert clone.head.cls_norms[0].epsilon == 1e-5 and clone.box_loss == "giou"

@@ -79,3 +79,10 @@ def test_rpn_head_alone_gives_class_agnostic_proposals():
     assert out["boxes"].shape == (1, 1000, 4)
     assert set(np.unique(out["labels"])) <= {-1, 0}
     assert model.evaluation_settings == {"max_dets": (10, 100, 1000), "class_agnostic": True}
+
+
+def test_conv_depth_reaches_the_head_and_round_trips():
+    rpn = RPN(conv_depth=2)
+    clone = RPN.from_config(rpn.get_config())
+    assert clone.head.conv_depth == 2 and len(clone.head.more_convs) == 1
+    assert RPN().head.conv_depth == 1 and RPN().head.more_convs == []

@@ -24,3 +24,29 @@ def close_up_to_ties(values, expected, scores, atol, tie=1e-5):
             continue
         tied = np.nonzero(np.abs(scores - scores[i]) <= tie)[0]
         assert any(np.abs(values[i] - expected[j]).max() <= atol for j in tied), f"row {i}: {values[i]} vs {expected[i]}"
+
+
+def box_iou(a, b):
+    """IoU matrix [N, M] of xyxy boxes a [N, 4], b [M, 4]."""
+    a, b = np.asarray(a, np.float64)[:, None], np.asarray(b, np.float64)[None]
+    wh = np.clip(np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2]), 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])  # noqa: E731
+    return inter / np.maximum(area(a) + area(b) - inter, 1e-12)
+
+
+def unmatched_detections(ours, expected, min_iou=0.99, score_atol=1e-4):
+    """Indices of torchvision's detections `expected` {"boxes", "scores", "labels"} that no
+    detection of `ours` (same keys, labels as torchvision's ids) matches: same label,
+    IoU >= min_iou and score within score_atol (each of ours matches at most one)."""
+    iou = box_iou(expected["boxes"], ours["boxes"])
+    same = (expected["labels"][:, None] == ours["labels"][None]) & (iou >= min_iou) & (
+        np.abs(expected["scores"][:, None] - ours["scores"][None]) <= score_atol)
+    taken, unmatched = np.zeros(len(ours["scores"]), bool), []
+    for i in range(len(expected["scores"])):
+        candidates = np.nonzero(same[i] & ~taken)[0]
+        if len(candidates):
+            taken[candidates[np.argmax(iou[i, candidates])]] = True
+        else:
+            unmatched.append(i)
+    return unmatched

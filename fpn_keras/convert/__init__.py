@@ -9,9 +9,12 @@ from fpn_keras.convert.torchvision import (ConversionError, load_torchvision_mob
 from fpn_keras.convert.torchvision_detection import from_torchvision
 from fpn_keras.convert.torchvision_faster_rcnn import load_torchvision_faster_rcnn
 from fpn_keras.convert.torchvision_faster_rcnn_mobilenet import load_torchvision_faster_rcnn_mobilenet
+from fpn_keras.convert.torchvision_faster_rcnn_v2 import load_torchvision_faster_rcnn_v2
 from fpn_keras.convert.torchvision_retinanet import load_torchvision_retinanet
+from fpn_keras.convert.torchvision_retinanet_v2 import load_torchvision_retinanet_v2
 
 __all__ = ["CheckpointError", "ConversionError", "PRESETS", "from_preset", "from_torchvision", "load_safetensors",
-           "load_torchvision_faster_rcnn", "load_torchvision_faster_rcnn_mobilenet",
+           "load_torchvision_faster_rcnn", "load_torchvision_faster_rcnn_mobilenet", "load_torchvision_faster_rcnn_v2",
            "load_torchvision_mobilenet_v3", "load_torchvision_resnet", "load_torchvision_retinanet",
+           "load_torchvision_retinanet_v2",
            "read_torch_checkpoint", "read_weights", "save_torch_checkpoint"]

@@ -15,9 +15,11 @@ fc6 reads a flattened RoI: torchvision's [C, 7, 7] (channel-major), ours [7, 7, 
 import numpy as np
 
 try:
-    from .retinanet_layout import COCO_80_IDS, COCO_UNUSED_IDS, fpn_state_dict_shapes, seeded_tensor
+    from .retinanet_layout import (COCO_80_IDS, COCO_UNUSED_IDS, fpn_state_dict_shapes, seeded_norm_tensor,
+                                   seeded_tensor)
 except ImportError:  # loaded by file path (bench/, where only torch is installed)
-    from retinanet_layout import COCO_80_IDS, COCO_UNUSED_IDS, fpn_state_dict_shapes, seeded_tensor
+    from retinanet_layout import (COCO_80_IDS, COCO_UNUSED_IDS, fpn_state_dict_shapes, seeded_norm_tensor,
+                                  seeded_tensor)
 
 WEIGHTS_URL = "https://download.pytorch.org/models/fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"
 C2_C5_CHANNELS = (256, 512, 1024, 2048)
@@ -134,3 +136,74 @@ def roi_summary(cls_logits, box_deltas, rows=(0, 1, 2)):
             "box_sum": np.einsum("pkc,k,c->p", box, class_weights[:-1], [1.0, 2.0, 3.0, 4.0]).astype(np.float32),
             "cls_rows": cls[list(rows)].astype(np.float32), "box_rows": box[list(rows)].astype(np.float32),
             "stds": np.array([cls.std(), box.std()], np.float32)}
+
+
+# ---- fasterrcnn_resnet50_fpn_v2 (Li et al., 2021, "Benchmarking detection transfer learning
+# with vision transformers"): FPN convs without bias, each followed by BatchNorm2d; RPN head
+# with two 3x3 convs; box head FastRCNNConvFCHead: 4 x (3x3 conv 256, no bias, BatchNorm2d,
+# ReLU), flatten (c, y, x), one fc 1024 (box_head.5); every BatchNorm eps 1e-5.
+WEIGHTS_URL_V2 = "https://download.pytorch.org/models/fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth"
+NORM_EPSILON_V2 = 1e-5
+RPN_CONV_DEPTH_V2, NUM_CONV_V2 = 2, 4
+BN_FIELDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+V2_FC = "roi_heads.box_head.5"  # after 4 Conv2dNormActivation blocks and a Flatten
+
+
+def _conv_bn_shapes(prefix, out_channels, in_channels, kernel):
+    shapes = {f"{prefix}.0.weight": (out_channels, in_channels, kernel, kernel)}
+    shapes.update({f"{prefix}.1.{field}": (out_channels,) if field != "num_batches_tracked" else ()
+                   for field in BN_FIELDS})
+    return shapes
+
+
+def fasterrcnn_v2_state_dict_shapes(num_classes=91):
+    """{key: shape} of fasterrcnn_resnet50_fpn_v2(num_classes).state_dict() outside backbone.body."""
+    shapes = {}
+    for i, channels in enumerate(C2_C5_CHANNELS):
+        shapes.update(_conv_bn_shapes(f"backbone.fpn.inner_blocks.{i}", CHANNELS, channels, 1))
+    for i in range(len(C2_C5_CHANNELS)):
+        shapes.update(_conv_bn_shapes(f"backbone.fpn.layer_blocks.{i}", CHANNELS, CHANNELS, 3))
+    for i in range(RPN_CONV_DEPTH_V2):
+        shapes[f"rpn.head.conv.{i}.0.weight"] = (CHANNELS, CHANNELS, 3, 3)
+        shapes[f"rpn.head.conv.{i}.0.bias"] = (CHANNELS,)
+    v1 = fasterrcnn_state_dict_shapes(num_classes)
+    shapes.update({k: v for k, v in v1.items() if k.startswith(("rpn.head.cls_logits", "rpn.head.bbox_pred"))})
+    for i in range(NUM_CONV_V2):
+        shapes.update(_conv_bn_shapes(f"roi_heads.box_head.{i}", CHANNELS, CHANNELS, 3))
+    shapes[f"{V2_FC}.weight"], shapes[f"{V2_FC}.bias"] = (FC_DIM, CHANNELS * POOLED_SIZE ** 2), (FC_DIM,)
+    shapes.update({k: v for k, v in v1.items() if k.startswith("roi_heads.box_predictor.")})
+    return shapes
+
+
+# As OUTPUT_SCALES, for the v2 modules: the RPN's second conv, the box head's convs
+# (BatchNorm after each keeps them O(1)) and its single fc, gain 2.5 and each channel's 7 x 7
+# weights centred (the conv tower's per-channel offsets, common to every RoI, would otherwise
+# make one class win everywhere): ~14 classes among the 100 detections, scores 0.97..0.33.
+OUTPUT_SCALES_V2 = {**OUTPUT_SCALES, "rpn.head.conv": (1.0, 0.0, 0.1), "roi_heads.box_head.": (1.4, 0.0, 0.1),
+                    V2_FC: (2.5, 0.0, 0.1)}
+
+
+def random_fasterrcnn_v2_state_dict(resnet_state, seed=0, num_classes=91, scales=None):
+    """Deterministic float32 weights of fasterrcnn_resnet50_fpn_v2 in torchvision's layout,
+    as `random_fasterrcnn_state_dict` (gains OUTPUT_SCALES_V2 or `scales`, the longest
+    matching module prefix wins; box_head.5's weights centred per channel), the BatchNorms
+    from `seeded_norm_tensor`."""
+    scales = {**OUTPUT_SCALES_V2, **(scales or {})}
+    state = {k: v for k, v in resnet_state.items() if not k.startswith("backbone.body.fc.")}
+    for key, shape in fasterrcnn_v2_state_dict_shapes(num_classes).items():
+        if key.rsplit(".", 2)[1] == "1" and not key.startswith("rpn."):  # a Conv2dNormActivation's BatchNorm2d
+            value = seeded_norm_tensor(key, shape, seed)
+            state[key] = value if value.dtype == np.int64 else value.astype(np.float32)
+            continue
+        module = max((name for name in scales if key.startswith(name) or f"{name}." in key), key=len, default=None)
+        value = seeded_tensor(key, shape, seed, *scales.get(module, (1.0, 0.0, 0.1)))
+        if key == "roi_heads.box_predictor.cls_score.weight":
+            value -= value.mean(axis=1, keepdims=True)
+        if key == f"{V2_FC}.weight":  # each channel's 7 x 7 weights of mean 0: a map
+            blocks = value.reshape(shape[0], CHANNELS, -1)  # constant over the RoI adds nothing
+            value = (blocks - blocks.mean(axis=2, keepdims=True)).reshape(shape)
+        if key == "roi_heads.box_predictor.cls_score.bias" and num_classes == 91:
+            value[0] = BACKGROUND_BIAS
+            value[[i for i in COCO_UNUSED_IDS if i]] = UNUSED_CLASS_BIAS
+        state[key] = value.astype(np.float32)
+    return state

@@ -131,3 +131,12 @@ def feature_summary(feature):
     pixels = np.stack([feature[0, 0], feature[h // 2, w // 2], feature[h - 1, w - 1]])
     return {"pixels": pixels.astype(np.float32), "channel_sum": feature.sum(-1).astype(np.float32),
             "stats": np.array([feature.mean(), feature.std(), np.abs(feature).max()], np.float32)}
+
+
+def padded_canvas(images, height, width):
+    """images [B, h, w, 3] 0..255 on a (height, width) canvas, the rest the ImageNet mean pixel:
+    normalised ((x / 255 - mean) / std) it is GeneralizedRCNNTransform's zero padding."""
+    canvas = np.empty((images.shape[0], height, width, 3), np.float32)
+    canvas[:] = np.float32(255.0) * np.array(IMAGENET_MEAN, np.float32)
+    canvas[:, : images.shape[1], : images.shape[2]] = images
+    return canvas

@@ -130,3 +130,65 @@ def head_summary(cls_logits, box_deltas):
             "box_sum": (box_deltas @ np.array([1.0, 2.0, 3.0, 4.0])).astype(np.float32),
             "cls_rows": cls_logits[rows].astype(np.float32), "box_rows": box_deltas[rows].astype(np.float32),
             "stds": np.array([cls_logits.std(), box_deltas.std()], np.float32)}
+
+
+# ---- retinanet_resnet50_fpn_v2 (ATSS paper's improvements): P6 / P7 from C5
+# (LastLevelP6P7(2048, 256)), GroupNorm(32, eps 1e-5) after each tower conv (which then has
+# no bias), GIoU box loss; backbone BatchNorm2d eps 1e-5 (no overwrite_eps).
+WEIGHTS_URL_V2 = "https://download.pytorch.org/models/retinanet_resnet50_fpn_v2_coco-5905b1c5.pth"
+NORM_EPSILON_V2 = 1e-5
+
+
+def seeded_norm_tensor(key, shape, seed):
+    """float64 values of one norm-layer key (GroupNorm / BatchNorm2d), from its own generator:
+    weight U(0.5, 1.5), bias and running_mean N(0, 0.1), running_var U(0.5, 2);
+    num_batches_tracked an int64 1000."""
+    if key.endswith("num_batches_tracked"):
+        return np.array(1000, np.int64)
+    rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
+    if key.endswith(".weight"):
+        return rng.uniform(0.5, 1.5, shape)
+    if key.endswith("running_var"):
+        return rng.uniform(0.5, 2.0, shape)
+    return rng.standard_normal(shape) * 0.1
+
+
+def retinanet_v2_state_dict_shapes(num_classes=91):
+    """{key: shape} of retinanet_resnet50_fpn_v2(num_classes).state_dict() outside backbone.body."""
+    shapes = {}
+    for key, shape in retinanet_state_dict_shapes(num_classes).items():
+        if ".conv." in key and key.endswith(".0.bias"):  # Conv2dNormActivation: no bias with a norm
+            continue
+        shapes[key] = shape
+        if ".conv." in key and key.endswith(".0.weight"):
+            for field in ("weight", "bias"):
+                shapes[key.replace(".0.weight", f".1.{field}")] = (shape[0],)
+    shapes["backbone.fpn.extra_blocks.p6.weight"] = (256, C3_C5_CHANNELS[-1], 3, 3)
+    return shapes
+
+
+# (gain, bias mean, bias std) of the v2 head's outputs, read after GroupNorm + ReLU towers
+# (activations ~0.6 rms): logits around -4.5 of std ~1.2 on P3-P5, so the best anchors reach
+# ~0.8 and ~8 % of the (anchor, class) pairs pass 0.05 on P3; deltas std ~0.2.
+OUTPUT_SCALES_V2 = {"cls_logits": (1.6, -4.5, 0.3), "bbox_reg": (0.3, 0.0, 0.1)}
+EXTRA_LEVELS_GAIN_V2 = 1.0
+
+
+def random_retinanet_v2_state_dict(resnet_state, seed=0, num_classes=91):
+    """Deterministic weights of retinanet_resnet50_fpn_v2 in torchvision's layout, as
+    `random_retinanet_state_dict` with OUTPUT_SCALES_V2 / EXTRA_LEVELS_GAIN_V2 and the
+    GroupNorms from `seeded_norm_tensor`."""
+    state = {k: v for k, v in resnet_state.items() if not k.startswith("backbone.body.fc.")}
+    for key, shape in retinanet_v2_state_dict_shapes(num_classes).items():
+        if ".conv." in key and key.rsplit(".", 2)[1] == "1":  # conv.<i>.1: the GroupNorm
+            state[key] = seeded_norm_tensor(key, shape, seed).astype(np.float32)
+            continue
+        output = next((name for name in OUTPUT_SCALES_V2 if f".{name}." in key), None)
+        gain, mean, std = OUTPUT_SCALES_V2.get(output, (1.0, 0.0, 0.1))
+        if ".extra_blocks." in key:
+            gain = EXTRA_LEVELS_GAIN_V2
+        value = seeded_tensor(key, shape, seed, gain, mean, std)
+        if key.endswith(".bias") and output == "cls_logits" and num_classes == 91:
+            value.reshape(-1, 91)[:, list(COCO_UNUSED_IDS)] = UNUSED_CLASS_BIAS
+        state[key] = value.astype(np.float32)
+    return state

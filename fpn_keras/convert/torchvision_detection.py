@@ -3,10 +3,12 @@ and what its converters share (local checkpoint or preset download, COCO classes
 backbone / FPN module map, layout checks).
 
 One module per model holds its layout and conventions: `torchvision_retinanet`
-(retinanet_resnet50_fpn), `torchvision_faster_rcnn` (fasterrcnn_resnet50_fpn) and
-`torchvision_faster_rcnn_mobilenet` (fasterrcnn_mobilenet_v3_large_fpn), each with
-`WEIGHTS_URL`, `build_detector(num_classes, image_size, norm_epsilon)` (unbuilt; norm_epsilon
-defaults to what the model's COCO_V1 weights use) and `load_state(detector, state_dict)`.
+(retinanet_resnet50_fpn), `torchvision_faster_rcnn` (fasterrcnn_resnet50_fpn),
+`torchvision_faster_rcnn_mobilenet` (fasterrcnn_mobilenet_v3_large_fpn),
+`torchvision_retinanet_v2` and `torchvision_faster_rcnn_v2` (the *_v2 models), each with
+`WEIGHTS_URL`, `NORM_EPSILON` (the backbone BatchNorm epsilon of its COCO_V1 weights),
+`build_detector(num_classes, image_size, norm_epsilon)` (unbuilt) and
+`load_state(detector, state_dict)`.
 """
 
 import importlib
@@ -18,7 +20,9 @@ from fpn_keras.convert.torchvision import assign_torch_weights, read_weights
 
 MODELS = {"retinanet_resnet50_fpn": "fpn_keras.convert.torchvision_retinanet",
           "fasterrcnn_resnet50_fpn": "fpn_keras.convert.torchvision_faster_rcnn",
-          "fasterrcnn_mobilenet_v3_large_fpn": "fpn_keras.convert.torchvision_faster_rcnn_mobilenet"}
+          "fasterrcnn_mobilenet_v3_large_fpn": "fpn_keras.convert.torchvision_faster_rcnn_mobilenet",
+          "retinanet_resnet50_fpn_v2": "fpn_keras.convert.torchvision_retinanet_v2",
+          "fasterrcnn_resnet50_fpn_v2": "fpn_keras.convert.torchvision_faster_rcnn_v2"}
 KNOWN_WEIGHTS = ("COCO_V1",)  # torchvision's <Model>_Weights.COCO_V1 (the module's WEIGHTS_URL)
 DEFAULT_IMAGE_SIZE = (800, 1344)  # torchvision's short side 800, long side <= 1333, to a multiple of 32
 TRANSFORM_SIZES = (800, 1333)  # GeneralizedRCNNTransform(min_size=800, max_size=1333)
@@ -106,17 +110,18 @@ def from_torchvision(model="retinanet_resnet50_fpn", weights=None, num_classes=8
     (height, width) stored in the model, which evaluate / export fit images into.
     transform_sizes: torchvision's (min_size, max_size), to which `predict_images` resizes
     as torchvision does (`use_torchvision_transform`).
-    norm_epsilon: BatchNorm epsilon; None: the model's COCO_V1 one (the ResNet-50 models: 0.0,
-    as overwrite_eps sets it; fasterrcnn_mobilenet_v3_large_fpn: 1e-5). 1e-5 for a ResNet-50
-    model torchvision built without overwrite_eps. Detections on a canvas are torchvision's on the same
+    norm_epsilon: the backbone's BatchNorm epsilon; None: the model's NORM_EPSILON (0.0 for the
+    v1 ResNet-50 COCO_V1 weights, which torchvision loads with overwrite_eps; 1e-5 for the v2
+    models and fasterrcnn_mobilenet_v3_large_fpn), 1e-5 for a v1 model built without
+    overwrite_eps. Detections on a canvas are torchvision's on the same
     (normalised, padded) tensor; boxes xyxy in canvas pixels.
     """
     if model not in MODELS:
         raise ValueError(f"unknown torchvision model {model!r}; choose from {list(MODELS)}")
     converter = importlib.import_module(MODELS[model])
     state = None if weights is None else read_weights(checkpoint_path(weights, model))
-    epsilon = {} if norm_epsilon is None else {"norm_epsilon": norm_epsilon}
-    detector = use_torchvision_transform(converter.build_detector(num_classes, image_size, **epsilon),
+    epsilon = converter.NORM_EPSILON if norm_epsilon is None else norm_epsilon
+    detector = use_torchvision_transform(converter.build_detector(num_classes, image_size, epsilon),
                                          *transform_sizes)
     detector(np.zeros((1, 64, 64, 3), np.float32))  # builds every layer
     if state is not None:

@@ -115,6 +115,7 @@ def torchvision_faster_rcnn_detector(num_classes=80, image_size=DEFAULT_IMAGE_SI
                        image_size=image_size)
 
 
+NORM_EPSILON = 0.0  # COCO_V1: torchvision calls overwrite_eps(model, 0.0)
 build_detector, load_state = torchvision_faster_rcnn_detector, load_torchvision_faster_rcnn  # for from_torchvision
 
 __all__ = ["load_torchvision_faster_rcnn", "torchvision_faster_rcnn_detector", "torchvision_faster_rcnn_modules"]

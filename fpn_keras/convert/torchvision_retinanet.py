@@ -92,6 +92,7 @@ def torchvision_retinanet_detector(num_classes=80, image_size=DEFAULT_IMAGE_SIZE
                        image_size=image_size)
 
 
+NORM_EPSILON = 0.0  # COCO_V1: torchvision calls overwrite_eps(model, 0.0)
 build_detector, load_state = torchvision_retinanet_detector, load_torchvision_retinanet  # for from_torchvision
 
 

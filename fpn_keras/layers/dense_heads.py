@@ -8,15 +8,7 @@ import math
 import keras
 from keras import layers, ops
 
-
-def _norm_layer(norm, channels, name):
-    if norm is None:
-        return None
-    if norm == "group":
-        return layers.GroupNormalization(groups=math.gcd(32, channels), name=name)
-    if norm == "batch":
-        return layers.BatchNormalization(name=name)
-    raise ValueError(f"norm must be None, 'group' or 'batch', received {norm!r}")
+from fpn_keras.layers.norm import norm_layer
 
 
 def per_anchor(x, num_anchors, depth):
@@ -37,9 +29,11 @@ class RetinaNetHead(layers.Layer):
     """RetinaNet class and box subnets (Lin et al., 2017, "Focal Loss", Figure 3).
 
     Each subnet: `num_convs` x (3x3 conv, `channels` wide, optional norm, ReLU),
-    then a 3x3 conv to A*K class logits or A*4 box deltas. The class output bias
-    starts at -log((1 - pi) / pi) with prior pi = 0.01 (RetinaNet, Section 4.1),
-    so training starts with every anchor at ~0.01 foreground probability.
+    norm None / "group" / "batch" with epsilon `norm_epsilon` (None: Keras' 1e-3;
+    torchvision's retinanet_resnet50_fpn_v2: "group", 1e-5; see layers/norm.py), then a
+    3x3 conv to A*K class logits or A*4 box deltas. The class output bias starts at
+    -log((1 - pi) / pi) with prior pi = 0.01 (RetinaNet, Section 4.1), so training starts
+    with every anchor at ~0.01 foreground probability.
 
     call({"P3": [B, H3, W3, C], ...}) -> ({"P3": [B, H3*W3*A, K], ...} class
     logits, {"P3": [B, H3*W3*A, 4], ...} box deltas); anchor order per level is
@@ -47,7 +41,7 @@ class RetinaNetHead(layers.Layer):
     """
 
     def __init__(self, num_classes, num_anchors=9, channels=256, num_convs=4,
-                 norm=None, prior_probability=0.01, **kwargs):
+                 norm=None, prior_probability=0.01, norm_epsilon=None, **kwargs):
         super().__init__(**kwargs)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, received {num_classes}")
@@ -56,6 +50,7 @@ class RetinaNetHead(layers.Layer):
         self.channels = int(channels)
         self.num_convs = int(num_convs)
         self.norm = norm
+        self.norm_epsilon = None if norm_epsilon is None else float(norm_epsilon)
         self.prior_probability = float(prior_probability)
         init = keras.initializers.RandomNormal(stddev=0.01)
 
@@ -64,7 +59,7 @@ class RetinaNetHead(layers.Layer):
             for i in range(self.num_convs):
                 convs.append(layers.Conv2D(self.channels, 3, padding="same",
                                            kernel_initializer=init, name=f"{prefix}_conv{i}"))
-                norms.append(_norm_layer(norm, self.channels, f"{prefix}_norm{i}"))
+                norms.append(norm_layer(norm, self.channels, f"{prefix}_norm{i}", self.norm_epsilon))
             return convs, [n for n in norms if n is not None]
 
         self.cls_convs, self.cls_norms = tower("cls")
@@ -119,6 +114,7 @@ class RetinaNetHead(layers.Layer):
             "num_convs": self.num_convs,
             "norm": self.norm,
             "prior_probability": self.prior_probability,
+            "norm_epsilon": self.norm_epsilon,
         })
         return config
 
@@ -127,23 +123,32 @@ class RetinaNetHead(layers.Layer):
 class RPNHead(layers.Layer):
     """Region Proposal Network head (Faster R-CNN; FPN paper Section 4.1), shared by all levels.
 
-    3x3 conv (`channels`, ReLU), then 1x1 convs to A objectness logits and 4A deltas.
+    `conv_depth` x 3x3 conv (`channels`, ReLU; 1 in the paper, 2 in torchvision's
+    fasterrcnn_resnet50_fpn_v2), then 1x1 convs to A objectness logits and 4A deltas.
     call({"P2": [B, H2, W2, C], ...}) -> ({"P2": [B, H2*W2*A], ...} objectness
     logits, {"P2": [B, H2*W2*A, 4], ...} deltas); same anchor order as RetinaNetHead.
     """
 
-    def __init__(self, num_anchors=3, channels=256, **kwargs):
+    def __init__(self, num_anchors=3, channels=256, conv_depth=1, **kwargs):
         super().__init__(**kwargs)
+        if conv_depth < 1:
+            raise ValueError(f"conv_depth must be >= 1, received {conv_depth}")
         self.num_anchors = int(num_anchors)
         self.channels = int(channels)
+        self.conv_depth = int(conv_depth)
         init = keras.initializers.RandomNormal(stddev=0.01)
         self.conv = layers.Conv2D(self.channels, 3, padding="same", kernel_initializer=init, name="conv")
+        # convs 2..conv_depth (the first keeps its name, so older model files load)
+        self.more_convs = [layers.Conv2D(self.channels, 3, padding="same", kernel_initializer=init,
+                                         name=f"conv{i + 1}") for i in range(1, self.conv_depth)]
         self.objectness = layers.Conv2D(self.num_anchors, 1, kernel_initializer=init, name="objectness")
         self.deltas = layers.Conv2D(self.num_anchors * 4, 1, kernel_initializer=init, name="deltas")
 
     def build(self, input_shape):
         shape = next(iter(input_shape.values()))
         self.conv.build((None, None, None, shape[-1]))
+        for conv in self.more_convs:
+            conv.build((None, None, None, self.channels))
         self.objectness.build((None, None, None, self.channels))
         self.deltas.build((None, None, None, self.channels))
         self.built = True
@@ -152,11 +157,14 @@ class RPNHead(layers.Layer):
         objectness, deltas = {}, {}
         for name, x in features.items():
             x = ops.relu(self.conv(x))
+            for conv in self.more_convs:
+                x = ops.relu(conv(x))
             objectness[name] = per_anchor(self.objectness(x), self.num_anchors, 1)[..., 0]
             deltas[name] = per_anchor(self.deltas(x), self.num_anchors, 4)
         return objectness, deltas
 
     def get_config(self):
         config = super().get_config()
-        config.update({"num_anchors": self.num_anchors, "channels": self.channels})
+        config.update({"num_anchors": self.num_anchors, "channels": self.channels,
+                       "conv_depth": self.conv_depth})
         return config

@@ -25,6 +25,9 @@ detectron2). Output sides are ceil(H / 2) in both; the values differ for even H.
 `top_down_upsampling=1` is for backbones whose levels share one resolution (torchvision's
 MobileNetV3-Large FPN: C4 and C5 both at stride 32): Ml = lateral_Cl + M(l+1), no upsampling
 (torchvision's nearest interpolation to the lateral's own size is the identity).
+norm (None, "group" or "batch", epsilon `norm_epsilon`; layers/norm.py) follows every
+lateral and output conv, which then have no bias (torchvision's FeaturePyramidNetwork with
+a norm_layer: fasterrcnn_resnet50_fpn_v2 uses BatchNorm2d); the extra levels have none.
 
 The upsampled map is cropped to the lateral's exact size (or, for backbones
 that round sizes down, resized to it, as torchvision does), so inputs whose side
@@ -33,6 +36,8 @@ is not a multiple of 32 work.
 
 import keras
 from keras import layers, ops
+
+from fpn_keras.layers.norm import check_norm, norm_layer
 
 CONV_PADDINGS = ("same", "symmetric")
 
@@ -69,12 +74,14 @@ class FeaturePyramid(layers.Layer):
         conv_padding: "same" or "symmetric" padding of the stride-2 convs (see above).
         top_down_upsampling: 2 (each Cl at twice C(l+1)'s resolution) or 1 (all at one
             resolution, see above).
+        norm, norm_epsilon: normalisation after the lateral and output convs (see above).
     """
 
     def __init__(self, min_level=3, max_level=7, channels=256,
                  extra_levels_source="C5", extra_levels_type="conv",
                  separable=False, kernel_initializer="glorot_uniform", top_down=True,
-                 lateral=True, conv_padding="same", top_down_upsampling=2, **kwargs):
+                 lateral=True, conv_padding="same", top_down_upsampling=2, norm=None, norm_epsilon=None,
+                 **kwargs):
         super().__init__(**kwargs)
         if min_level > max_level:
             raise ValueError(f"min_level ({min_level}) must be <= max_level ({max_level})")
@@ -101,29 +108,37 @@ class FeaturePyramid(layers.Layer):
         if top_down_upsampling not in (1, 2):
             raise ValueError(f"top_down_upsampling must be 2 or 1, received {top_down_upsampling!r}")
         self.top_down_upsampling = int(top_down_upsampling)
+        check_norm(norm)
+        self.norm = norm
+        self.norm_epsilon = None if norm_epsilon is None else float(norm_epsilon)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.backbone_max_level = min(self.max_level, 5)
 
-        def conv(kernel_size, strides, name):
+        def conv(kernel_size, strides, name, use_bias=True):
             padding = "valid" if strides > 1 and conv_padding == "symmetric" else "same"
             if separable and kernel_size > 1:
                 return layers.SeparableConv2D(
                     self.channels, kernel_size, strides=strides, padding=padding,
                     depthwise_initializer=self.kernel_initializer,
-                    pointwise_initializer=self.kernel_initializer, name=name)
+                    pointwise_initializer=self.kernel_initializer, use_bias=use_bias, name=name)
             return layers.Conv2D(
                 self.channels, kernel_size, strides=strides, padding=padding,
-                kernel_initializer=self.kernel_initializer, name=name)
+                kernel_initializer=self.kernel_initializer, use_bias=use_bias, name=name)
 
         # Laterals for every backbone level from min_level up to C5 (the
         # top-down pathway starts at C5); output convs only for kept levels.
         # Without top-down, laterals only for the kept backbone levels;
         # without laterals, only C5's (it maps C5 to `channels`).
-        self.lateral = {f"C{l}": conv(1, 1, f"lateral_C{l}") for l in self._lateral_levels()}
+        bias = norm is None  # a norm's shift replaces the bias
+        self.lateral = {f"C{l}": conv(1, 1, f"lateral_C{l}", bias) for l in self._lateral_levels()}
         self.output_convs = {
-            f"P{l}": conv(3, 1, f"output_P{l}")
+            f"P{l}": conv(3, 1, f"output_P{l}", bias)
             for l in range(self.min_level, self.backbone_max_level + 1)
         }
+        self.lateral_norms = {} if norm is None else {
+            name: norm_layer(norm, self.channels, f"{name}_norm", norm_epsilon) for name in self.lateral}
+        self.output_norms = {} if norm is None else {
+            name: norm_layer(norm, self.channels, f"{name}_norm", norm_epsilon) for name in self.output_convs}
         self.extra = {}
         for l in range(max(6, self.min_level), self.max_level + 1):
             if extra_levels_type == "max_pool":
@@ -150,6 +165,8 @@ class FeaturePyramid(layers.Layer):
         for l in range(self.min_level, self.backbone_max_level + 1):
             shape = input_shape[f"C{l}"] if f"C{l}" in input_shape else input_shape["C5"]
             self.output_convs[f"P{l}"].build(tuple(shape[:-1]) + (self.channels,))
+        for norm in list(self.lateral_norms.values()) + list(self.output_norms.values()):
+            norm.build((None, None, None, self.channels))
         c5 = input_shape["C5"]
         source_channels = c5[-1] if self.extra_levels_source == "C5" else self.channels
         previous = source_channels
@@ -168,26 +185,34 @@ class FeaturePyramid(layers.Layer):
                 f"{needed}; missing {missing} (received {sorted(features)})"
             )
 
+    def _lateral(self, level, x):
+        x = self.lateral[f"C{level}"](x)
+        return self.lateral_norms[f"C{level}"](x) if self.lateral_norms else x
+
+    def _output(self, level, x):
+        x = self.output_convs[f"P{level}"](x)
+        return self.output_norms[f"P{level}"](x) if self.output_norms else x
+
     def call(self, features):
         self._check_levels(features)
         outputs = {}
         if self.top_down:
             # Top-down pathway from the coarsest backbone level.
-            merged = self.lateral["C5"](features["C5"])
+            merged = self._lateral(5, features["C5"])
             if self.max_level >= 5:
-                outputs["P5"] = self.output_convs["P5"](merged)
+                outputs["P5"] = self._output(5, merged)
             for l in range(4, self.min_level - 1, -1):
                 if self.use_lateral:
-                    lateral = self.lateral[f"C{l}"](features[f"C{l}"])
+                    lateral = self._lateral(l, features[f"C{l}"])
                     merged = lateral + (top_down(merged, lateral) if self.top_down_upsampling == 2 else merged)
                 elif self.top_down_upsampling == 2:  # no lateral: only the upsampled coarser map, at Cl's size
                     merged = top_down(merged, features[f"C{l}"])
                 if l <= self.max_level:
-                    outputs[f"P{l}"] = self.output_convs[f"P{l}"](merged)
+                    outputs[f"P{l}"] = self._output(l, merged)
         else:
             # Bottom-up pyramid: each level from its own backbone map.
             for l in range(self.min_level, self.backbone_max_level + 1):
-                outputs[f"P{l}"] = self.output_convs[f"P{l}"](self.lateral[f"C{l}"](features[f"C{l}"]))
+                outputs[f"P{l}"] = self._output(l, self._lateral(l, features[f"C{l}"]))
         # Extra coarser levels.
         previous = features["C5"] if self.extra_levels_source == "C5" else outputs.get("P5")
         if self.extra_levels_type == "max_pool":
@@ -225,6 +250,8 @@ class FeaturePyramid(layers.Layer):
             "lateral": self.use_lateral,
             "conv_padding": self.conv_padding,
             "top_down_upsampling": self.top_down_upsampling,
+            "norm": self.norm,
+            "norm_epsilon": self.norm_epsilon,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
         })
         return config

@@ -22,13 +22,15 @@ class RoIHeads(layers.Layer):
     `FasterRCNN.set_implementations`; not saved). aligned (True: half-pixel shift, as
     detectron2; False: torchvision's MultiScaleRoIAlign) and level_epsilon: see
     `multilevel_roi_align` / `assign_levels`. feature_strides: each level's stride (None: 2**l).
+    num_conv, conv_dim, norm, norm_epsilon: the box head's convs before its fcs (`BoxHead`).
     """
 
     implementation = "auto"
 
     def __init__(self, num_classes, min_level=2, max_level=5, pooled_size=7, sampling_ratio=2,
                  canonical_level=4, canonical_size=224.0, fc_dim=1024, num_fc=2, aligned=True,
-                 level_epsilon=None, feature_strides=None, **kwargs):
+                 level_epsilon=None, feature_strides=None, num_conv=0, conv_dim=256, norm=None,
+                 norm_epsilon=None, **kwargs):
         super().__init__(**kwargs)
         self.min_level, self.max_level = int(min_level), int(max_level)
         self.pooled_size, self.sampling_ratio = int(pooled_size), int(sampling_ratio)
@@ -37,7 +39,8 @@ class RoIHeads(layers.Layer):
         self.level_epsilon = None if level_epsilon is None else float(level_epsilon)
         self.feature_strides = None if feature_strides is None else tuple(
             level_strides(self.min_level, self.max_level, feature_strides))
-        self.box_head = BoxHead(num_classes, fc_dim, num_fc, name="box_head")
+        self.box_head = BoxHead(num_classes, fc_dim, num_fc, num_conv, conv_dim, norm, norm_epsilon,
+                                name="box_head")
 
     def build(self, input_shape):
         channels = input_shape[f"P{self.min_level}"][-1]
@@ -59,5 +62,8 @@ class RoIHeads(layers.Layer):
             "canonical_level": self.canonical_level, "canonical_size": self.canonical_size,
             "fc_dim": self.box_head.fc_dim, "num_fc": self.box_head.num_fc, "aligned": self.aligned,
             "level_epsilon": self.level_epsilon,
-            "feature_strides": None if self.feature_strides is None else list(self.feature_strides)})
+            "feature_strides": None if self.feature_strides is None else list(self.feature_strides),
+            "num_conv": self.box_head.num_conv,
+            "conv_dim": self.box_head.conv_dim, "norm": self.box_head.norm,
+            "norm_epsilon": self.box_head.norm_epsilon})
         return config

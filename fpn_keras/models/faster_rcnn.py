@@ -57,7 +57,9 @@ class FasterRCNN(DetectionHead):
         rpn: a built `RPN` (default: the paper's, P2-P6).
         roi_min_level, roi_max_level: levels RoIs are pooled from (P2-P5).
         pooled_size, sampling_ratio, canonical_level, canonical_size: RoIAlign and Eq. (1).
-        fc_dim, num_fc: the box head.
+        fc_dim, num_fc: the box head's fcs; num_conv, conv_dim, box_head_norm,
+            box_head_norm_epsilon: its convs before them (`BoxHead`; 0 convs: the paper's 2fc
+            head; torchvision's fasterrcnn_resnet50_fpn_v2: 4 x 256, "batch", 1e-5, 1 fc).
         batch_size_per_image, positive_fraction, positive_threshold: RoI sampling
             (512, 25 %, IoU 0.5).
         box_coder_weights: (10, 10, 5, 5). smooth_l1_beta: 0 (L1), as detectron2.
@@ -81,7 +83,8 @@ class FasterRCNN(DetectionHead):
                  box_coder_weights=(10.0, 10.0, 5.0, 5.0), smooth_l1_beta=0.0,
                  score_threshold=0.05, nms_iou_threshold=0.5, max_detections=100,
                  pre_nms_topk=5000, seed=None, roi_aligned=True, roi_level_epsilon=None,
-                 min_box_size=0.0, roi_feature_strides=None, **kwargs):
+                 min_box_size=0.0, roi_feature_strides=None, num_conv=0, conv_dim=256, box_head_norm=None,
+                 box_head_norm_epsilon=None, **kwargs):
         super().__init__(**kwargs)
         rpn = _deserialize(rpn)
         self.rpn = rpn if rpn is not None else RPN(seed=seed, name="rpn")
@@ -103,7 +106,9 @@ class FasterRCNN(DetectionHead):
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.roi_heads = RoIHeads(num_classes, roi_min_level, roi_max_level, pooled_size, sampling_ratio,
                                   canonical_level, canonical_size, fc_dim, num_fc, roi_aligned,
-                                  roi_level_epsilon, feature_strides=roi_feature_strides, name="roi_heads")
+                                  roi_level_epsilon, feature_strides=roi_feature_strides, num_conv=num_conv,
+                                  conv_dim=conv_dim, norm=box_head_norm, norm_epsilon=box_head_norm_epsilon,
+                                  name="roi_heads")
         self.loss_names = self.rpn.loss_names + ("cls_loss", "box_loss")
 
     def build(self, input_shape):
@@ -192,5 +197,8 @@ class FasterRCNN(DetectionHead):
             "roi_aligned": self.roi_heads.aligned, "roi_level_epsilon": self.roi_heads.level_epsilon,
             "min_box_size": self.min_box_size,
             "roi_feature_strides": self.roi_heads.get_config()["feature_strides"],
+            "num_conv": self.roi_heads.box_head.num_conv,
+            "conv_dim": self.roi_heads.box_head.conv_dim, "box_head_norm": self.roi_heads.box_head.norm,
+            "box_head_norm_epsilon": self.roi_heads.box_head.norm_epsilon,
         })
         return config

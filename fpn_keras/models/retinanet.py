@@ -30,7 +30,7 @@ class RetinaNet(DetectionHead):
         anchor_offset, anchor_sizes, round_anchors, anchor_strides: `AnchorGenerator`'s
             offset, sizes, round_cells, strides (torchvision: 0.0, ((32, 40, 50), ...),
             True, "image_over_grid"; see `fpn_keras.convert.torchvision_retinanet`).
-        channels, num_convs, norm: the class/box subnets (see `RetinaNetHead`).
+        channels, num_convs, norm, norm_epsilon: the class/box subnets (see `RetinaNetHead`).
         positive_threshold, negative_threshold: IoU matching (0.5 / 0.4).
         alpha, gamma: focal loss. box_loss: "smooth_l1" (beta `smooth_l1_beta`) or "giou".
         box_loss_weight: weight of the box loss in the total.
@@ -46,7 +46,7 @@ class RetinaNet(DetectionHead):
                  alpha=0.25, gamma=2.0, box_loss="smooth_l1", smooth_l1_beta=0.1,
                  box_loss_weight=1.0, pre_nms_topk=1000, score_threshold=0.05,
                  nms_iou_threshold=0.5, max_detections=100, anchor_offset=0.5, anchor_sizes=None,
-                 round_anchors=False, anchor_strides="level", **kwargs):
+                 round_anchors=False, anchor_strides="level", norm_epsilon=None, **kwargs):
         super().__init__(**kwargs)
         if box_loss not in ("smooth_l1", "giou"):
             raise ValueError(f"box_loss must be 'smooth_l1' or 'giou', received {box_loss!r}")
@@ -60,7 +60,7 @@ class RetinaNet(DetectionHead):
         self.box_coder = BoxCoder()
         self.head = RetinaNetHead(
             num_classes, self.anchor_generator.num_anchors_per_location, channels,
-            num_convs, norm, prior_probability, name="head")
+            num_convs, norm, prior_probability, norm_epsilon=norm_epsilon, name="head")
         self.channels = int(channels)
         self.num_convs = int(num_convs)
         self.norm = norm
@@ -158,6 +158,7 @@ class RetinaNet(DetectionHead):
             "channels": self.channels,
             "num_convs": self.num_convs,
             "norm": self.norm,
+            "norm_epsilon": self.head.norm_epsilon,
             "prior_probability": self.prior_probability,
             "positive_threshold": matcher["positive_threshold"],
             "negative_threshold": matcher["negative_threshold"],

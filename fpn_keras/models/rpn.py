@@ -36,7 +36,8 @@ class RPN(DetectionHead):
     anchor_offset, anchor_sizes, round_anchors, anchor_strides: as `RetinaNet`'s
     (torchvision's conventions; `AnchorGenerator`). score_threshold: proposals whose
     objectness probability is below it are dropped before NMS (0: none; torchvision's
-    rpn_score_thresh, 0.05 in fasterrcnn_mobilenet_v3_large_fpn).
+    rpn_score_thresh, 0.05 in fasterrcnn_mobilenet_v3_large_fpn). conv_depth: the head's
+    3x3 convs (`RPNHead`; torchvision's fasterrcnn_resnet50_fpn_v2: 2).
     """
 
     loss_names = ("rpn_cls_loss", "rpn_box_loss")
@@ -51,7 +52,8 @@ class RPN(DetectionHead):
                  positive_fraction=0.5, pre_nms_topk_train=2000, pre_nms_topk_test=1000,
                  post_nms_topk_train=2000, post_nms_topk_test=1000, nms_threshold=0.7,
                  min_size=0.0, smooth_l1_beta=0.0, seed=None, anchor_scales=(1.0,), anchor_offset=0.5,
-                 anchor_sizes=None, round_anchors=False, anchor_strides="level", score_threshold=0.0, **kwargs):
+                 anchor_sizes=None, round_anchors=False, anchor_strides="level", score_threshold=0.0,
+                 conv_depth=1, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = 1
         self.min_level, self.max_level = int(min_level), int(max_level)
@@ -70,7 +72,7 @@ class RPN(DetectionHead):
         self.smooth_l1_beta = float(smooth_l1_beta)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self.head = RPNHead(self.anchor_generator.num_anchors_per_location, name="rpn_head")
+        self.head = RPNHead(self.anchor_generator.num_anchors_per_location, conv_depth=conv_depth, name="rpn_head")
 
     @property
     def max_detections(self):
@@ -147,7 +149,7 @@ class RPN(DetectionHead):
             "pre_nms_topk_train": self.pre_nms_topk_train, "pre_nms_topk_test": self.pre_nms_topk_test,
             "post_nms_topk_train": self.post_nms_topk_train, "post_nms_topk_test": self.post_nms_topk_test,
             "nms_threshold": self.nms_threshold, "min_size": self.min_size, "score_threshold": self.score_threshold,
-            "smooth_l1_beta": self.smooth_l1_beta, "seed": self.seed,
+            "smooth_l1_beta": self.smooth_l1_beta, "seed": self.seed, "conv_depth": self.head.conv_depth,
             **self.anchor_generator.head_config(),
         })
         return config
