@@ -41,17 +41,27 @@ from torchvision_reference import SEED, load_by_path  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea")
 BATCHES = ((0, 1), (2,))
-# model: (layout module, seeded state function, published COCO box AP of its COCO_V1 weights)
+# model: (layout module, seeded state function, published COCO box AP of its COCO_V1 weights,
+# BatchNorm eps of those weights: 0.0 where torchvision calls overwrite_eps)
 MODELS = {
-    "retinanet_resnet50_fpn": ("retinanet_layout", "random_retinanet_state_dict", 36.4),
-    "fasterrcnn_resnet50_fpn": ("fasterrcnn_layout", "random_fasterrcnn_state_dict", 37.0),
+    "retinanet_resnet50_fpn": ("retinanet_layout", "random_retinanet_state_dict", 36.4, 0.0),
+    "fasterrcnn_resnet50_fpn": ("fasterrcnn_layout", "random_fasterrcnn_state_dict", 37.0, 0.0),
+    "retinanet_resnet50_fpn_v2": ("retinanet_layout", "random_retinanet_v2_state_dict", 41.5, 1e-5),
+    "fasterrcnn_resnet50_fpn_v2": ("fasterrcnn_layout", "random_fasterrcnn_v2_state_dict", 46.7, 1e-5),
+    "fasterrcnn_mobilenet_v3_large_fpn": ("mobilenet_v3_layout", "random_fasterrcnn_mobilenet_state_dict", 32.8,
+                                          1e-5),
 }
-LEVEL_NAMES = {"retinanet_resnet50_fpn": {"0": "P3", "1": "P4", "2": "P5", "p6": "P6", "p7": "P7"},
-               "fasterrcnn_resnet50_fpn": {"0": "P2", "1": "P3", "2": "P4", "3": "P5", "pool": "P6"}}
+_RETINANET_LEVELS = {"0": "P3", "1": "P4", "2": "P5", "p6": "P6", "p7": "P7"}
+_RCNN_LEVELS = {"0": "P2", "1": "P3", "2": "P4", "3": "P5", "pool": "P6"}
+LEVEL_NAMES = {"retinanet_resnet50_fpn": _RETINANET_LEVELS, "retinanet_resnet50_fpn_v2": _RETINANET_LEVELS,
+               "fasterrcnn_resnet50_fpn": _RCNN_LEVELS, "fasterrcnn_resnet50_fpn_v2": _RCNN_LEVELS,
+               "fasterrcnn_mobilenet_v3_large_fpn": {"0": "P4", "1": "P5", "pool": "P6"}}
 
 
 def seeded_state(model):
-    module, function, _ = MODELS[model]
+    module, function = MODELS[model][:2]
+    if module == "mobilenet_v3_layout":
+        return load_by_path(module).random_fasterrcnn_mobilenet_state_dict(SEED)
     backbone = load_by_path("resnet_layout").random_resnet_state_dict(50, SEED, prefix="backbone.body.")
     return getattr(load_by_path(module), function)(backbone, SEED)
 
@@ -76,7 +86,7 @@ def torch_worker(model, checkpoint, out, runs):
     net = getattr(torchvision.models.detection, model)(weights=None, weights_backbone=None)
     for module in net.modules():
         if isinstance(module, (torch.nn.BatchNorm2d, torchvision.ops.FrozenBatchNorm2d)):
-            module.eps = 0.0
+            module.eps = MODELS[model][3]
     net.load_state_dict(torch.load(checkpoint, weights_only=True), strict=True)
     net.eval()
     photos = [getattr(skimage.data, name)() for name in PHOTOS]

@@ -67,6 +67,18 @@ PRESETS = {
         "args": {"model": "fasterrcnn_mobilenet_v3_large_fpn", "num_classes": 80}, "head": "faster_rcnn",
         "coco_ap": 32.8, "classes": _COCO_80 + "; softmax background last",  # ..._Weights.COCO_V1
     },
+    "torchvision/retinanet_resnet50_fpn_v2_coco": {
+        "url": "https://download.pytorch.org/models/retinanet_resnet50_fpn_v2_coco-5905b1c5.pth",
+        "hash": "sha256:5905b1c5", "converter": _TORCHVISION, "checkpoint_arg": "weights",
+        "args": {"model": "retinanet_resnet50_fpn_v2", "num_classes": 80}, "head": "retinanet",
+        "coco_ap": 41.5, "classes": _COCO_80,  # RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1
+    },
+    "torchvision/fasterrcnn_resnet50_fpn_v2_coco": {
+        "url": "https://download.pytorch.org/models/fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth",
+        "hash": "sha256:dd69338a", "converter": _TORCHVISION, "checkpoint_arg": "weights",
+        "args": {"model": "fasterrcnn_resnet50_fpn_v2", "num_classes": 80}, "head": "faster_rcnn",
+        "coco_ap": 46.7, "classes": _COCO_80 + "; softmax background last",  # ..._V2_Weights.COCO_V1
+    },
     "detectron2/retinanet_R_50_FPN_1x_coco": {
         "url": _D2_URL + "retinanet_R_50_FPN_1x/190397773/model_final_bfca0b.pkl",
         "hash": "md5:bfca0b", "converter": _DETECTRON2, "checkpoint_arg": "checkpoint",
