@@ -183,6 +183,26 @@ class TrainingInterrupted(Exception):
         return 128 + int(getattr(signal, self.signal_name))
 
 
+class WorkerLost(Exception):
+    """Multi-worker training stopped because another worker died (a collective op was
+    aborted: TF's coordination service saw it stop sending heartbeats). Every worker
+    has to be restarted with --resume; they continue from the chief's last checkpoint
+    (Keras BackupAndRestore's semantics). `step`: this worker's optimizer step when it
+    failed; `checkpoint`: the checkpoint.json dict (`Checkpointer.latest`) or None."""
+
+    exit_code = 1
+
+    def __init__(self, tasks, step, checkpoint, num_workers):
+        self.tasks, self.step, self.checkpoint = tasks, step, checkpoint
+        lost = ", ".join(tasks) if tasks else "another worker"
+        start = (f"{checkpoint['path']} (step {checkpoint['step']})" if checkpoint
+                 else "the first step (no checkpoint written yet)")
+        super().__init__(
+            f"multi-worker training lost a worker ({lost} stopped) after optimizer step {step}. "
+            f"Restart every worker ({num_workers} in TF_CONFIG, each with its own TF_CONFIG) with the "
+            f"same command and --resume: they continue from {start}")
+
+
 NON_FINITE_DATA = "fpn_keras: non-finite values in a training batch"
 
 

@@ -307,7 +307,10 @@ def read_annotations(annotations, image_dir, check_images="header"):
         except (TypeError, ValueError):
             skips.add("annotation with malformed bbox", f"{ann_name}: bbox {bbox!r}")
             continue
-        if not all(np.isfinite([x, y, w, h])) or w <= 0 or h <= 0:
+        if not all(np.isfinite([x, y, w, h])):
+            skips.add("box with NaN/Inf coordinates", f"{ann_name}: bbox {bbox!r}")
+            continue
+        if w <= 0 or h <= 0:
             skips.add("box with non-positive width/height", f"{ann_name}: bbox {bbox!r}")
             continue
         box = [x, y, x + w, y + h]
