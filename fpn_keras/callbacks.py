@@ -81,17 +81,20 @@ class Checkpointer(keras.callbacks.Callback):
         if not self.write:  # non-chief worker: save (collectives) but throw away
             path = os.path.join(tempfile.mkdtemp(), "ckpt.weights.h5")
         tmp = path[: -len(".weights.h5")] + ".tmp.weights.h5"
-        self.model.save_weights(tmp, overwrite=True)
-        if not self.write:
-            return None
-        os.replace(tmp, path)
-        kept = [p for p in (state or {}).get("all", []) if p != path and os.path.exists(p)] + [path]
-        # checkpoint.json names the new file before any old one goes: a kill between
-        # the two steps leaves an extra file, never a json naming a deleted one.
-        write_json(self.state_path, {
-            "step": step, "epoch": step // self.steps_per_epoch,
-            "step_in_epoch": step % self.steps_per_epoch, "path": os.path.basename(path),
-            "all": [os.path.basename(p) for p in kept[-self.keep:]]})
+        try:
+            self.model.save_weights(tmp, overwrite=True)
+            if not self.write:
+                return None
+            os.replace(tmp, path)
+            kept = [p for p in (state or {}).get("all", []) if p != path and os.path.exists(p)] + [path]
+            # checkpoint.json names the new file before any old one goes: a kill between
+            # the two steps leaves an extra file, never a json naming a deleted one.
+            write_json(self.state_path, {
+                "step": step, "epoch": step // self.steps_per_epoch,
+                "step_in_epoch": step % self.steps_per_epoch, "path": os.path.basename(path),
+                "all": [os.path.basename(p) for p in kept[-self.keep:]]})
+        except OSError as error:  # disk full, read-only or vanished folder
+            raise CheckpointWriteError(path, step, state, error) from error
         for old in kept[: -self.keep]:
             os.remove(old)
         return path
@@ -109,6 +112,22 @@ class Checkpointer(keras.callbacks.Callback):
         if loss is not None and not math.isfinite(float(loss)):
             self.poisoned = True
         self.save()
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, read-only folder); the message names
+    the file, the OS error and the last complete checkpoint, which is left intact."""
+
+    def __init__(self, path, step, last, error):
+        intact = (f"the last complete checkpoint, {last['path']} (step {last['step']}), is intact"
+                  if last else "no earlier checkpoint exists")
+        super().__init__(getattr(error, "errno", None),
+                         f"cannot write the checkpoint of optimizer step {step} to {path}: "
+                         f"{getattr(error, 'strerror', None) or error}; {intact}. Free space or make the "
+                         "run folder writable, then resume with --resume")
+
+    def __str__(self):
+        return self.strerror
 
 
 class StopOnSignal(keras.callbacks.Callback):
