@@ -246,9 +246,17 @@ def _read_image(path):
     from fpn_keras.preprocessing import read_image
 
     try:
-        return read_image(path)
+        image = read_image(path)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    if str(path).lower().endswith((".jpg", ".jpeg")):
+        from fpn_keras.data.jpeg_check import jpeg_damage
+
+        damage = jpeg_damage(path)  # PIL decodes a JPEG damaged in the middle without a word
+        if damage:
+            print(f"fpn-keras predict: warning: {path}: damaged JPEG data (libjpeg: {damage}); detections "
+                  "on the damaged part of the image mean nothing", file=sys.stderr)
+    return image
 
 
 def _predictor(model_path, image_size, box_format):

@@ -106,6 +106,22 @@ def test_a_jpeg_damaged_in_the_middle_is_skipped_and_named_by_train_and_evaluate
     assert "(9 images)" in stdout
 
 
+def test_predict_warns_about_a_damaged_jpeg_it_was_asked_to_read(tmp_path, capsys, make_detector):
+    model = make_detector()
+    model.image_size = (64, 64)
+    model(np.zeros((1, 64, 64, 3), "float32"))
+    model.save(tmp_path / "model.keras")
+    content = _jpeg(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    (tmp_path / "fine.jpg").write_bytes(content)
+    (tmp_path / "cut.jpg").write_bytes(content[: len(content) // 2] + content[len(content) // 2 + 400:])
+    code, _, err = call(capsys, "predict", "--model", tmp_path / "model.keras", tmp_path / "fine.jpg",
+                        tmp_path / "cut.jpg", "--out", tmp_path / "pred")
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and f"{tmp_path / 'cut.jpg'}: damaged JPEG data (libjpeg: Corrupt JPEG data" in \
+        warnings[0], err
+
+
 @pytest.mark.parametrize("content,image_folder,words", [
     ([{"id": 1}], "images", "top level must be a JSON object, got list"),
     ({"images": {"id": 1}, "annotations": [], "categories": []}, "images", "field 'images' must be a list"),
