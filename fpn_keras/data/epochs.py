@@ -12,7 +12,10 @@ Lookups need a source with random access (``tf.data.experimental.at``):
 ``from_tensor_slices`` -> map / take / skip / concatenate / cache chains, i.e. the
 synthetic generator and the COCO / VOC record tables (images are decoded after the
 lookup: skipped batches cost nothing; a final ``ignore_errors`` is re-applied after
-the lookup). With ``cache`` the first lookup decodes the whole source once (the
+the lookup: an image that passed the loaders' checks but fails to decode costs its
+position, and the batches after it in that run are shifted by one against a run resumed
+past it; TF logs each drop, and the loaders' header check catches undecodable JPEGs
+first). With ``cache`` the first lookup decodes the whole source once (the
 work of one epoch). Other sources (TFDS) fall back to a shuffle buffer seeded by
 (seed, e), rebuilt each epoch: exact too, but a start at batch k decodes the first
 ``k * B`` elements of epoch e and the buffer (at most one epoch of input).

@@ -8,6 +8,8 @@ decodes such files silently. `jpeg_damage` decodes the file with TensorFlow's
 libjpeg (at 1/8 scale: the whole entropy-coded stream is read, the inverse DCT is
 mostly skipped; ~1.8 ms for a 640x480 JPEG on one core) with file descriptor 2
 redirected, so the warnings become a return value that the loaders count and name.
+It runs before the input pipeline starts: text another thread writes to stderr during
+the decode would land in the capture (and be reported as libjpeg's).
 """
 
 import os
