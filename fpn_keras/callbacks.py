@@ -81,17 +81,20 @@ class Checkpointer(keras.callbacks.Callback):
         if not self.write:  # non-chief worker: save (collectives) but throw away
             path = os.path.join(tempfile.mkdtemp(), "ckpt.weights.h5")
         tmp = path[: -len(".weights.h5")] + ".tmp.weights.h5"
-        self.model.save_weights(tmp, overwrite=True)
-        if not self.write:
-            return None
-        os.replace(tmp, path)
-        kept = [p for p in (state or {}).get("all", []) if p != path and os.path.exists(p)] + [path]
-        # checkpoint.json names the new file before any old one goes: a kill between
-        # the two steps leaves an extra file, never a json naming a deleted one.
-        write_json(self.state_path, {
-            "step": step, "epoch": step // self.steps_per_epoch,
-            "step_in_epoch": step % self.steps_per_epoch, "path": os.path.basename(path),
-            "all": [os.path.basename(p) for p in kept[-self.keep:]]})
+        try:
+            self.model.save_weights(tmp, overwrite=True)
+            if not self.write:
+                return None
+            os.replace(tmp, path)
+            kept = [p for p in (state or {}).get("all", []) if p != path and os.path.exists(p)] + [path]
+            # checkpoint.json names the new file before any old one goes: a kill between
+            # the two steps leaves an extra file, never a json naming a deleted one.
+            write_json(self.state_path, {
+                "step": step, "epoch": step // self.steps_per_epoch,
+                "step_in_epoch": step % self.steps_per_epoch, "path": os.path.basename(path),
+                "all": [os.path.basename(p) for p in kept[-self.keep:]]})
+        except OSError as error:  # disk full, read-only or vanished folder
+            raise CheckpointWriteError(path, step, state, error) from error
         for old in kept[: -self.keep]:
             os.remove(old)
         return path
@@ -109,6 +112,22 @@ class Checkpointer(keras.callbacks.Callback):
         if loss is not None and not math.isfinite(float(loss)):
             self.poisoned = True
         self.save()
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, read-only folder); the message names
+    the file, the OS error and the last complete checkpoint, which is left intact."""
+
+    def __init__(self, path, step, last, error):
+        intact = (f"the last complete checkpoint, {last['path']} (step {last['step']}), is intact"
+                  if last else "no earlier checkpoint exists")
+        super().__init__(getattr(error, "errno", None),
+                         f"cannot write the checkpoint of optimizer step {step} to {path}: "
+                         f"{getattr(error, 'strerror', None) or error}; {intact}. Free space or make the "
+                         "run folder writable, then resume with --resume")
+
+    def __str__(self):
+        return self.strerror
 
 
 class StopOnSignal(keras.callbacks.Callback):
@@ -181,6 +200,26 @@ class TrainingInterrupted(Exception):
         import signal
 
         return 128 + int(getattr(signal, self.signal_name))
+
+
+class WorkerLost(Exception):
+    """Multi-worker training stopped because another worker died (a collective op was
+    aborted: TF's coordination service saw it stop sending heartbeats). Every worker
+    has to be restarted with --resume; they continue from the chief's last checkpoint
+    (Keras BackupAndRestore's semantics). `step`: this worker's optimizer step when it
+    failed; `checkpoint`: the checkpoint.json dict (`Checkpointer.latest`) or None."""
+
+    exit_code = 1
+
+    def __init__(self, tasks, step, checkpoint, num_workers):
+        self.tasks, self.step, self.checkpoint = tasks, step, checkpoint
+        lost = ", ".join(tasks) if tasks else "another worker"
+        start = (f"{checkpoint['path']} (step {checkpoint['step']})" if checkpoint
+                 else "the first step (no checkpoint written yet)")
+        super().__init__(
+            f"multi-worker training lost a worker ({lost} stopped) after optimizer step {step}. "
+            f"Restart every worker ({num_workers} in TF_CONFIG, each with its own TF_CONFIG) with the "
+            f"same command and --resume: they continue from {start}")
 
 
 NON_FINITE_DATA = "fpn_keras: non-finite values in a training batch"

@@ -13,6 +13,8 @@ Exit codes:
   130 / 143  `train` stopped by SIGINT (Ctrl-C) / SIGTERM: the step in progress
      finished and was checkpointed; the last line says `resume with: ... --resume`.
      A second signal aborts at once (nothing saved since the last checkpoint).
+     Multi-worker `train` whose other worker died exits 1 within ~20 s, naming the
+     lost task and the checkpoint: restart every worker with `--resume`.
 Errors print as one line on stderr ("fpn-keras CMD: error: ..."); `--verbose`
 adds the traceback.
 """
@@ -247,6 +249,10 @@ def main(argv=None):
         if interrupted is not None and isinstance(error, interrupted.TrainingInterrupted):
             print(f"{PROG} {args.command}: interrupted by {error}\n"
                   f"resume with: {resume_command(argv)}", file=sys.stderr)
+            return error.exit_code
+        if interrupted is not None and isinstance(error, interrupted.WorkerLost):
+            print(f"{PROG} {args.command}: {error}\n"
+                  f"resume with (on every worker): {resume_command(argv)}", file=sys.stderr)
             return error.exit_code
         if verbose:
             traceback.print_exc()

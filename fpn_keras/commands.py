@@ -89,7 +89,30 @@ def load_keras_model(path):
         what = f"member {bad} is damaged" if bad is not None else f"it holds {sorted(names)}"
         raise ModelFileError(f"{path}: not a complete .keras file ({what}; a .keras file holds "
                              "config.json, metadata.json and model.weights.h5)")
-    return keras.saving.load_model(path, safe_mode=True)
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except (TypeError, ValueError) as error:  # a config this fpn_keras cannot rebuild
+        raise ModelFileError(_config_mismatch(path, error)) from error
+
+
+def _config_mismatch(path, error):
+    """One paragraph for a .keras file whose config.json this installation cannot rebuild
+    (written by another fpn_keras version, or edited): what Keras found, both versions."""
+    import re
+    import zipfile
+
+    import keras
+
+    import fpn_keras
+
+    with zipfile.ZipFile(path) as archive:
+        saved = json.loads(archive.read("metadata.json")).get("keras_version", "?") \
+            if "metadata.json" in archive.namelist() else "?"
+    found = re.findall(r"Exception encountered: (.*)", str(error))
+    cause = found[-1].strip() if found else " ".join(str(error).split())[:200]
+    return (f"{path}: its config.json does not fit this fpn_keras {fpn_keras.__version__} (Keras "
+            f"{keras.__version__}; the file was saved with Keras {saved}): {cause}. Load it with the "
+            "fpn_keras version that wrote it, or retrain")
 
 
 def train(args):
@@ -225,9 +248,17 @@ def _read_image(path):
     from fpn_keras.preprocessing import read_image
 
     try:
-        return read_image(path)
+        image = read_image(path)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    if str(path).lower().endswith((".jpg", ".jpeg")):
+        from fpn_keras.data.jpeg_check import jpeg_damage
+
+        damage = jpeg_damage(path)  # PIL decodes a JPEG damaged in the middle without a word
+        if damage:
+            print(f"fpn-keras predict: warning: {path}: damaged JPEG data (libjpeg: {damage}); detections "
+                  "on the damaged part of the image mean nothing", file=sys.stderr)
+    return image
 
 
 def _predictor(model_path, image_size, box_format):

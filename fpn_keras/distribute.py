@@ -30,6 +30,11 @@ def _tf():
     return tf
 
 
+def num_workers():
+    """Workers named in TF_CONFIG (chief included); 1 without TF_CONFIG."""
+    return max(1, _tf_config_workers())
+
+
 def _tf_config_workers():
     try:
         config = json.loads(os.environ.get("TF_CONFIG") or "{}")

@@ -15,7 +15,8 @@ from fpn_keras import distribute, keras_workarounds
 from fpn_keras import visualization
 from fpn_keras.build import build_model, build_optimizer, check_model_args
 from fpn_keras.callbacks import (NON_FINITE_DATA, BestModelSaver, Checkpointer, LearningRateLogger,
-                                 NonFiniteLossGuard, StopOnSignal, check_finite_batches, write_json)
+                                 NonFiniteLossGuard, StopOnSignal, WorkerLost, check_finite_batches,
+                                 write_json)
 from fpn_keras.config import DataError, Recipe, dump_recipe
 from fpn_keras.data.training_data import build_datasets
 from fpn_keras.evaluation import CocoMetricsCallback, evaluate_model
@@ -110,7 +111,9 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
     callbacks: extra Keras callbacks.
     Raises TrainingDivergedError (NaN/Inf loss), TrainingOutOfMemoryError, and
     callbacks.TrainingInterrupted on SIGINT / SIGTERM, after checkpointing the last
-    finished step (resume with resume=True / `fpn-keras train ... --resume`).
+    finished step (resume with resume=True / `fpn-keras train ... --resume`), and
+    callbacks.WorkerLost when another worker of a multi-worker run died (restart all
+    of them with --resume).
     """
     cfg = recipe.train
     check_model_args(recipe)  # before any data is loaded
@@ -176,7 +179,8 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
 
     checkpointer = Checkpointer(os.path.join(out_dir, "checkpoints"), steps_per_epoch,
                                 cfg.checkpoint_every_n_steps, cfg.keep_checkpoints, write=chief)
-    step = checkpointer.restore(model) if resume else 0
+    with strategy.scope():  # the optimizer's variables are built under the strategy
+        step = checkpointer.restore(model) if resume else 0
     if resume and verbose:
         print(f"resuming from step {step} (epoch {step // steps_per_epoch + 1}, batch "
               f"{step % steps_per_epoch + 1})" if step else "resume: no checkpoint found, starting afresh")
@@ -232,6 +236,12 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
         guard._epoch = (step - 1) // steps_per_epoch
         raise TrainingDivergedError(guard.describe("NaN/Inf pixels or boxes in a training batch", step, batch)) \
             from None
+    except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError) as error:
+        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            raise
+        raise WorkerLost(sorted(set(re.findall(r"/job:\w+/replica:\d+/task:\d+", str(error)))),
+                         int(keras.ops.convert_to_numpy(model.optimizer.iterations)), checkpointer.latest(),
+                         distribute.num_workers()) from error
     except tf.errors.ResourceExhaustedError as error:
         raise TrainingOutOfMemoryError(
             f"out of memory while training (global batch {cfg.batch_size}, images "

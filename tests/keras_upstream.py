@@ -6,6 +6,9 @@ subprocesses: logical devices and TF_CONFIG must be set before TensorFlow starts
     TF_CONFIG=... python keras_upstream.py fit WORKAROUNDS  one of 2 local MWMS workers;
         WORKAROUNDS: "none", "skip_data_build" or "skip_data_build,rank1_logs"
 
+    python keras_upstream.py at_lookup none|warm       two tf.data iterators looking elements
+        up with tf.data.experimental.at (fpn_keras.data.epochs), without / with `epochs.warm`
+
 Prints one line "RESULT ..." that the test reads.
 """
 
@@ -33,6 +36,19 @@ def predict_on_batch():
     keras_workarounds.trim_replicated_predictions(model)
     trimmed = model.predict_on_batch(np.zeros((3, 4), "float32"))["scores"].shape[0]
     print(f"RESULT rows={raw} trimmed={trimmed}")
+
+
+def at_lookup(warm):
+    from fpn_keras.data import epochs
+
+    source = tf.data.Dataset.from_tensor_slices(tf.range(10)).map(lambda i: i * 2)
+    if warm:
+        epochs.warm(source, [0])
+    runs = []
+    for _ in range(2):  # the second iterator's lookup crashes unless the map was warmed
+        lookups = tf.data.Dataset.range(3).map(lambda position: tf.data.experimental.at(source, position))
+        runs.append([int(v) for v in lookups])
+    print(f"RESULT runs={runs}", flush=True)
 
 
 def fit(workarounds):
@@ -73,5 +89,7 @@ def fit(workarounds):
 if __name__ == "__main__":
     if sys.argv[1] == "predict_on_batch":
         predict_on_batch()
+    elif sys.argv[1] == "at_lookup":
+        at_lookup(sys.argv[2] == "warm")
     else:
         fit(sys.argv[2] if sys.argv[2] != "none" else "")

@@ -1,16 +1,22 @@
-"""One worker of a MultiWorkerMirroredStrategy run (tests/test_distribute.py starts two).
+"""One worker of a MultiWorkerMirroredStrategy run (tests/test_distribute.py and
+tests/test_robustness.py start two).
 
     TF_CONFIG=... python tests/multi_worker_train.py OUT_DIR
+    TF_CONFIG=... python tests/multi_worker_train.py OUT_DIR --cli [--epochs N] [--kill-at STEP] [--resume]
 
-Trains the tiny recipe of tests/train_helpers.py with `fpn_keras.training.train`
-under strategy "auto" (which must pick MultiWorkerMirroredStrategy from TF_CONFIG)
-and prints one JSON line: the strategy, replicas, optimizer steps and a checksum
-of the final weights (equal on both workers when they trained in sync).
+Trains the tiny recipe of tests/train_helpers.py under strategy "auto" (which must
+pick MultiWorkerMirroredStrategy from TF_CONFIG). Without --cli: through
+`fpn_keras.training.train`, printing one JSON line: the strategy, replicas, optimizer
+steps and a checksum of the final weights (equal on both workers when they trained in
+sync). With --cli: through `fpn-keras train --recipe <the tiny recipe as YAML> --out
+OUT_DIR` (exit status and messages as a user sees them); --kill-at STEP SIGKILLs this
+worker right after optimizer step STEP (after its checkpoint callback ran).
 """
 
 import json
 import os
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -33,5 +39,37 @@ def main(out_dir):
     return 0
 
 
+def _kill_after(step):
+    import signal
+
+    import keras
+
+    from fpn_keras import callbacks
+
+    original = callbacks.Checkpointer.on_train_batch_end
+
+    def on_train_batch_end(self, batch, logs=None):
+        original(self, batch, logs)
+        if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) >= step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    callbacks.Checkpointer.on_train_batch_end = on_train_batch_end
+
+
+def main_cli(out_dir, argv):
+    from fpn_keras import cli
+    from fpn_keras.config import dump_recipe
+
+    epochs = int(argv[argv.index("--epochs") + 1]) if "--epochs" in argv else 1
+    if "--kill-at" in argv:
+        _kill_after(int(argv[argv.index("--kill-at") + 1]))
+    recipe = tiny_recipe(batch_size=4, epochs=epochs, checkpoint_every_n_steps=1, eval_every_n_epochs=100,
+                         strategy="auto")
+    path = os.path.join(tempfile.mkdtemp(prefix="fpn_keras_worker_recipe_"), "tiny.yaml")
+    dump_recipe(recipe, path)
+    return cli.main(["train", "--recipe", path, "--out", out_dir, "--quiet",
+                     *(["--resume"] if "--resume" in argv else [])])
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main_cli(sys.argv[1], sys.argv[2:]) if "--cli" in sys.argv else main(sys.argv[1]))

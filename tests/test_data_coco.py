@@ -137,8 +137,9 @@ def test_coco_bad_data_skipped_with_named_warnings(tmp_path, caplog):
 
 
 def test_coco_corrupt_image_passing_checks_is_dropped_in_tf_data(tmp_path):
-    # a JPEG with a valid header and end marker but garbage in between: only the
-    # decoder notices; ignore_errors drops it instead of killing the run
+    # a JPEG with a valid header and end marker but garbage in between: the header
+    # check's libjpeg pass names it; with check_images="none" only the decoder
+    # notices, and ignore_errors drops it instead of killing the run
     ann, img = _dataset(tmp_path, [{"id": 206, "file_name": "bad.jpg"}])
     _write_jpeg(os.path.join(img, "ok.jpg"), 64, 64)
     raw = bytearray(open(os.path.join(img, "ok.jpg"), "rb").read())
@@ -147,8 +148,9 @@ def test_coco_corrupt_image_passing_checks_is_dropped_in_tf_data(tmp_path):
     body = len(raw) - 2 - start
     raw[start:-2] = (b"\xff\xd8" * body)[:body]  # a second SOI inside the scan
     open(os.path.join(img, "bad.jpg"), "wb").write(bytes(raw))
-    assert coco.check_image(os.path.join(img, "bad.jpg")) is None  # the cheap check passes
-    ds, _ = coco.load(ann, img)
+    assert coco.check_image(os.path.join(img, "bad.jpg"), "none") is None
+    assert coco.check_image(os.path.join(img, "bad.jpg")).startswith("damaged JPEG data (libjpeg: undecodable")
+    ds, _ = coco.load(ann, img, check_images="none")
     assert sorted(_elements(ds)) == [101, 102, 103, 104, 105]
 
 

@@ -38,3 +38,18 @@ def test_every_module_attribute_named_exists():
         assert hasattr(imported, attribute), f"{dotted}.{attribute}"
         checked += 1
     assert checked >= 10
+
+
+def test_every_test_named_in_the_robustness_table_exists():
+    """docs/robustness.md names the test of each case as tests/test_x.py::test_name (a
+    `same` row reuses the row above; a bare test_name after `;` or `,` is in that file)."""
+    import ast
+
+    text = open(os.path.join(ROOT, "docs", "robustness.md")).read()
+    named = re.findall(r"(tests/\w+\.py)::(\w+)((?:, test_\w+)*)", text)
+    assert len(named) > 25
+    for path, first, more in named:
+        with open(os.path.join(ROOT, path)) as f:
+            tests = {node.name for node in ast.walk(ast.parse(f.read())) if isinstance(node, ast.FunctionDef)}
+        for name in [first] + re.findall(r"test_\w+", more):
+            assert name in tests, f"{path}::{name}"

@@ -15,7 +15,7 @@ tf = pytest.importorskip("tensorflow")
 Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
 
 from fpn_keras.export import tflite  # noqa: E402
-from fpn_keras.export.tflite import OUTPUT_ORDER, convert, op_names  # noqa: E402
+from fpn_keras.export.tflite import OUTPUT_NAMES, OUTPUT_ORDER, TFLiteRunner, convert, op_names  # noqa: E402
 from fpn_keras.models.backbones import small_resnet  # noqa: E402
 from fpn_keras.models.detector import FPNDetector  # noqa: E402
 from fpn_keras.models.retinanet import RetinaNet  # noqa: E402
@@ -117,6 +117,31 @@ def test_uint8_input(setup):
     assert interpreter.get_input_details()[0]["dtype"] == np.uint8
     n = int(expected["num_detections"][0])
     np.testing.assert_allclose(out["detection_boxes"][0, :n], expected["boxes"][0, :n], atol=1e-3)
+
+
+def test_runner_names_non_finite_pixels_that_the_interpreter_turns_into_no_detections(setup, tmp_path):
+    model, image, expected, _ = setup
+    path = tflite(model, str(tmp_path / "tiny.tflite"), image_size=SIZE)
+    content = open(path, "rb").read()
+    runner = TFLiteRunner(path, num_threads=2)
+    out = runner(image[0])  # one [H, W, 3] image is batched
+    _, direct = _run(content, image)
+    for name in OUTPUT_NAMES:
+        np.testing.assert_array_equal(out[name], direct[name])
+    assert int(out["num_detections"][0]) == int(expected["num_detections"][0]) > 0
+
+    bad = image.copy()
+    bad[0, 3, 4, 1] = np.nan
+    bad[0, 10:12, 10:12, :] = np.inf  # 1 + 12 values
+    _, silent = _run(content, bad)
+    assert int(silent["num_detections"][0]) == 0  # the interpreter: "no objects", no error
+    with pytest.raises(ValueError, match=r"NaN or Inf pixel values \(cam\.jpg: 13 values\)"):
+        runner(bad, name="cam.jpg")
+    with pytest.raises(ValueError, match=r"image 0 of the batch: 13 values"):
+        TFLiteRunner(content)(bad)
+    with pytest.raises(ValueError, match=r"shape \[1, 64, 64, 3\] \(float32.*received shape \[1, 32, 64, 3\]"):
+        runner(np.zeros((1, 32, 64, 3), np.float32))
+    assert runner(image.astype(np.uint8))["num_detections"].shape == (1,)  # uint8 pixels: cast
 
 
 # float16 weights: relative weight error ~5e-4 -> boxes move by hundredths of a pixel

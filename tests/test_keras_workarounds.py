@@ -55,3 +55,21 @@ def test_multi_worker_fit_still_needs_both_workarounds():
     assert "PerReplica" in _two_workers("")
     assert "Invalid reduction dimension 0" in _two_workers("skip_data_build")
     assert _two_workers("skip_data_build,rank1_logs") == "ok"
+
+
+def test_random_access_lookups_still_need_warm_and_the_tf_data_class_names_still_match():
+    """fpn_keras.data.epochs looks elements up with tf.data.experimental.at: in TF 2.21 a
+    second iterator's lookup segfaults unless `epochs.warm` looked one up eagerly first
+    (when this starts passing without warm, delete `warm`). And the tf.data class names
+    it recognises must be this TensorFlow's (a rename would silently switch resumes to
+    the slow shuffle-buffer path: `unknown_class_names` also warns at run time)."""
+    from fpn_keras.data import epochs
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    bare = subprocess.run([sys.executable, SCRIPT, "at_lookup", "none"], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert bare.returncode == -11 and "RESULT" not in bare.stdout, (bare.returncode, bare.stdout[-500:])
+    warmed = subprocess.run([sys.executable, SCRIPT, "at_lookup", "warm"], capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert warmed.returncode == 0 and _result(warmed.stdout) == "runs=[[0, 2, 4], [0, 2, 4]]", warmed.stderr[-2000:]
+    assert epochs.unknown_class_names() == frozenset()

@@ -11,7 +11,8 @@ pixels, "labels": int32 [n], "ignore": bool [n]}``.
   ``ignore``) annotations become ignore regions (``"ignore": True``).
 - Images without annotations are kept (negative images).
 - Bad data never kills the run silently: a missing, empty, unreadable or
-  truncated image file, a ``file_name`` outside the image folder (absolute
+  truncated image file, a JPEG whose data libjpeg finds damaged (warnings that
+  otherwise only reach stderr), a ``file_name`` outside the image folder (absolute
   or ``..``), an annotation with an unknown category or image id, a box
   with non-positive width/height or entirely outside its image is skipped
   with a warning naming it, and a summary line counts the skips; boxes
@@ -37,6 +38,8 @@ import typing
 
 import numpy as np
 import tensorflow as tf
+
+from fpn_keras.data.jpeg_check import jpeg_damage
 
 logger = logging.getLogger("fpn_keras.data")
 
@@ -115,9 +118,10 @@ def inspect_image(path, mode="header"):
     what decoding it as 8-bit RGB changes (e.g. "16-bit image scaled to 8 bits") or None).
 
     ``mode``: "none" (exists, non-empty; size unknown), "header" (default: PIL
-    reads the header, the format is one tf.io.decode_image supports and a
-    JPEG/PNG file is not truncated: it ends with its EOI/IEND marker), "full"
-    (PIL decodes the whole image; slow).
+    reads the header, the format is one tf.io.decode_image supports, a
+    JPEG/PNG file is not truncated: it ends with its EOI/IEND marker, and libjpeg
+    decodes a JPEG's data without a warning: `jpeg_check.jpeg_damage`), "full"
+    (also PIL decodes the whole image; slow).
     """
     if mode not in ("none", "header", "full"):
         raise ValueError(f"check_images must be 'none', 'header' or 'full', got {mode!r}")
@@ -148,6 +152,9 @@ def inspect_image(path, mode="header"):
         return "truncated JPEG (no end-of-image marker)", None, None
     if fmt == "PNG" and b"IEND" not in tail:
         return "truncated PNG (no IEND chunk)", None, None
+    damage = jpeg_damage(path) if fmt == "JPEG" else None
+    if damage:  # damaged in the middle: decodes to garbage or flat blocks, with a stderr warning only
+        return f"damaged JPEG data (libjpeg: {damage})", None, None
     return None, (int(height), int(width)), conversion
 
 
@@ -300,7 +307,10 @@ def read_annotations(annotations, image_dir, check_images="header"):
         except (TypeError, ValueError):
             skips.add("annotation with malformed bbox", f"{ann_name}: bbox {bbox!r}")
             continue
-        if not all(np.isfinite([x, y, w, h])) or w <= 0 or h <= 0:
+        if not all(np.isfinite([x, y, w, h])):
+            skips.add("box with NaN/Inf coordinates", f"{ann_name}: bbox {bbox!r}")
+            continue
+        if w <= 0 or h <= 0:
             skips.add("box with non-positive width/height", f"{ann_name}: bbox {bbox!r}")
             continue
         box = [x, y, x + w, y + h]

@@ -12,15 +12,22 @@ Lookups need a source with random access (``tf.data.experimental.at``):
 ``from_tensor_slices`` -> map / take / skip / concatenate / cache chains, i.e. the
 synthetic generator and the COCO / VOC record tables (images are decoded after the
 lookup: skipped batches cost nothing; a final ``ignore_errors`` is re-applied after
-the lookup). With ``cache`` the first lookup decodes the whole source once (the
+the lookup: an image that passed the loaders' checks but fails to decode costs its
+position, and the batches after it in that run are shifted by one against a run resumed
+past it; TF logs each drop, and the loaders' header check catches undecodable JPEGs
+first). With ``cache`` the first lookup decodes the whole source once (the
 work of one epoch). Other sources (TFDS) fall back to a shuffle buffer seeded by
 (seed, e), rebuilt each epoch: exact too, but a start at batch k decodes the first
 ``k * B`` elements of epoch e and the buffer (at most one epoch of input).
 """
 
+import functools
+import logging
 import random
 
 import tensorflow as tf
+
+logger = logging.getLogger("fpn_keras.data")
 
 # Python classes of the tf.data ops that support random access (TF 2.21); any
 # other op in a source's chain selects the shuffle-buffer path.
@@ -28,6 +35,32 @@ _RANDOM_ACCESS = {"_TensorSliceDataset", "_TensorDataset", "_RangeDataset", "_Ma
                   "_ParallelMapDataset", "CacheDataset", "_TakeDataset", "_SkipDataset",
                   "_ConcatenateDataset", "_AssertCardinalityDataset", "_PrefetchDataset",
                   "_OptionsDataset"}
+
+
+@functools.lru_cache(maxsize=None)
+def unknown_class_names():
+    """The Python class names this TensorFlow gives the tf.data ops that `_RANDOM_ACCESS`
+    and `random_access_view` expect, where they differ from TF 2.21's (a set; empty when
+    all match). A rename would not lose the data position (the shuffle-buffer path is
+    exact too) but would make every resume decode the epoch up to its start batch, so
+    `random_access_view` warns once (tests/test_keras_workarounds.py checks it is empty)."""
+    source = tf.data.Dataset.from_tensor_slices([0, 1])
+    mapped = source.map(lambda x: x)
+    built = {"_TensorSliceDataset": source, "_MapDataset": mapped,
+             "_ParallelMapDataset": source.map(lambda x: x, num_parallel_calls=2),
+             "_TakeDataset": mapped.take(1), "_SkipDataset": mapped.skip(1), "CacheDataset": mapped.cache(),
+             "_ConcatenateDataset": mapped.concatenate(mapped), "_PrefetchDataset": mapped.prefetch(1),
+             "_IgnoreErrorsDataset": mapped.ignore_errors(),
+             "_AssertCardinalityDataset": mapped.apply(tf.data.experimental.assert_cardinality(2))}
+    unknown = {f"{expected} (now {type(d).__name__})" for expected, d in built.items() if type(d).__name__ != expected}
+    attributes = [(built["_IgnoreErrorsDataset"], "_input_dataset"),
+                  (built["_ConcatenateDataset"], "_dataset_to_concatenate")]
+    unknown |= {f"{type(d).__name__}.{name} (missing)" for d, name in attributes if not hasattr(d, name)}
+    if unknown:
+        logger.warning("fpn_keras.data.epochs: TensorFlow %s names tf.data's classes differently from TF 2.21 "
+                       "(%s): training and resuming stay exact, but a resumed run decodes its epoch up to the "
+                       "start batch; update epochs._RANDOM_ACCESS", tf.__version__, ", ".join(sorted(unknown)))
+    return frozenset(unknown)
 
 
 def _supports_random_access(dataset):
@@ -48,6 +81,7 @@ def random_access_view(dataset):
     (``drop_failures`` True: the caller re-applies it after the lookups), also on
     both sides of a ``concatenate``; part_starts: the first index of each
     concatenated part (for ``warm``)."""
+    unknown_class_names()  # warns once if this TensorFlow renamed them
     name = type(dataset).__name__
     if name == "_IgnoreErrorsDataset":
         inner = random_access_view(dataset._input_dataset)  # pylint: disable=protected-access

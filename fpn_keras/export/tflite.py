@@ -24,7 +24,9 @@ scores, num_detections): TF flattens the output dict by sorted name. That is
 the order of the TF Object Detection API's TFLite detection models, so apps
 written for those read the tensors in the same slots (but our boxes are in
 the model's box format and input pixels, not normalized yxyx).
-D is the head's `max_detections`.
+D is the head's `max_detections`. From Python, `TFLiteRunner` runs the file and
+checks the input first (shape, dtype, NaN / Inf pixels of a float32 input, which
+would give 0 detections: read as "no objects" by an app).
 
 Quantization:
   None            float32 weights and activations.
@@ -40,6 +42,7 @@ import os
 import tempfile
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from fpn_keras.export.saved_model import serving_outputs
@@ -211,6 +214,51 @@ def tflite(model, path, image_size=None, quantize=None, representative_data=None
     with open(path, "wb") as f:
         f.write(content)
     return path
+
+
+class TFLiteRunner:
+    """Runs a .tflite file written by `tflite` from Python, checking its input first.
+
+    `runner(images)` takes images [1, H, W, 3] (or one [H, W, 3]) of the file's input
+    size and dtype and returns {name: numpy array} for `OUTPUT_NAMES`. A float32 input
+    with NaN / Inf pixels raises ValueError naming the image and how many values are not
+    finite (the interpreter would return 0 detections, which reads as "no objects");
+    a wrong shape or dtype raises ValueError naming the expected and received ones.
+
+    model: a path to a .tflite file, or its bytes; num_threads: the interpreter's.
+    """
+
+    def __init__(self, model, num_threads=None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        content = model if isinstance(model, (bytes, bytearray)) else None
+        self.interpreter = Interpreter(model_content=bytes(content), num_threads=num_threads) if content \
+            else Interpreter(model_path=str(model), num_threads=num_threads)
+        self.source = "the .tflite model" if content else str(model)
+        (detail,) = self.interpreter.get_input_details()
+        self.input_shape = tuple(int(d) for d in detail["shape"])
+        self.input_dtype = np.dtype(detail["dtype"])
+        self._run = self.interpreter.get_signature_runner(SIGNATURE)
+
+    def __call__(self, images, name=None):
+        """images [1, H, W, 3] or [H, W, 3] -> {name: array}; `name` (e.g. the file the
+        image came from) is used in the non-finite message."""
+        from fpn_keras.preprocessing import check_finite_images
+
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        if tuple(images.shape) != self.input_shape:
+            raise ValueError(f"{self.source} takes images of shape {list(self.input_shape)} "
+                             f"({self.input_dtype.name}, RGB 0..255, resized/padded on the app side); "
+                             f"received shape {list(images.shape)}")
+        if images.dtype != self.input_dtype:
+            if not (np.issubdtype(images.dtype, np.number) and np.can_cast(images.dtype, self.input_dtype)):
+                raise ValueError(f"{self.source} takes {self.input_dtype.name} images; received "
+                                 f"{images.dtype.name}")
+            images = images.astype(self.input_dtype)
+        check_finite_images(images, names=[name] if name else None)
+        return self._run(images=images)
 
 
 def op_names(model_content):
