@@ -26,7 +26,6 @@ one warm-up, 2 threads each, same weights, same photos).
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+from speed import _time  # noqa: E402
 from torchvision_reference import SEED, load_by_path  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea")
@@ -67,13 +67,7 @@ def seeded_state(model):
 
 
 def _median_ms(fn, runs):
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    return _time(fn, runs, warmup=1)[0]  # bench/speed.py's timer
 
 
 def torch_worker(model, checkpoint, out, runs):
