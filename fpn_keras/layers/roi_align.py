@@ -41,15 +41,9 @@ def assign_levels(boxes, min_level=2, max_level=5, canonical_level=4, canonical_
     return ops.cast(ops.clip(levels, min_level, max_level), "int32")
 
 
-def _axis_samples(start, bin_size, pooled_size, sampling_ratio, limit):
-    """Sample coordinates along one axis and their bilinear terms.
-
-    start, bin_size: [B, R]; limit: [B, R] map size along this axis.
-    Returns (low, high int32, w_low, w_high float) each [B, R, S * sr].
-    """
-    steps = ops.arange(pooled_size * sampling_ratio, dtype="float32")
-    coords = start[..., None] + (steps + 0.5) * (bin_size[..., None] / sampling_ratio)
-    limit = limit[..., None]
+def _bilinear_terms(coords, limit):
+    """Bilinear terms of sample coordinates [B, R, n] along one axis of size limit [B, R, 1]:
+    (low, high int32, w_low, w_high float), 0 for samples more than one pixel outside."""
     outside = (coords < -1.0) | (coords > limit)
     coords = ops.maximum(coords, 0.0)
     low = ops.floor(coords)
@@ -63,13 +57,43 @@ def _axis_samples(start, bin_size, pooled_size, sampling_ratio, limit):
             (1.0 - frac) * inside, frac * inside)
 
 
+def _axis_samples(start, bin_size, pooled_size, sampling_ratio, limit):
+    """Sample coordinates along one axis and their bilinear terms.
+
+    start, bin_size: [B, R]; limit: [B, R] map size along this axis.
+    Returns (low, high int32, w_low, w_high float) each [B, R, S * sr].
+    """
+    steps = ops.arange(pooled_size * sampling_ratio, dtype="float32")
+    coords = start[..., None] + (steps + 0.5) * (bin_size[..., None] / sampling_ratio)
+    return _bilinear_terms(coords, limit[..., None])
+
+
+def _adaptive_axis_samples(start, bin_size, grid, index, pooled_size, limit):
+    """Sample `index` of every bin along one axis when a bin of the RoI takes `grid` [B, R]
+    samples (sampling_ratio 0): coordinates start + p * bin + (index + 0.5) * bin / grid,
+    p = 0..S-1. Returns the bilinear terms [B, R, S], the weights times 1 / grid and 0
+    where index >= grid."""
+    bins = ops.arange(pooled_size, dtype="float32")
+    count = ops.maximum(grid, 1.0)[..., None]
+    coords = start[..., None] + bins * bin_size[..., None] + (index + 0.5) * bin_size[..., None] / count
+    low, high, w_low, w_high = _bilinear_terms(coords, limit[..., None])
+    used = ops.cast(index < grid, "float32")[..., None] / count
+    return low, high, w_low * used, w_high * used
+
+
 def multilevel_roi_align(features, boxes, min_level=2, max_level=5, pooled_size=7,
                          sampling_ratio=2, aligned=True, canonical_level=4, canonical_size=224.0,
-                         implementation="auto", level_epsilon=None):
+                         implementation="auto", level_epsilon=None, max_sampling_ratio=4):
     """Pools `xyxy` boxes [B, R, 4] (input pixels) from {"P2": [B, H2, W2, C], ...}.
 
     aligned=False: no half-pixel shift, RoIs at least 1x1 (torchvision's roi_align(aligned=False),
     what MultiScaleRoIAlign uses). level_epsilon: see `assign_levels`.
+    sampling_ratio 0: adaptive, as torchvision / detectron2's roi_align(sampling_ratio=0)
+    (detectron2's ROIAlignV2): a bin of a RoI h x w (in level pixels) averages
+    ceil(h / S) x ceil(w / S) samples, at most max_sampling_ratio per axis (the static bound
+    the shapes need; exact for RoIs up to S * max_sampling_ratio level pixels a side, fewer
+    samples beyond). It runs on the generic path and costs max_sampling_ratio^2 passes of
+    S x S samples.
     implementation: "auto" (TF kernel under the TF backend, else generic), "tf" or "generic".
     Returns [B, R, pooled_size, pooled_size, C].
     """
@@ -77,7 +101,7 @@ def multilevel_roi_align(features, boxes, min_level=2, max_level=5, pooled_size=
         implementation = "tf" if keras.backend.backend() == "tensorflow" else "generic"
     if implementation not in ("tf", "generic"):
         raise ValueError(f"implementation must be 'auto', 'tf' or 'generic', received {implementation!r}")
-    if implementation == "tf":
+    if implementation == "tf" and sampling_ratio > 0:
         return _roi_align_tensorflow(features, boxes, min_level, max_level, pooled_size,
                                      sampling_ratio, aligned, canonical_level, canonical_size, level_epsilon)
     names = [f"P{l}" for l in range(min_level, max_level + 1)]
@@ -111,12 +135,15 @@ def multilevel_roi_align(features, boxes, min_level=2, max_level=5, pooled_size=
     roi_w, roi_h = x2 - x1, y2 - y1
     if not aligned:  # legacy RoIAlign forces RoIs to at least 1x1
         roi_w, roi_h = ops.maximum(roi_w, 1.0), ops.maximum(roi_h, 1.0)
+    row_width = ops.cast(width, "int32")[..., None, None]
+    base = base[..., None, None]
+    if sampling_ratio == 0:
+        return _adaptive_pool(table, base, row_width, (y1, x1), (roi_h, roi_w), (height, width),
+                              pooled_size, max_sampling_ratio, (batch, num_rois, channels))
     y_lo, y_hi, wy_lo, wy_hi = _axis_samples(y1, roi_h / pooled_size, pooled_size, sampling_ratio, height)
     x_lo, x_hi, wx_lo, wx_hi = _axis_samples(x1, roi_w / pooled_size, pooled_size, sampling_ratio, width)
 
     n = pooled_size * sampling_ratio
-    row_width = ops.cast(width, "int32")[..., None, None]
-    base = base[..., None, None]
     result = 0.0
     for ys, wy in ((y_lo, wy_lo), (y_hi, wy_hi)):
         for xs, wx in ((x_lo, wx_lo), (x_hi, wx_hi)):
@@ -132,6 +159,32 @@ def multilevel_roi_align(features, boxes, min_level=2, max_level=5, pooled_size=
     bins = ops.reshape(rows, (-1, pooled_size, sampling_ratio, channels))  # [B*R*S, S, sr, C]
     bins = ops.mean(bins, axis=2)  # [B*R*S, S, C]
     return ops.reshape(bins, (batch, num_rois, pooled_size, pooled_size, channels))
+
+
+def _adaptive_pool(table, base, row_width, starts, sides, limits, pooled_size, max_sampling_ratio, shape):
+    """sampling_ratio 0 (see `multilevel_roi_align`): for each sample index (i, j) of a bin,
+    one pass gathering the 4 neighbours of S x S points, weighted 1 / (grid_y * grid_x) where
+    i < grid_y and j < grid_x, else 0. Returns [B, R, S, S, C]."""
+    batch, num_rois, channels = shape
+    (y1, x1), (roi_h, roi_w), (height, width) = starts, sides, limits
+    bin_h, bin_w = roi_h / pooled_size, roi_w / pooled_size
+    # Samples per bin and axis: ceil(side / S) (0 for an empty RoI: output 0), at most the bound.
+    grid_y = ops.minimum(ops.ceil(bin_h), float(max_sampling_ratio))
+    grid_x = ops.minimum(ops.ceil(bin_w), float(max_sampling_ratio))
+    x_samples = [_adaptive_axis_samples(x1, bin_w, grid_x, float(j), pooled_size, width)
+                 for j in range(max_sampling_ratio)]
+    result = 0.0
+    for i in range(max_sampling_ratio):
+        y_terms = _adaptive_axis_samples(y1, bin_h, grid_y, float(i), pooled_size, height)
+        for x_terms in x_samples:
+            for ys, wy in ((y_terms[0], y_terms[2]), (y_terms[1], y_terms[3])):
+                for xs, wx in ((x_terms[0], x_terms[2]), (x_terms[1], x_terms[3])):
+                    # [B, R, S, S] flat indices into the table.
+                    idx = base + ys[..., :, None] * row_width + xs[..., None, :]
+                    values = ops.take_along_axis(table, ops.reshape(idx, (batch, -1, 1)), axis=1)
+                    values = ops.reshape(values, (batch, num_rois, pooled_size, pooled_size, channels))
+                    result = result + values * (wy[..., :, None] * wx[..., None, :])[..., None]
+    return result
 
 
 def _roi_align_tensorflow(features, boxes, min_level, max_level, pooled_size, sampling_ratio,

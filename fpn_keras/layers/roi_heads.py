@@ -20,7 +20,8 @@ class RoIHeads(layers.Layer):
       -> (cls_logits [B, R, K + 1] (background last), box_deltas [B, R, K, 4]).
     `implementation`: the RoIAlign kernel, "auto" or "generic" (set through
     `FasterRCNN.set_implementations`; not saved). aligned (True: half-pixel shift, as
-    detectron2; False: torchvision's MultiScaleRoIAlign) and level_epsilon: see
+    detectron2; False: torchvision's MultiScaleRoIAlign), level_epsilon and max_sampling_ratio
+    (the bound of sampling_ratio 0, detectron2's adaptive sampling): see
     `multilevel_roi_align` / `assign_levels`.
     """
 
@@ -28,13 +29,14 @@ class RoIHeads(layers.Layer):
 
     def __init__(self, num_classes, min_level=2, max_level=5, pooled_size=7, sampling_ratio=2,
                  canonical_level=4, canonical_size=224.0, fc_dim=1024, num_fc=2, aligned=True,
-                 level_epsilon=None, **kwargs):
+                 level_epsilon=None, max_sampling_ratio=4, **kwargs):
         super().__init__(**kwargs)
         self.min_level, self.max_level = int(min_level), int(max_level)
         self.pooled_size, self.sampling_ratio = int(pooled_size), int(sampling_ratio)
         self.canonical_level, self.canonical_size = int(canonical_level), float(canonical_size)
         self.aligned = bool(aligned)
         self.level_epsilon = None if level_epsilon is None else float(level_epsilon)
+        self.max_sampling_ratio = int(max_sampling_ratio)
         self.box_head = BoxHead(num_classes, fc_dim, num_fc, name="box_head")
 
     def build(self, input_shape):
@@ -45,7 +47,8 @@ class RoIHeads(layers.Layer):
     def call(self, features, rois):
         pooled = multilevel_roi_align(features, rois, self.min_level, self.max_level, self.pooled_size,
                                       self.sampling_ratio, self.aligned, self.canonical_level,
-                                      self.canonical_size, self.implementation, self.level_epsilon)
+                                      self.canonical_size, self.implementation, self.level_epsilon,
+                                      self.max_sampling_ratio)
         return self.box_head(pooled)
 
     def get_config(self):
@@ -55,5 +58,5 @@ class RoIHeads(layers.Layer):
             "pooled_size": self.pooled_size, "sampling_ratio": self.sampling_ratio,
             "canonical_level": self.canonical_level, "canonical_size": self.canonical_size,
             "fc_dim": self.box_head.fc_dim, "num_fc": self.box_head.num_fc, "aligned": self.aligned,
-            "level_epsilon": self.level_epsilon})
+            "level_epsilon": self.level_epsilon, "max_sampling_ratio": self.max_sampling_ratio})
         return config

@@ -68,6 +68,8 @@ class FasterRCNN(DetectionHead):
             level mapper's epsilon (see `assign_levels`); torchvision: False, 1e-6.
         min_box_size: at inference, boxes with a side < min_box_size (pixels) are dropped
             before NMS (0: none; torchvision: 1e-2).
+        max_sampling_ratio: with sampling_ratio 0 (detectron2's adaptive RoIAlign), the most
+            samples per bin and axis (see `multilevel_roi_align`).
     """
 
     neck_args = RPN.neck_args
@@ -79,7 +81,7 @@ class FasterRCNN(DetectionHead):
                  box_coder_weights=(10.0, 10.0, 5.0, 5.0), smooth_l1_beta=0.0,
                  score_threshold=0.05, nms_iou_threshold=0.5, max_detections=100,
                  pre_nms_topk=5000, seed=None, roi_aligned=True, roi_level_epsilon=None,
-                 min_box_size=0.0, **kwargs):
+                 min_box_size=0.0, max_sampling_ratio=4, **kwargs):
         super().__init__(**kwargs)
         rpn = _deserialize(rpn)
         self.rpn = rpn if rpn is not None else RPN(seed=seed, name="rpn")
@@ -101,7 +103,7 @@ class FasterRCNN(DetectionHead):
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.roi_heads = RoIHeads(num_classes, roi_min_level, roi_max_level, pooled_size, sampling_ratio,
                                   canonical_level, canonical_size, fc_dim, num_fc, roi_aligned,
-                                  roi_level_epsilon, name="roi_heads")
+                                  roi_level_epsilon, max_sampling_ratio, name="roi_heads")
         self.loss_names = self.rpn.loss_names + ("cls_loss", "box_loss")
 
     def build(self, input_shape):
@@ -182,6 +184,6 @@ class FasterRCNN(DetectionHead):
             "box_coder_weights": list(self.box_coder.weights),
             "smooth_l1_beta": self.smooth_l1_beta, "seed": self.seed, **self.detection_options(),
             "roi_aligned": self.roi_heads.aligned, "roi_level_epsilon": self.roi_heads.level_epsilon,
-            "min_box_size": self.min_box_size,
+            "min_box_size": self.min_box_size, "max_sampling_ratio": self.roi_heads.max_sampling_ratio,
         })
         return config

@@ -11,6 +11,7 @@ from keras import ops
 from fpn_keras import distribute
 from fpn_keras.anchors import head_anchor_generator
 from fpn_keras.boxes.coder import BoxCoder
+from fpn_keras.boxes.convert import clip_boxes
 from fpn_keras.layers.dense_heads import RetinaNetHead
 from fpn_keras.losses import giou_loss, sigmoid_focal_loss, smooth_l1_loss
 from fpn_keras.matching import Matcher
@@ -35,6 +36,9 @@ class RetinaNet(DetectionHead):
         alpha, gamma: focal loss. box_loss: "smooth_l1" (beta `smooth_l1_beta`) or "giou".
         box_loss_weight: weight of the box loss in the total.
         pre_nms_topk, score_threshold, nms_iou_threshold, max_detections: inference.
+        clip_before_nms: candidates clipped to the canvas before NMS (True, torchvision); False:
+            NMS on the unclipped boxes (detectron2, which clips afterwards, as
+            `postprocess.finalize_detections` does).
     """
 
     loss_names = ("cls_loss", "box_loss")
@@ -46,7 +50,7 @@ class RetinaNet(DetectionHead):
                  alpha=0.25, gamma=2.0, box_loss="smooth_l1", smooth_l1_beta=0.1,
                  box_loss_weight=1.0, pre_nms_topk=1000, score_threshold=0.05,
                  nms_iou_threshold=0.5, max_detections=100, anchor_offset=0.5, anchor_sizes=None,
-                 round_anchors=False, anchor_strides="level", **kwargs):
+                 round_anchors=False, anchor_strides="level", clip_before_nms=True, **kwargs):
         super().__init__(**kwargs)
         if box_loss not in ("smooth_l1", "giou"):
             raise ValueError(f"box_loss must be 'smooth_l1' or 'giou', received {box_loss!r}")
@@ -70,6 +74,7 @@ class RetinaNet(DetectionHead):
         self.box_loss = box_loss
         self.smooth_l1_beta = float(smooth_l1_beta)
         self.box_loss_weight = float(box_loss_weight)
+        self.clip_before_nms = bool(clip_before_nms)
         self.set_detection_options(pre_nms_topk, score_threshold, nms_iou_threshold, max_detections)
 
     def build(self, input_shape):
@@ -130,14 +135,19 @@ class RetinaNet(DetectionHead):
         for name in self.level_names:
             boxes, logits, classes = top_candidates(
                 raw["cls_logits"][name], raw["box_deltas"][name], raw["anchors"][name],
-                self.pre_nms_topk, self.box_coder, image_shape)
+                self.pre_nms_topk, self.box_coder, image_shape if self.clip_before_nms else None)
             all_boxes.append(boxes)
             all_scores.append(ops.sigmoid(logits))
             all_classes.append(classes)
         boxes = ops.concatenate(all_boxes, axis=1)
         scores = ops.concatenate(all_scores, axis=1)
         classes = ops.concatenate(all_classes, axis=1)
-        return self.select(boxes, scores, classes)
+        detections = self.select(boxes, scores, classes)
+        if not self.clip_before_nms:  # detectron2: clipped after NMS
+            kept = detections["labels"][..., None] >= 0
+            detections["boxes"] = ops.where(kept, clip_boxes(detections["boxes"], *image_shape),
+                                            detections["boxes"])
+        return detections
 
     def get_config(self):
         config = super().get_config()
@@ -162,6 +172,7 @@ class RetinaNet(DetectionHead):
             "box_loss": self.box_loss,
             "smooth_l1_beta": self.smooth_l1_beta,
             "box_loss_weight": self.box_loss_weight,
+            "clip_before_nms": self.clip_before_nms,
             **self.detection_options(),
             **self.anchor_generator.head_config(),
         })
