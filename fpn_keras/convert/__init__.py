@@ -1,6 +1,8 @@
 """Checkpoints from other frameworks: torch.save / safetensors readers (no torch needed)
-and converters of torchvision weights into this package's models."""
+and converters of torchvision and detectron2 weights into this package's models."""
 
+from fpn_keras.convert.detectron2 import from_detectron2
+from fpn_keras.convert.detectron2_checkpoint import read_detectron2_weights
 from fpn_keras.convert.torch_checkpoint import (CheckpointError, load_safetensors,
                                                 read_torch_checkpoint, save_torch_checkpoint)
 from fpn_keras.convert.torchvision import ConversionError, load_torchvision_resnet, read_weights
@@ -8,6 +10,6 @@ from fpn_keras.convert.torchvision_detection import from_torchvision
 from fpn_keras.convert.torchvision_faster_rcnn import load_torchvision_faster_rcnn
 from fpn_keras.convert.torchvision_retinanet import load_torchvision_retinanet
 
-__all__ = ["CheckpointError", "ConversionError", "from_torchvision", "load_safetensors",
+__all__ = ["CheckpointError", "ConversionError", "from_detectron2", "from_torchvision", "load_safetensors",
            "load_torchvision_faster_rcnn", "load_torchvision_resnet", "load_torchvision_retinanet",
-           "read_torch_checkpoint", "read_weights", "save_torch_checkpoint"]
+           "read_detectron2_weights", "read_torch_checkpoint", "read_weights", "save_torch_checkpoint"]

@@ -53,14 +53,23 @@ def resnet_module(name):
     return {"downsample.0": f"{prefix}.shortcut", "downsample.1": f"{prefix}.shortcut.norm"}.get(rest, f"{prefix}.{rest}")
 
 
+# The input is BGR minus the mean, std 1 (values ~ +-100, not ~ +-1 as torchvision's): the stem
+# conv's seeded weights are divided by ImageNet's std in 0..255 units (0.226 * 255), as the
+# MSRA (Caffe) stem's own weights are small, so the features have torchvision's scale.
+STEM_GAIN = 1.0 / 57.6
+
+
 def resnet_state_dict(seed=0):
     """resnet_layout's seeded R-50 weights under detectron2's names (backbone.bottom_up.*,
-    FrozenBN weight / bias / running_mean / running_var, no classifier)."""
+    FrozenBN weight / bias / running_mean / running_var, no classifier), the stem conv's
+    times STEM_GAIN."""
     state = {}
     for key, value in random_resnet_state_dict(50, seed).items():
         module, field = key.rsplit(".", 1)
         if module.startswith("fc") or field == "num_batches_tracked":
             continue
+        if key == "conv1.weight":
+            value = (value * STEM_GAIN).astype(np.float32)
         state[f"backbone.bottom_up.{resnet_module(module)}.{field}"] = value
     return state
 

@@ -20,6 +20,22 @@ from fpn_keras.postprocess import top_candidates
 from fpn_keras.targets import check_labels, label_anchors
 
 
+def clip_and_drop_empty(detections, image_shape):
+    """detectron2's detector_postprocess on padded detections: boxes clipped to `image_shape`,
+    those left empty (a side <= 0) dropped, the rest moved up in order (D rows, padding -1)."""
+    boxes = clip_boxes(detections["boxes"], *image_shape)  # [B, D, 4]
+    valid = ((detections["labels"] >= 0) & (boxes[..., 2] > boxes[..., 0])
+             & (boxes[..., 3] > boxes[..., 1]))  # [B, D]
+    rows = ops.arange(ops.shape(boxes)[1], dtype="int32")[None]
+    # Kept rows first, each group in its order: sort by row (+ D for the dropped ones).
+    order = ops.argsort(ops.where(valid, rows, rows + ops.shape(boxes)[1]), axis=-1)
+    valid = ops.take_along_axis(valid, order, axis=1)
+    return {"boxes": ops.where(valid[..., None], ops.take_along_axis(boxes, order[..., None], axis=1), -1.0),
+            "scores": ops.where(valid, ops.take_along_axis(detections["scores"], order, axis=1), 0.0),
+            "labels": ops.where(valid, ops.take_along_axis(detections["labels"], order, axis=1), -1),
+            "num_detections": ops.sum(ops.cast(valid, "int32"), axis=1)}
+
+
 @keras.saving.register_keras_serializable(package="fpn_keras")
 class RetinaNet(DetectionHead):
     """RetinaNet (Lin et al., 2017, "Focal Loss for Dense Object Detection") on P3-P7.
@@ -37,8 +53,8 @@ class RetinaNet(DetectionHead):
         box_loss_weight: weight of the box loss in the total.
         pre_nms_topk, score_threshold, nms_iou_threshold, max_detections: inference.
         clip_before_nms: candidates clipped to the canvas before NMS (True, torchvision); False:
-            NMS on the unclipped boxes (detectron2, which clips afterwards, as
-            `postprocess.finalize_detections` does).
+            NMS on the unclipped boxes, then clipped and the empty ones dropped (detectron2's
+            RetinaNet and detector_postprocess; `clip_and_drop_empty`).
     """
 
     loss_names = ("cls_loss", "box_loss")
@@ -143,10 +159,8 @@ class RetinaNet(DetectionHead):
         scores = ops.concatenate(all_scores, axis=1)
         classes = ops.concatenate(all_classes, axis=1)
         detections = self.select(boxes, scores, classes)
-        if not self.clip_before_nms:  # detectron2: clipped after NMS
-            kept = detections["labels"][..., None] >= 0
-            detections["boxes"] = ops.where(kept, clip_boxes(detections["boxes"], *image_shape),
-                                            detections["boxes"])
+        if not self.clip_before_nms:
+            detections = clip_and_drop_empty(detections, image_shape)
         return detections
 
     def get_config(self):
