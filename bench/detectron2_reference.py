@@ -13,9 +13,11 @@ For each of COCO-Detection/faster_rcnn_R_50_FPN_1x and retinanet_R_50_FPN_1x: th
 `detectron2_layout.random_state_dict(config, SEED)` written as a model-zoo style .pkl
 ({"model": {name: array}, "__author__": ...}) and loaded by detectron2's DetectionCheckpointer
 (every tensor then checked equal to the seeded one). The seeded weights give confident
-detections: RetinaNet class-logit biases ~ N(-4, 0.3) and weights of gain 0.8, P6 / P7 convs
-of gain 2.5; Faster R-CNN objectness of std ~1.5, class-logit rows centred (std ~3) with the
-background bias 1.0 (`detectron2_layout.SCALES`).
+detections: the stem conv divided by 57.6 (the input is BGR minus the mean, std 1: ~ +-100,
+`detectron2_layout.STEM_GAIN`); RetinaNet class-logit biases ~ N(-4, 0.3) and weights of gain
+0.8, P6 / P7 convs of gain 2.5 (99-100 detections of 10-14 classes, scores 0.20-0.34); Faster
+R-CNN objectness of std ~1.5, class-logit rows centred (std ~3) with the background bias 1.0
+(100 detections of 2-3 classes, scores 0.51-0.90; `detectron2_layout.SCALES`).
 
 Images: scikit-image's astronaut and coffee photographs resized (PIL bilinear) to 147 x 150 and
 133 x 200 (not multiples of 32), padded with zeros bottom / right to 160 x 160 and 160 x 224:

@@ -63,12 +63,13 @@ def detectron2_backbone():
                               normalization=normalization)  # FREEZE_AT 2: stem and res2 frozen
 
 
-def detectron2_detector(config, num_classes=80, image_size=DEFAULT_IMAGE_SIZE, max_sampling_ratio=4):
+def detectron2_detector(config, num_classes=80, image_size=DEFAULT_IMAGE_SIZE, max_sampling_ratio=8):
     """An unbuilt FPNDetector with detectron2 `config`'s layout and conventions (module docstring).
 
     num_classes: 80 (COCO's, category_ids their ids). image_size: the canvas (height, width)
     stored in the model. max_sampling_ratio (Faster R-CNN): the bound of the adaptive RoIAlign
-    (exact for RoIs up to 7 x max_sampling_ratio level pixels a side).
+    (exact for RoIs up to 7 x max_sampling_ratio level pixels a side; 8: 56, i.e. 224 px on P2,
+    448 on P3, 896 on P4, 1792 on P5, which only RoIs longer than 4 : 1 on P2-P4 exceed).
     """
     from fpn_keras.layers.fpn import FeaturePyramid
     from fpn_keras.models.detector import FPNDetector
@@ -152,7 +153,7 @@ def load_detectron2(detector, state_dict):
 
 
 def from_detectron2(config_name, checkpoint=None, num_classes=80, image_size=DEFAULT_IMAGE_SIZE,
-                    max_sampling_ratio=4):
+                    max_sampling_ratio=8):
     """The FPNDetector of a detectron2 COCO R50-FPN 1x model, weights loaded (without torch).
 
     config_name: "COCO-Detection/faster_rcnn_R_50_FPN_1x" or "COCO-Detection/retinanet_R_50_FPN_1x"

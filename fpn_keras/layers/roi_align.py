@@ -92,7 +92,8 @@ def multilevel_roi_align(features, boxes, min_level=2, max_level=5, pooled_size=
     (detectron2's ROIAlignV2): a bin of a RoI h x w (in level pixels) averages
     ceil(h / S) x ceil(w / S) samples, at most max_sampling_ratio per axis (the static bound
     the shapes need; exact for RoIs up to S * max_sampling_ratio level pixels a side, fewer
-    samples beyond); it costs max_sampling_ratio^2 passes of S x S samples.
+    samples beyond); it costs up to max_sampling_ratio^2 passes of S x S samples (on the TF
+    path only those some RoI of a level needs).
     implementation: "auto" (TF kernel under the TF backend, else generic), "tf" or "generic".
     Returns [B, R, pooled_size, pooled_size, C].
     """
@@ -202,8 +203,9 @@ def _roi_align_tensorflow(features, boxes, min_level, max_level, pooled_size, sa
     """TF's CropAndResize kernel, one call per level on that level's RoIs only
     (tf.dynamic_partition / dynamic_stitch): cropping every RoI from every level
     and masking cost 4x the work. sampling_ratio 0 (adaptive): one S x S crop per
-    sample index (i, j) < max_sampling_ratio, weighted 1 / (grid_y * grid_x) where the
-    RoI's grid has that sample, else 0 (the generic path's `_adaptive_pool`)."""
+    sample index (i, j) < max_sampling_ratio that some RoI of the level has, weighted
+    1 / (grid_y * grid_x) where the RoI's grid has that sample, else 0 (the generic
+    path's `_adaptive_pool`, which always runs all max_sampling_ratio^2 passes)."""
     import tensorflow as tf
 
     boxes = tf.cast(boxes, tf.float32)
@@ -236,15 +238,20 @@ def _roi_align_tensorflow(features, boxes, min_level, max_level, pooled_size, sa
             grid_y = tf.minimum(tf.math.ceil(bin_h), float(max_sampling_ratio))
             grid_x = tf.minimum(tf.math.ceil(bin_w), float(max_sampling_ratio))
             count_y, count_x = tf.maximum(grid_y, 1.0), tf.maximum(grid_x, 1.0)
-            result = 0.0
+            def sample(iy, ix):
+                """Sample (iy, ix) of every bin: S x S points one bin apart, weighted."""
+                crop_boxes = _crop_boxes(y1 + (iy + 0.5) * bin_h / count_y, x1 + (ix + 0.5) * bin_w / count_x,
+                                         bin_h, bin_w, pooled_size, height, width)
+                crops = tf.image.crop_and_resize(padded, crop_boxes, level_indices, [pooled_size, pooled_size])
+                weight = tf.cast((iy < grid_y) & (ix < grid_x), tf.float32) / (count_y * count_x)
+                return crops * weight[:, None, None, None]
+
+            result = tf.zeros([tf.shape(level_boxes)[0], pooled_size, pooled_size, channels])
             for iy in range(max_sampling_ratio):
                 for ix in range(max_sampling_ratio):
-                    # Sample (iy, ix) of every bin: S x S points one bin apart.
-                    crop_boxes = _crop_boxes(y1 + (iy + 0.5) * bin_h / count_y, x1 + (ix + 0.5) * bin_w / count_x,
-                                             bin_h, bin_w, pooled_size, height, width)
-                    crops = tf.image.crop_and_resize(padded, crop_boxes, level_indices, [pooled_size, pooled_size])
-                    weight = tf.cast((iy < grid_y) & (ix < grid_x), tf.float32) / (count_y * count_x)
-                    result = result + crops * weight[:, None, None, None]
+                    # Only the passes some RoI of this level needs run (the largest RoI sets the cost).
+                    needed = tf.reduce_any((iy < grid_y) & (ix < grid_x))
+                    result = tf.cond(needed, lambda iy=iy, ix=ix, r=result: r + sample(iy, ix), lambda r=result: r)
             pooled.append(result)
             continue
         # n samples per axis, first at y1 + 0.5 * roi_h / n, then roi_h / n apart.
