@@ -92,8 +92,8 @@ def multilevel_roi_align(features, boxes, min_level=2, max_level=5, pooled_size=
     (detectron2's ROIAlignV2): a bin of a RoI h x w (in level pixels) averages
     ceil(h / S) x ceil(w / S) samples, at most max_sampling_ratio per axis (the static bound
     the shapes need; exact for RoIs up to S * max_sampling_ratio level pixels a side, fewer
-    samples beyond); it costs up to max_sampling_ratio^2 passes of S x S samples (on the TF
-    path only those some RoI of a level needs).
+    samples beyond). The generic path runs max_sampling_ratio^2 passes of S x S samples; the TF
+    path groups the RoIs by grid and takes only the samples each needs.
     implementation: "auto" (TF kernel under the TF backend, else generic), "tf" or "generic".
     Returns [B, R, pooled_size, pooled_size, C].
     """
@@ -189,23 +189,53 @@ def _adaptive_pool(table, base, row_width, starts, sides, limits, pooled_size, m
 
 
 def _crop_boxes(y1, x1, step_y, step_x, count, height, width):
-    """CropAndResize boxes (on the map edge-padded by one pixel) whose `count` x `count`
-    samples are y1 + k * step_y, x1 + l * step_x, k, l = 0..count-1 (level pixels)."""
+    """CropAndResize boxes (on the map edge-padded by one pixel) whose count_y x count_x
+    samples are y1 + k * step_y, x1 + l * step_x, k < count_y, l < count_x (level pixels);
+    count: one int for both axes or (count_y, count_x)."""
     import tensorflow as tf
 
+    count_y, count_x = count if isinstance(count, tuple) else (count, count)
     return tf.stack([(y1 + 1.0) / (height + 1.0), (x1 + 1.0) / (width + 1.0),
-                     (y1 + (count - 1) * step_y + 1.0) / (height + 1.0),
-                     (x1 + (count - 1) * step_x + 1.0) / (width + 1.0)], axis=-1)
+                     (y1 + (count_y - 1) * step_y + 1.0) / (height + 1.0),
+                     (x1 + (count_x - 1) * step_x + 1.0) / (width + 1.0)], axis=-1)
+
+
+def _adaptive_crops(padded, indices, starts, sides, limits, pooled_size, max_sampling_ratio, channels):
+    """sampling_ratio 0 on one level (see `multilevel_roi_align`): the RoIs grouped by their
+    grid (grid_y, grid_x) <= max_sampling_ratio, one CropAndResize of S * grid_y x S * grid_x
+    samples (grid_y, grid_x per bin, bin / grid apart) and one average pool per group, so the
+    work is the samples the RoIs need. padded: the level edge-padded by one pixel; starts,
+    sides: (y1, x1), (roi_h, roi_w) [Rl] in level pixels. Returns [Rl, S, S, C]."""
+    import tensorflow as tf
+
+    (y1, x1), (roi_h, roi_w), (height, width) = starts, sides, limits
+    bin_h, bin_w = roi_h / pooled_size, roi_w / pooled_size
+    cap = max_sampling_ratio
+    grid_y = tf.clip_by_value(tf.math.ceil(bin_h), 1.0, float(cap))
+    grid_x = tf.clip_by_value(tf.math.ceil(bin_w), 1.0, float(cap))
+    nonempty = tf.cast((bin_h > 0) & (bin_w > 0), tf.float32)  # an empty RoI has no samples: 0
+    group = tf.cast((grid_y - 1.0) * cap + (grid_x - 1.0), tf.int32)
+    positions = tf.dynamic_partition(tf.range(tf.shape(y1)[0]), group, cap * cap)
+    pooled = []
+    for index in range(cap * cap):
+        gy, gx = index // cap + 1, index % cap + 1
+        take = positions[index]
+        step_y, step_x = tf.gather(bin_h, take) / gy, tf.gather(bin_w, take) / gx
+        crop_boxes = _crop_boxes(tf.gather(y1, take) + 0.5 * step_y, tf.gather(x1, take) + 0.5 * step_x,
+                                 step_y, step_x, (pooled_size * gy, pooled_size * gx), height, width)
+        crops = tf.image.crop_and_resize(padded, crop_boxes, tf.gather(indices, take),
+                                         [pooled_size * gy, pooled_size * gx])  # [Rg, S gy, S gx, C]
+        pooled.append(tf.nn.avg_pool2d(crops, (gy, gx), (gy, gx), "VALID"))
+    result = tf.dynamic_stitch(positions, pooled)  # [Rl, S, S, C]
+    return tf.reshape(result, [-1, pooled_size, pooled_size, channels]) * nonempty[:, None, None, None]
 
 
 def _roi_align_tensorflow(features, boxes, min_level, max_level, pooled_size, sampling_ratio,
                           aligned, canonical_level, canonical_size, level_epsilon=None, max_sampling_ratio=4):
     """TF's CropAndResize kernel, one call per level on that level's RoIs only
     (tf.dynamic_partition / dynamic_stitch): cropping every RoI from every level
-    and masking cost 4x the work. sampling_ratio 0 (adaptive): one S x S crop per
-    sample index (i, j) < max_sampling_ratio that some RoI of the level has, weighted
-    1 / (grid_y * grid_x) where the RoI's grid has that sample, else 0 (the generic
-    path's `_adaptive_pool`, which always runs all max_sampling_ratio^2 passes)."""
+    and masking cost 4x the work. sampling_ratio 0 (adaptive): `_adaptive_crops`, the
+    level's RoIs grouped by their sample grid."""
     import tensorflow as tf
 
     boxes = tf.cast(boxes, tf.float32)
@@ -234,25 +264,8 @@ def _roi_align_tensorflow(features, boxes, min_level, max_level, pooled_size, sa
             roi_w, roi_h = tf.maximum(roi_w, 1.0), tf.maximum(roi_h, 1.0)
         padded = tf.pad(tf.cast(feature, tf.float32), [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
         if sampling_ratio == 0:
-            bin_h, bin_w = roi_h / pooled_size, roi_w / pooled_size
-            grid_y = tf.minimum(tf.math.ceil(bin_h), float(max_sampling_ratio))
-            grid_x = tf.minimum(tf.math.ceil(bin_w), float(max_sampling_ratio))
-            count_y, count_x = tf.maximum(grid_y, 1.0), tf.maximum(grid_x, 1.0)
-            def sample(iy, ix):
-                """Sample (iy, ix) of every bin: S x S points one bin apart, weighted."""
-                crop_boxes = _crop_boxes(y1 + (iy + 0.5) * bin_h / count_y, x1 + (ix + 0.5) * bin_w / count_x,
-                                         bin_h, bin_w, pooled_size, height, width)
-                crops = tf.image.crop_and_resize(padded, crop_boxes, level_indices, [pooled_size, pooled_size])
-                weight = tf.cast((iy < grid_y) & (ix < grid_x), tf.float32) / (count_y * count_x)
-                return crops * weight[:, None, None, None]
-
-            result = tf.zeros([tf.shape(level_boxes)[0], pooled_size, pooled_size, channels])
-            for iy in range(max_sampling_ratio):
-                for ix in range(max_sampling_ratio):
-                    # Only the passes some RoI of this level needs run (the largest RoI sets the cost).
-                    needed = tf.reduce_any((iy < grid_y) & (ix < grid_x))
-                    result = tf.cond(needed, lambda iy=iy, ix=ix, r=result: r + sample(iy, ix), lambda r=result: r)
-            pooled.append(result)
+            pooled.append(_adaptive_crops(padded, level_indices, (y1, x1), (roi_h, roi_w), (height, width),
+                                          pooled_size, max_sampling_ratio, channels))
             continue
         # n samples per axis, first at y1 + 0.5 * roi_h / n, then roi_h / n apart.
         crop_boxes = _crop_boxes(y1 + 0.5 * roi_h / n, x1 + 0.5 * roi_w / n, roi_h / n, roi_w / n, n, height, width)
