@@ -135,3 +135,11 @@ def test_min_box_size_drops_thin_boxes_before_nms():
     head = FasterRCNN.from_config(config)
     assert (head.min_box_size, head.roi_heads.aligned, head.roi_heads.level_epsilon) == (1e-2, False, 1e-6)
     assert (FasterRCNN(rpn=RPN()).roi_heads.aligned, FasterRCNN(rpn=RPN()).roi_heads.level_epsilon) == (True, None)
+
+
+def test_max_sampling_ratio_reaches_the_roi_heads_and_round_trips():
+    head = FasterRCNN(num_classes=1, rpn=RPN(), sampling_ratio=0, max_sampling_ratio=6)
+    assert (head.roi_heads.sampling_ratio, head.roi_heads.max_sampling_ratio) == (0, 6)
+    restored = FasterRCNN.from_config(head.get_config())
+    assert (restored.roi_heads.sampling_ratio, restored.roi_heads.max_sampling_ratio) == (0, 6)
+    assert FasterRCNN(rpn=RPN()).roi_heads.max_sampling_ratio == 4
