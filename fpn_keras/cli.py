@@ -142,17 +142,19 @@ def _add_export(sub):
 
 
 def _add_convert(sub):
-    p = _parser(sub, "convert", "convert a torchvision detector to a .keras model", (
-        "Convert a torchvision checkpoint (read without torch) into a .keras FPNDetector with\n"
-        "torchvision's conventions (anchors, padding, postprocess) and COCO class names and\n"
-        "category ids: its detections on a canvas are torchvision's. The file works with\n"
+    p = _parser(sub, "convert", "convert a torchvision or detectron2 detector to a .keras model", (
+        "Convert a torchvision or detectron2 checkpoint (read without torch) into a .keras\n"
+        "FPNDetector with that framework's conventions (anchors, padding, postprocess) and COCO class\n"
+        "names and category ids: its detections on a canvas are the framework's. The file works with\n"
         "predict, evaluate and export."))
     p.add_argument("--from", dest="source", required=True, metavar="SOURCE",
-                   help="torchvision:retinanet_resnet50_fpn, torchvision:fasterrcnn_resnet50_fpn or "
-                        "torchvision:fasterrcnn_mobilenet_v3_large_fpn, and the _v2 ResNet-50 models "
-                        "(retinanet_resnet50_fpn_v2, fasterrcnn_resnet50_fpn_v2)")
+                   help="torchvision:retinanet_resnet50_fpn, torchvision:fasterrcnn_resnet50_fpn, "
+                        "torchvision:fasterrcnn_mobilenet_v3_large_fpn, the _v2 ResNet-50 models "
+                        "(retinanet_resnet50_fpn_v2, fasterrcnn_resnet50_fpn_v2), "
+                        "detectron2:retinanet_R_50_FPN_1x or detectron2:faster_rcnn_R_50_FPN_1x")
     p.add_argument("--weights", required=True, metavar="W",
-                   help="a torchvision state_dict (.pth / .safetensors), or COCO_V1 (downloads torchvision's)")
+                   help="a torchvision state_dict (.pth / .safetensors), or COCO_V1 (downloads torchvision's); "
+                        "detectron2: its checkpoint (.pkl from the model zoo, .pth, .safetensors, .npz)")
     p.add_argument("--out", required=True, metavar="FILE", help="the .keras file to write")
     p.add_argument("--num-classes", type=int, default=80, choices=[80, 91],
                    help="80: COCO's classes (default); 91: torchvision's category ids (Faster R-CNN: "
@@ -160,9 +162,9 @@ def _add_convert(sub):
     p.add_argument("--image-size", type=int, nargs=2, default=[800, 1344], metavar=("H", "W"),
                    help="canvas stored in the model, multiples of 32 (default: 800 1344)")
     p.add_argument("--norm-epsilon", type=float, default=None, metavar="EPS",
-                   help="backbone BatchNorm epsilon (default: the COCO_V1 weights': 0.0 for the v1 ResNet-50 "
-                        "models, 1e-5 for *_v2 and fasterrcnn_mobilenet_v3_large_fpn); 1e-5 for a v1 model "
-                        "torchvision built without overwrite_eps")
+                   help="backbone BatchNorm epsilon (torchvision only; default: the COCO_V1 weights': 0.0 for "
+                        "the v1 ResNet-50 models, 1e-5 for *_v2 and fasterrcnn_mobilenet_v3_large_fpn); 1e-5 "
+                        "for a v1 model torchvision built without overwrite_eps; detectron2's is 1e-5")
 
 
 def _add_recipes(sub):

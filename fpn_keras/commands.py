@@ -223,13 +223,16 @@ def _category_ids(model, class_names):
 
 
 def convert(args):
-    """A torchvision checkpoint -> a .keras FPNDetector (fpn_keras.convert.torchvision_detection)."""
+    """A torchvision or detectron2 checkpoint -> a .keras FPNDetector
+    (fpn_keras.convert.torchvision_detection, fpn_keras.convert.detectron2)."""
     source, _, name = args.source.partition(":")
-    if source != "torchvision" or not name:
-        raise UsageError(f"--from {args.source!r}: expected torchvision:MODEL, e.g. "
-                         "torchvision:retinanet_resnet50_fpn")
+    if source not in ("torchvision", "detectron2") or not name:
+        raise UsageError(f"--from {args.source!r}: expected torchvision:MODEL or detectron2:CONFIG, e.g. "
+                         "torchvision:retinanet_resnet50_fpn or detectron2:retinanet_R_50_FPN_1x")
     if not args.out.endswith(".keras"):
         raise UsageError(f"--out {args.out!r}: the model file must end in .keras")
+    if source == "detectron2":
+        return _convert_detectron2(args, name)
     from fpn_keras.convert.torchvision_detection import KNOWN_WEIGHTS, MODELS, from_torchvision
 
     if name not in MODELS:
@@ -241,6 +244,21 @@ def convert(args):
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     model.save(args.out)
     print(f"Wrote {args.out}: {name} with {args.weights}, {model.num_classes} classes, image size "
+          f"{tuple(model.image_size)} (predict / evaluate / export read it from the file)")
+
+
+def _convert_detectron2(args, name):
+    from fpn_keras.convert.detectron2 import SHORT_NAMES, from_detectron2
+
+    if name not in SHORT_NAMES and name not in SHORT_NAMES.values():
+        raise UsageError(f"--from {args.source!r}: unknown detectron2 config; choose from {list(SHORT_NAMES)}")
+    if args.num_classes != 80:
+        raise UsageError(f"--num-classes {args.num_classes}: detectron2's COCO models have 80 classes")
+    _require_file(args.weights, "--weights checkpoint")
+    model = from_detectron2(name, args.weights, image_size=tuple(args.image_size))
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    model.save(args.out)
+    print(f"Wrote {args.out}: detectron2 {name} with {args.weights}, {model.num_classes} classes, image size "
           f"{tuple(model.image_size)} (predict / evaluate / export read it from the file)")
 
 

@@ -23,8 +23,9 @@ def top_candidates(logits, deltas, anchors, k, box_coder, image_shape):
     """One level's k best (anchor, class) logits, their boxes decoded and clipped.
 
     logits [B, N, K] (K = 1 for objectness), deltas [B, N, 4], anchors [N, 4] xyxy,
-    image_shape (height, width) to clip to (numbers, or [B] tensors per image) -> (boxes [B, k, 4] xyxy, logits [B, k] descending,
-    classes [B, k] int32). k is cut to N * K when N is static. Ranking logits, not
+    image_shape (height, width) to clip to (numbers, or [B] tensors per image), or None: not
+    clipped -> (boxes [B, k, 4] xyxy, logits [B, k] descending, classes [B, k] int32). k is
+    cut to N * K when N is static. Ranking logits, not
     probabilities: sigmoid is monotonic, so only the k kept need one.
     """
     num_classes = logits.shape[-1]
@@ -35,7 +36,9 @@ def top_candidates(logits, deltas, anchors, k, box_coder, image_shape):
     anchor_idx = top_idx // num_classes
     top_deltas = ops.take_along_axis(deltas, anchor_idx[..., None], axis=1)
     boxes = box_coder.decode(top_deltas, ops.take(anchors, anchor_idx, axis=0))
-    return clip_boxes(boxes, *image_shape), top_logits, ops.cast(top_idx % num_classes, "int32")
+    if image_shape is not None:
+        boxes = clip_boxes(boxes, *image_shape)
+    return boxes, top_logits, ops.cast(top_idx % num_classes, "int32")
 
 
 def gather_kept(indices, values, fill):

@@ -145,3 +145,11 @@ def test_conv_box_head_options_reach_the_box_head_and_round_trip():
     assert (box_head.num_conv, box_head.conv_dim, box_head.norm, box_head.num_fc) == (2, 8, "group", 1)
     assert box_head.norms[1].epsilon == 1e-5 and box_head.convs[1].filters == 8
     assert FasterRCNN(num_classes=3).roi_heads.box_head.convs == []  # the paper's 2fc head by default
+
+
+def test_max_sampling_ratio_reaches_the_roi_heads_and_round_trips():
+    head = FasterRCNN(num_classes=1, rpn=RPN(), sampling_ratio=0, max_sampling_ratio=6)
+    assert (head.roi_heads.sampling_ratio, head.roi_heads.max_sampling_ratio) == (0, 6)
+    restored = FasterRCNN.from_config(head.get_config())
+    assert (restored.roi_heads.sampling_ratio, restored.roi_heads.max_sampling_ratio) == (0, 6)
+    assert FasterRCNN(rpn=RPN()).roi_heads.max_sampling_ratio == 4

@@ -73,15 +73,14 @@ def test_cache_paths_and_mirror(monkeypatch, tmp_path):
         presets.parse_hash("crc32:12ab")
 
 
-def test_unknown_presets_and_missing_converters(monkeypatch):
+def test_unknown_presets_and_each_rows_converter():
     with pytest.raises(PresetError, match=r"unknown preset 'torchvision/retinanet_resnet50_fpn'.*did you mean "
                                           r"'torchvision/retinanet_resnet50_fpn_coco'"):
         FPNDetector.from_preset("torchvision/retinanet_resnet50_fpn")
-    # Until the detectron2 converter is merged (and whatever it becomes): a clear error, no download.
-    monkeypatch.delattr(fpn_keras.convert, "from_detectron2", raising=False)
-    monkeypatch.setenv(presets.URL_ENV, "http://127.0.0.1:1")
-    with pytest.raises(PresetError, match=r"needs fpn_keras\.convert\.from_detectron2 .*NotImplemented"):
-        FPNDetector.from_preset("detectron2/faster_rcnn_R_50_FPN_1x_coco")
+    assert presets.converter("detectron2/faster_rcnn_R_50_FPN_1x_coco") is fpn_keras.convert.from_detectron2
+    assert presets.converter("torchvision/fasterrcnn_resnet50_fpn_v2_coco") is fpn_keras.convert.from_torchvision
+    for name, row in PRESETS.items():  # every row's arguments are its converter's
+        assert set(row["args"]) | {row["checkpoint_arg"]} <= set(inspect.signature(presets.converter(name)).parameters)
 
 
 # ---------------------------------------------------------------- download for real

@@ -60,3 +60,23 @@ def test_norm_epsilon_reaches_the_towers_and_round_trips():
     head = RetinaNet(num_classes=2, channels=32, norm="group", norm_epsilon=1e-5, box_loss="giou")
     clone = RetinaNet.from_config(head.get_config())
     assert clone.head.cls_norms[0].epsilon == 1e-5 and clone.box_loss == "giou"
+
+
+def test_clip_before_nms_false_clips_after_nms_and_drops_empty_boxes():
+    # Canvas 15 x 15, deltas 0, class 0 scores a0 0.953 > a1 0.881 > a2 0.731.
+    logits = np.full((3, 2), -10.0, "float32")
+    logits[:, 0] = [3.0, 2.0, 1.0]
+    raw = _raw(logits, np.zeros((3, 4), "float32"))
+    # Clipped first (torchvision): a2 -> [0, 0, 10, 15] overlaps a0 by 100 / 150 > 0.5 and goes;
+    # a1 (outside the canvas) becomes the empty box [15, 15, 15, 15] and stays.
+    clipped = RetinaNet(num_classes=2, min_level=3, max_level=3, max_detections=3).detect(raw, (15, 15))
+    np.testing.assert_allclose(clipped["boxes"][0, :2], [[0, 0, 10, 10], [15, 15, 15, 15]])
+    # detectron2: NMS on [0, 0, 10, 22] (IoU 100 / 220 < 0.5: kept), then clipped; the empty a1 is
+    # dropped and a2 moves up.
+    head = RetinaNet(num_classes=2, min_level=3, max_level=3, max_detections=3, clip_before_nms=False)
+    out = head.detect(raw, (15, 15))
+    np.testing.assert_allclose(out["boxes"][0], [[0, 0, 10, 10], [0, 0, 10, 15], [-1, -1, -1, -1]])
+    np.testing.assert_allclose(out["scores"][0], [1 / (1 + math.exp(-3)), 1 / (1 + math.exp(-1)), 0], rtol=1e-5)
+    np.testing.assert_array_equal(out["labels"][0], [0, 0, -1])
+    assert int(out["num_detections"][0]) == 2
+    assert RetinaNet.from_config(head.get_config()).clip_before_nms is False

@@ -8,7 +8,9 @@ from fpn_keras.layers.roi_align import assign_levels, multilevel_roi_align
 
 
 def reference_roi_align(feature, box, pooled_size, sampling_ratio, stride):
-    """Aligned RoIAlign of one box on one map, in plain Python loops (detectron2 semantics)."""
+    """Aligned RoIAlign of one box on one map, in plain Python loops (detectron2 semantics);
+    sampling_ratio an int, or (samples along y, along x) per bin."""
+    grid_y, grid_x = sampling_ratio if isinstance(sampling_ratio, tuple) else (sampling_ratio,) * 2
     height, width, channels = feature.shape
     x1, y1, x2, y2 = [c / stride - 0.5 for c in box]
     bin_h, bin_w = (y2 - y1) / pooled_size, (x2 - x1) / pooled_size
@@ -35,11 +37,11 @@ def reference_roi_align(feature, box, pooled_size, sampling_ratio, stride):
     out = np.zeros((pooled_size, pooled_size, channels))
     for i in range(pooled_size):
         for j in range(pooled_size):
-            for iy in range(sampling_ratio):
-                for ix in range(sampling_ratio):
-                    y = y1 + i * bin_h + (iy + 0.5) * bin_h / sampling_ratio
-                    x = x1 + j * bin_w + (ix + 0.5) * bin_w / sampling_ratio
-                    out[i, j] += bilinear(y, x) / sampling_ratio**2
+            for iy in range(grid_y):
+                for ix in range(grid_x):
+                    y = y1 + i * bin_h + (iy + 0.5) * bin_h / grid_y
+                    x = x1 + j * bin_w + (ix + 0.5) * bin_w / grid_x
+                    out[i, j] += bilinear(y, x) / (grid_y * grid_x)
     return out
 
 
@@ -140,3 +142,20 @@ def test_strides_override_the_level_stride(implementation):
     with pytest.raises(ValueError, match="one positive stride per level P2-P2"):
         multilevel_roi_align({"P2": feature}, boxes, 2, 2, 2, 1, False, implementation=implementation,
                              strides=(8, 16))
+
+
+@pytest.mark.parametrize("implementation", ["generic", "tf"])
+def test_adaptive_sampling_ratio_uses_ceil_of_the_bin_size_per_roi(implementation):
+    # sampling_ratio 0 (detectron2's ROIAlignV2): a RoI 14 x 28 level pixels has bins of 2 x 4
+    # -> 2 x 4 samples; 3.5 x 3.5 -> 1 x 1; 30 x 10 -> 5 x 2, over max_sampling_ratio 4: 4 x 2.
+    rng = np.random.default_rng(3)
+    features = {"P2": rng.normal(size=(1, 40, 40, 2)).astype("float32")}
+    boxes = np.array([[[8.0, 10.0, 8.0 + 4 * 28, 10.0 + 4 * 14], [20.0, 20.0, 34.0, 34.0],
+                       [4.0, 2.0, 44.0, 122.0]]], "float32")
+    got = ops.convert_to_numpy(multilevel_roi_align(features, boxes, 2, 2, pooled_size=7, sampling_ratio=0,
+                                                    implementation=implementation, max_sampling_ratio=4))
+    feature = features["P2"][0]
+    for r, grid in enumerate([(2, 4), (1, 1), (4, 2)]):
+        np.testing.assert_allclose(got[0, r], reference_roi_align(feature, boxes[0, r], 7, grid, 4.0), atol=1e-4)
+    # The third RoI's exact 5 x 2 grid differs from the capped 4 x 2: max_sampling_ratio matters.
+    assert np.abs(got[0, 2] - reference_roi_align(feature, boxes[0, 2], 7, (5, 2), 4.0)).max() > 1e-3

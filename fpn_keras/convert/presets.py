@@ -28,8 +28,8 @@ A row is plain data:
   head         the head's name in models.detector.HEADS (recipes' model.head)
   coco_ap      box AP on COCO val2017 that the publisher reports for the checkpoint
   classes      the class layout of the converted detector
-To add a preset, add a row (the detectron2 and torchvision v2 converters are named by
-their module path and resolved when a row is used).
+To add a preset, add a row (its converter is named by module path and imported when the
+row is used).
 """
 
 import hashlib
@@ -82,13 +82,13 @@ PRESETS = {
     "detectron2/retinanet_R_50_FPN_1x_coco": {
         "url": _D2_URL + "retinanet_R_50_FPN_1x/190397773/model_final_bfca0b.pkl",
         "hash": "md5:bfca0b", "converter": _DETECTRON2, "checkpoint_arg": "checkpoint",
-        "args": {"config_name": "COCO-Detection/retinanet_R_50_FPN_1x.yaml"}, "head": "retinanet",
+        "args": {"config_name": "COCO-Detection/retinanet_R_50_FPN_1x"}, "head": "retinanet",
         "coco_ap": 37.4, "classes": _COCO_80,  # detectron2 MODEL_ZOO.md
     },
     "detectron2/faster_rcnn_R_50_FPN_1x_coco": {
         "url": _D2_URL + "faster_rcnn_R_50_FPN_1x/137257794/model_final_b275ba.pkl",
         "hash": "md5:b275ba", "converter": _DETECTRON2, "checkpoint_arg": "checkpoint",
-        "args": {"config_name": "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"}, "head": "faster_rcnn",
+        "args": {"config_name": "COCO-Detection/faster_rcnn_R_50_FPN_1x"}, "head": "faster_rcnn",
         "coco_ap": 37.9, "classes": _COCO_80 + "; softmax background last",  # detectron2 MODEL_ZOO.md
     },
 }
@@ -219,14 +219,8 @@ def download_checkpoint(name, cache_dir=None, base_url=None, progress=True):
 
 def converter(name):
     """The converter function of preset `name` (its "converter" resolved)."""
-    path = preset(name)["converter"]
-    module, _, function = path.rpartition(".")
-    found = getattr(importlib.import_module(module), function, None)
-    if found is None:
-        raise PresetError(f"preset {name!r} needs {path} (its converter), which this fpn_keras does not "
-                          "have yet (NotImplemented): choose one of the presets "
-                          f"{[n for n, row in PRESETS.items() if row['converter'] != path]}")
-    return found
+    module, _, function = preset(name)["converter"].rpartition(".")
+    return getattr(importlib.import_module(module), function)
 
 
 def converted_path(name, checkpoint_hash, kwargs, cache_dir=None):

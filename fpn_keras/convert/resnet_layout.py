@@ -49,11 +49,14 @@ def resnet_blocks(depth):
             channels = out
 
 
-def block_convs(kind, in_channels, width, out_channels, stride):
-    """[(conv name, in, out, kernel, stride)] of one block, each conv followed by bn<i>."""
+def block_convs(kind, in_channels, width, out_channels, stride, stride_in_1x1=False):
+    """[(conv name, in, out, kernel, stride)] of one block, each conv followed by bn<i>.
+    stride_in_1x1: a bottleneck's stride on its first 1x1 conv (detectron2's STRIDE_IN_1X1,
+    the MSRA weights) instead of the 3x3 (torchvision)."""
     if kind == "basic":
         return [("conv1", in_channels, width, 3, stride), ("conv2", width, out_channels, 3, 1)]
-    return [("conv1", in_channels, width, 1, 1), ("conv2", width, width, 3, stride),
+    first, middle = (stride, 1) if stride_in_1x1 else (1, stride)
+    return [("conv1", in_channels, width, 1, first), ("conv2", width, width, 3, middle),
             ("conv3", width, out_channels, 1, 1)]
 
 

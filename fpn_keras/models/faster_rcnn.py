@@ -72,6 +72,8 @@ class FasterRCNN(DetectionHead):
             before NMS (0: none; torchvision: 1e-2).
         roi_feature_strides: the stride of each RoI level (None: 2**l; torchvision's
             MobileNetV3 FPN: (32,), its RoI level P4 is at stride 32).
+        max_sampling_ratio: with sampling_ratio 0 (detectron2's adaptive RoIAlign), the most
+            samples per bin and axis (see `multilevel_roi_align`).
     """
 
     neck_args = RPN.neck_args
@@ -84,7 +86,7 @@ class FasterRCNN(DetectionHead):
                  score_threshold=0.05, nms_iou_threshold=0.5, max_detections=100,
                  pre_nms_topk=5000, seed=None, roi_aligned=True, roi_level_epsilon=None,
                  min_box_size=0.0, roi_feature_strides=None, num_conv=0, conv_dim=256, box_head_norm=None,
-                 box_head_norm_epsilon=None, **kwargs):
+                 box_head_norm_epsilon=None, max_sampling_ratio=4, **kwargs):
         super().__init__(**kwargs)
         rpn = _deserialize(rpn)
         self.rpn = rpn if rpn is not None else RPN(seed=seed, name="rpn")
@@ -106,7 +108,8 @@ class FasterRCNN(DetectionHead):
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.roi_heads = RoIHeads(num_classes, roi_min_level, roi_max_level, pooled_size, sampling_ratio,
                                   canonical_level, canonical_size, fc_dim, num_fc, roi_aligned,
-                                  roi_level_epsilon, feature_strides=roi_feature_strides, num_conv=num_conv,
+                                  roi_level_epsilon, max_sampling_ratio=max_sampling_ratio,
+                                  feature_strides=roi_feature_strides, num_conv=num_conv,
                                   conv_dim=conv_dim, norm=box_head_norm, norm_epsilon=box_head_norm_epsilon,
                                   name="roi_heads")
         self.loss_names = self.rpn.loss_names + ("cls_loss", "box_loss")
@@ -195,7 +198,7 @@ class FasterRCNN(DetectionHead):
             "box_coder_weights": list(self.box_coder.weights),
             "smooth_l1_beta": self.smooth_l1_beta, "seed": self.seed, **self.detection_options(),
             "roi_aligned": self.roi_heads.aligned, "roi_level_epsilon": self.roi_heads.level_epsilon,
-            "min_box_size": self.min_box_size,
+            "min_box_size": self.min_box_size, "max_sampling_ratio": self.roi_heads.max_sampling_ratio,
             "roi_feature_strides": self.roi_heads.get_config()["feature_strides"],
             "num_conv": self.roi_heads.box_head.num_conv,
             "conv_dim": self.roi_heads.box_head.conv_dim, "box_head_norm": self.roi_heads.box_head.norm,

@@ -11,12 +11,29 @@ from keras import ops
 from fpn_keras import distribute
 from fpn_keras.anchors import head_anchor_generator
 from fpn_keras.boxes.coder import BoxCoder
+from fpn_keras.boxes.convert import clip_boxes
 from fpn_keras.layers.dense_heads import RetinaNetHead
 from fpn_keras.losses import giou_loss, sigmoid_focal_loss, smooth_l1_loss
 from fpn_keras.matching import Matcher
 from fpn_keras.models.head import DetectionHead
 from fpn_keras.postprocess import top_candidates
 from fpn_keras.targets import check_labels, label_anchors
+
+
+def clip_and_drop_empty(detections, image_shape):
+    """detectron2's detector_postprocess on padded detections: boxes clipped to `image_shape`,
+    those left empty (a side <= 0) dropped, the rest moved up in order (D rows, padding -1)."""
+    boxes = clip_boxes(detections["boxes"], *image_shape)  # [B, D, 4]
+    valid = ((detections["labels"] >= 0) & (boxes[..., 2] > boxes[..., 0])
+             & (boxes[..., 3] > boxes[..., 1]))  # [B, D]
+    rows = ops.arange(ops.shape(boxes)[1], dtype="int32")[None]
+    # Kept rows first, each group in its order: sort by row (+ D for the dropped ones).
+    order = ops.argsort(ops.where(valid, rows, rows + ops.shape(boxes)[1]), axis=-1)
+    valid = ops.take_along_axis(valid, order, axis=1)
+    return {"boxes": ops.where(valid[..., None], ops.take_along_axis(boxes, order[..., None], axis=1), -1.0),
+            "scores": ops.where(valid, ops.take_along_axis(detections["scores"], order, axis=1), 0.0),
+            "labels": ops.where(valid, ops.take_along_axis(detections["labels"], order, axis=1), -1),
+            "num_detections": ops.sum(ops.cast(valid, "int32"), axis=1)}
 
 
 @keras.saving.register_keras_serializable(package="fpn_keras")
@@ -35,6 +52,9 @@ class RetinaNet(DetectionHead):
         alpha, gamma: focal loss. box_loss: "smooth_l1" (beta `smooth_l1_beta`) or "giou".
         box_loss_weight: weight of the box loss in the total.
         pre_nms_topk, score_threshold, nms_iou_threshold, max_detections: inference.
+        clip_before_nms: candidates clipped to the canvas before NMS (True, torchvision); False:
+            NMS on the unclipped boxes, then clipped and the empty ones dropped (detectron2's
+            RetinaNet and detector_postprocess; `clip_and_drop_empty`).
     """
 
     loss_names = ("cls_loss", "box_loss")
@@ -46,7 +66,8 @@ class RetinaNet(DetectionHead):
                  alpha=0.25, gamma=2.0, box_loss="smooth_l1", smooth_l1_beta=0.1,
                  box_loss_weight=1.0, pre_nms_topk=1000, score_threshold=0.05,
                  nms_iou_threshold=0.5, max_detections=100, anchor_offset=0.5, anchor_sizes=None,
-                 round_anchors=False, anchor_strides="level", norm_epsilon=None, **kwargs):
+                 round_anchors=False, anchor_strides="level", norm_epsilon=None, clip_before_nms=True,
+                 **kwargs):
         super().__init__(**kwargs)
         if box_loss not in ("smooth_l1", "giou"):
             raise ValueError(f"box_loss must be 'smooth_l1' or 'giou', received {box_loss!r}")
@@ -70,6 +91,7 @@ class RetinaNet(DetectionHead):
         self.box_loss = box_loss
         self.smooth_l1_beta = float(smooth_l1_beta)
         self.box_loss_weight = float(box_loss_weight)
+        self.clip_before_nms = bool(clip_before_nms)
         self.set_detection_options(pre_nms_topk, score_threshold, nms_iou_threshold, max_detections)
 
     def build(self, input_shape):
@@ -131,14 +153,18 @@ class RetinaNet(DetectionHead):
         for name in self.level_names:
             boxes, logits, classes = top_candidates(
                 raw["cls_logits"][name], raw["box_deltas"][name], raw["anchors"][name],
-                self.pre_nms_topk, self.box_coder, self.clip_bounds(image_shape, image_sizes))
+                self.pre_nms_topk, self.box_coder,
+                self.clip_bounds(image_shape, image_sizes) if self.clip_before_nms else None)
             all_boxes.append(boxes)
             all_scores.append(ops.sigmoid(logits))
             all_classes.append(classes)
         boxes = ops.concatenate(all_boxes, axis=1)
         scores = ops.concatenate(all_scores, axis=1)
         classes = ops.concatenate(all_classes, axis=1)
-        return self.select(boxes, scores, classes)
+        detections = self.select(boxes, scores, classes)
+        if not self.clip_before_nms:
+            detections = clip_and_drop_empty(detections, self.clip_bounds(image_shape, image_sizes))
+        return detections
 
     def class_specific_layers(self):
         """The class subnet's last conv (A*K logits); its towers and the box subnet are shared."""
@@ -168,6 +194,7 @@ class RetinaNet(DetectionHead):
             "box_loss": self.box_loss,
             "smooth_l1_beta": self.smooth_l1_beta,
             "box_loss_weight": self.box_loss_weight,
+            "clip_before_nms": self.clip_before_nms,
             **self.detection_options(),
             **self.anchor_generator.head_config(),
         })

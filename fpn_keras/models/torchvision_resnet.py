@@ -28,20 +28,32 @@ TRAINABLE_ORDER = ("layer4", "layer3", "layer2", "layer1", "conv1")
 
 @keras.saving.register_keras_serializable(package="fpn_keras")
 class TorchvisionNormalization(layers.Layer):
-    """RGB 0..255 [..., 3] -> (x / 255 - mean) / std, in this order (torchvision's)."""
+    """RGB 0..255 [..., 3] -> (x / scale - mean) / std, in this order (torchvision's:
+    scale 255, ImageNet mean / std). channel_order "bgr" reverses the channels first, and
+    mean / std are then in BGR order (detectron2: scale 1, mean (103.53, 116.28, 123.675),
+    std 1)."""
 
-    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, **kwargs):
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, scale=255.0, channel_order="rgb", **kwargs):
         super().__init__(**kwargs)
+        if channel_order not in ("rgb", "bgr"):
+            raise ValueError(f"channel_order must be 'rgb' or 'bgr', received {channel_order!r}")
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
+        self.scale = float(scale)
+        self.channel_order = channel_order
 
     def call(self, images):
-        images = ops.cast(images, self.compute_dtype) / 255.0
+        images = ops.cast(images, self.compute_dtype)
+        if self.channel_order == "bgr":
+            images = ops.flip(images, axis=-1)
+        if self.scale != 1.0:
+            images = images / self.scale
         mean = ops.convert_to_tensor(self.mean, self.compute_dtype)
         return (images - mean) / ops.convert_to_tensor(self.std, self.compute_dtype)
 
     def get_config(self):
-        return {**super().get_config(), "mean": self.mean, "std": self.std}
+        return {**super().get_config(), "mean": self.mean, "std": self.std, "scale": self.scale,
+                "channel_order": self.channel_order}
 
 
 def _norm(norm, name, epsilon):
@@ -62,9 +74,10 @@ def _conv(x, filters, kernel, stride, name):
                          kernel_initializer=keras.initializers.HeNormal(), name=name)(x)
 
 
-def _block(x, kind, name, in_channels, width, out_channels, stride, downsample, norm, epsilon):
+def _block(x, kind, name, in_channels, width, out_channels, stride, downsample, norm, epsilon,
+           stride_in_1x1=False):
     shortcut = x
-    convs = block_convs(kind, in_channels, width, out_channels, stride)
+    convs = block_convs(kind, in_channels, width, out_channels, stride, stride_in_1x1)
     for i, (conv, _, filters, kernel, conv_stride) in enumerate(convs, start=1):
         x = _conv(x, filters, kernel, conv_stride, f"{name}.{conv}")
         x = _norm(norm, f"{name}.bn{i}", epsilon)(x)
@@ -89,7 +102,8 @@ def freeze_torchvision_resnet(model, trainable_layers):
 
 
 def torchvision_resnet(depth=50, weights=None, norm="frozen", trainable_layers=None,
-                       norm_epsilon=1e-5, input_shape=(None, None, 3)):
+                       norm_epsilon=1e-5, input_shape=(None, None, 3), stride_in_1x1=False,
+                       normalization=None):
     """torchvision's resnet{depth} body as a Keras model images -> {"C2".."C5"}.
 
     Args:
@@ -105,17 +119,23 @@ def torchvision_resnet(depth=50, weights=None, norm="frozen", trainable_layers=N
         norm_epsilon: 1e-5 (torchvision's default); 0.0 for the COCO_V1 weights of
             retinanet_resnet50_fpn and fasterrcnn_resnet50_fpn, whose builders call
             overwrite_eps(model, 0.0) (weights converted from Detectron).
+        stride_in_1x1: put a bottleneck's stride on its first 1x1 conv (detectron2's
+            RESNETS.STRIDE_IN_1X1, True for its MSRA R-50 weights); torchvision: on the 3x3.
+        normalization: the input layer (default TorchvisionNormalization(): RGB / 255,
+            ImageNet mean / std); detectron2's: see convert.detectron2.
     """
     kind, _ = resnet_layout(depth)
     images = keras.Input(input_shape, name="images")
-    x = TorchvisionNormalization(name="preprocessing")(images)
+    if normalization is None:
+        normalization = TorchvisionNormalization(name="preprocessing")
+    x = normalization(images)
     x = _conv(x, STEM_CHANNELS, 7, 2, "conv1")
     x = layers.ReLU(name="relu")(_norm(norm, "bn1", norm_epsilon)(x))
     x = layers.ZeroPadding2D(1, name="maxpool.pad")(x)
     x = layers.MaxPooling2D(3, strides=2, name="maxpool")(x)
     outputs = {}
     for name, cin, width, cout, stride, downsample in resnet_blocks(depth):
-        x = _block(x, kind, name, cin, width, cout, stride, downsample, norm, norm_epsilon)
+        x = _block(x, kind, name, cin, width, cout, stride, downsample, norm, norm_epsilon, stride_in_1x1)
         outputs[f"C{int(name[5]) + 1}"] = x  # the last block of layer<l> gives C<l+1>
     model = keras.Model(images, outputs, name=f"torchvision_resnet{depth}_backbone")
     if weights is not None:
