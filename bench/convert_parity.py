@@ -36,6 +36,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # torchvision_helpers: the converter tests' matcher
 from speed import _time  # noqa: E402
 from torchvision_reference import SEED, load_by_path  # noqa: E402
 
@@ -105,18 +106,11 @@ def torch_worker(model, checkpoint, out, runs):
 
 
 def _matched(ours, theirs):
-    """Share of `theirs` detections that `ours` has (tests/test_torchvision_photos.py's rule)."""
-    from fpn_keras.boxes import pairwise_iou
+    """Share of `theirs` detections that `ours` has (tests/torchvision_helpers.py's matcher, boxes
+    clipped to a line at the image's edge matched within 0.01 px)."""
+    from torchvision_helpers import unmatched_detections
 
-    if len(theirs["scores"]) == 0:
-        return 1.0
-    if len(ours["scores"]) == 0:
-        return 0.0
-    overlaps = np.asarray(pairwise_iou(theirs["boxes"].astype(np.float32), ours["boxes"].astype(np.float32)))
-    close = np.abs(theirs["boxes"][:, None] - ours["boxes"][None]).max(axis=-1) <= 0.01
-    same = (theirs["labels"][:, None] == ours["labels"][None]) & (
-        np.abs(theirs["scores"][:, None] - ours["scores"][None]) <= 1e-4)
-    return float(np.mean(np.any(same & ((overlaps >= 0.99) | close), axis=1)))
+    return 1.0 - len(unmatched_detections(ours, theirs, px=0.01)) / max(len(theirs["scores"]), 1)
 
 
 def compare(model, torch_python, runs, directory):

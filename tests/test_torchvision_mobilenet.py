@@ -25,7 +25,7 @@ from fpn_keras.convert.retinanet_layout import COCO_80_IDS
 from fpn_keras.convert.torchvision_faster_rcnn_mobilenet import (load_torchvision_faster_rcnn_mobilenet,
                                                                  torchvision_faster_rcnn_mobilenet_detector)
 from fpn_keras.models.faster_rcnn import FasterRCNN
-from torchvision_helpers import close_up_to_ties, seeded_checkpoint
+from torchvision_helpers import close_up_to_ties, seeded_checkpoint, unmatched_detections
 
 REFERENCE = os.path.join(os.path.dirname(__file__), "data", "torchvision_mobilenet_reference.npz")
 SIZES = ((150, 200), (200, 130))
@@ -118,35 +118,18 @@ def test_backbone_on_an_odd_unpadded_size(converted, reference):
         assert _relative(features[level], expected) < 1e-4
 
 
-def _iou(box, boxes):
-    """IoU of one xyxy box with boxes [N, 4]."""
-    low, high = np.maximum(box[:2], boxes[:, :2]), np.minimum(box[2:], boxes[:, 2:])
-    inter = np.prod(np.clip(high - low, 0, None), axis=1)
-    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
-    return inter / (area(box) + area(boxes) - inter)
-
-
-def unmatched_detections(boxes, scores, labels, expected, min_iou=0.99, score_atol=1e-4):
-    """Indices of torchvision's detections (best first) that find none of ours, unused, with the
-    same label, IoU >= min_iou and |score difference| <= score_atol."""
-    free, missed = np.ones(len(scores), bool), []
-    for i, (box, score, label) in enumerate(zip(expected["boxes"], expected["scores"], expected["labels"])):
-        fits = free & (labels == label) & (np.abs(scores - score) <= score_atol) & (_iou(box, boxes) >= min_iou)
-        if fits.any():
-            free[np.argmax(fits)] = False
-        else:
-            missed.append(i)
-    return missed
-
-
 def test_matching_by_hand():
     expected = {"boxes": np.array([[0, 0, 10, 10], [0, 0, 10, 10.0]]), "scores": np.array([0.9, 0.8]),
                 "labels": np.array([1, 1])}
     boxes = np.array([[0, 0, 10, 10.05], [0, 0, 10, 10]])
-    assert unmatched_detections(boxes, np.array([0.8, 0.9]), np.array([1, 1]), expected) == []
+
+    def ours(boxes, scores, labels):
+        return {"boxes": boxes, "scores": np.array(scores), "labels": np.array(labels)}
+
+    assert unmatched_detections(ours(boxes, [0.8, 0.9], [1, 1]), expected) == []
     # IoU 10 / 10.05 = 0.995 matches; the 0.9 one has label 2: torchvision's first finds none.
-    assert unmatched_detections(boxes, np.array([0.8, 0.9]), np.array([1, 2]), expected) == [0]
-    assert unmatched_detections(boxes[[1, 1]] + [0, 0, 0, 1], np.array([0.9, 0.8]), np.array([1, 1]),
+    assert unmatched_detections(ours(boxes, [0.8, 0.9], [1, 2]), expected) == [0]
+    assert unmatched_detections(ours(boxes[[1, 1]] + [0, 0, 0, 1], [0.9, 0.8], [1, 1]),
                                 expected) == [0, 1]  # IoU 10 / 11
 
 
@@ -187,7 +170,8 @@ def test_proposals_roi_heads_and_detections_equal_torchvision(converted, referen
     count = len(expected["scores"])
     assert int(detections["num_detections"]) == count == 100
     ids = np.array(converted.category_ids)[detections["labels"][:count]]
-    missed = unmatched_detections(detections["boxes"][:count], detections["scores"][:count], ids, expected)
+    missed = unmatched_detections({"boxes": detections["boxes"][:count], "scores": detections["scores"][:count],
+                                   "labels": ids}, expected)
     assert len(missed) <= 0.01 * count, [(i, expected["scores"][i]) for i in missed]
     # Explained: tiny RoIs in a corner pool the same cells of the 32-px map, so several
     # candidates share one score; when they straddle the 100-detection cut, either library may
@@ -222,7 +206,8 @@ def test_convert_command_writes_a_model_that_detects_the_same(checkpoint, refere
     detections = {k: np.asarray(v[0]) for k, v in model.detect(_canvas(150, 200, (160, 224))).items()}
     expected = _reference(reference, "150x200", "detections")
     ids = np.array(model.category_ids)[detections["labels"][:100]]
-    assert len(unmatched_detections(detections["boxes"][:100], detections["scores"][:100], ids, expected)) <= 1
+    assert len(unmatched_detections({"boxes": detections["boxes"][:100], "scores": detections["scores"][:100],
+                                     "labels": ids}, expected)) <= 1
 
 
 def test_wrong_layout_is_named():

@@ -13,13 +13,12 @@ import os
 import numpy as np
 import pytest
 
-from fpn_keras.boxes import pairwise_iou
 from fpn_keras.convert import from_torchvision
 from fpn_keras.convert.fasterrcnn_layout import random_fasterrcnn_state_dict
 from fpn_keras.convert.resnet_layout import random_resnet_state_dict
 from fpn_keras.convert.retinanet_layout import random_retinanet_state_dict
 from fpn_keras.preprocessing import read_image, short_side_batch, short_side_size
-from torchvision_helpers import seeded_checkpoint
+from torchvision_helpers import seeded_checkpoint, unmatched_detections
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 SEED = 14  # bench/torchvision_reference.py's
@@ -70,16 +69,11 @@ def test_short_side_batch_pads_to_32_with_the_pad_value():
 
 
 def _matches(ours, theirs, iou=0.99, score_atol=1e-4, px=0.01):
-    """Which detections of `theirs` have one in `ours` with the same label, a score within
-    score_atol, and IoU >= iou or every coordinate within `px` pixels (boxes clipped to a
-    line at the image's edge have no area: their IoU is 0 / 0) -> bool [len(theirs)]."""
-    if len(theirs) == 0 or len(ours["scores"]) == 0:
-        return np.zeros(len(theirs["scores"]), bool)
-    overlaps = np.asarray(pairwise_iou(theirs["boxes"].astype(np.float32), ours["boxes"].astype(np.float32)))
-    same = (theirs["labels"][:, None] == ours["labels"][None]) & (
-        np.abs(theirs["scores"][:, None] - ours["scores"][None]) <= score_atol)
-    close = np.abs(theirs["boxes"][:, None] - ours["boxes"][None]).max(axis=-1) <= px
-    return np.any(same & ((overlaps >= iou) | close), axis=1)
+    """Which detections of `theirs` one of `ours` matches (`unmatched_detections`, boxes
+    clipped to a line at the image's edge matched within `px`) -> bool [len(theirs)]."""
+    found = np.ones(len(theirs["scores"]), bool)
+    found[unmatched_detections(ours, theirs, iou, score_atol, px)] = False
+    return found
 
 
 def _explained(scores, unmatched, last_score, threshold, atol=1e-4):

@@ -35,13 +35,18 @@ def box_iou(a, b):
     return inter / np.maximum(area(a) + area(b) - inter, 1e-12)
 
 
-def unmatched_detections(ours, expected, min_iou=0.99, score_atol=1e-4):
-    """Indices of torchvision's detections `expected` {"boxes", "scores", "labels"} that no
-    detection of `ours` (same keys, labels as torchvision's ids) matches: same label,
-    IoU >= min_iou and score within score_atol (each of ours matches at most one)."""
+def unmatched_detections(ours, expected, min_iou=0.99, score_atol=1e-4, px=0.0):
+    """Indices of the reference's detections `expected` {"boxes", "scores", "labels"} that no
+    detection of `ours` (same keys, labels as the reference's ids) matches: same label, score
+    within score_atol, and IoU >= min_iou or (px > 0) every coordinate within px pixels (a box
+    clipped to a line at the image's edge has no area: its IoU is 0 / 0). Each of ours matches
+    at most one. The one matcher of every converter test and of bench/convert_parity.py."""
     iou = box_iou(expected["boxes"], ours["boxes"])
-    same = (expected["labels"][:, None] == ours["labels"][None]) & (iou >= min_iou) & (
-        np.abs(expected["scores"][:, None] - ours["scores"][None]) <= score_atol)
+    gap = np.abs(np.asarray(expected["boxes"])[:, None] - np.asarray(ours["boxes"])[None])  # [N, M, 4]
+    close = gap.max(axis=-1, initial=0.0) <= px if px > 0 else np.zeros(iou.shape, bool)
+    iou = np.where(close, 1.0, iou)
+    same = (np.asarray(expected["labels"])[:, None] == np.asarray(ours["labels"])[None]) & (iou >= min_iou) & (
+        np.abs(np.asarray(expected["scores"])[:, None] - np.asarray(ours["scores"])[None]) <= score_atol)
     taken, unmatched = np.zeros(len(ours["scores"]), bool), []
     for i in range(len(expected["scores"])):
         candidates = np.nonzero(same[i] & ~taken)[0]
