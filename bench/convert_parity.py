@@ -162,6 +162,22 @@ def compare(model, torch_python, runs, directory):
             "torchvision": str(theirs["versions"]), "keras": keras.__version__}
 
 
+DETECTRON2 = """## detectron2
+
+`from_detectron2("COCO-Detection/faster_rcnn_R_50_FPN_1x" | "COCO-Detection/retinanet_R_50_FPN_1x",
+checkpoint)` (published COCO AP 37.9 / 37.4; presets `detectron2/faster_rcnn_R_50_FPN_1x_coco`,
+`detectron2/retinanet_R_50_FPN_1x_coco`) is compared with detectron2 itself, built from its public
+source in the torch venv and run without its compiled `_C` (the R50-FPN models need only
+torchvision's ops): `PYTHONPATH=<detectron2 source> /tmp/tvenv/bin/python bench/detectron2_reference.py`
+writes tests/data/detectron2_reference.npz (seeded weights through a model-zoo style `.pkl`, which
+detectron2 loads with its own DetectionCheckpointer; astronaut and coffee resized to 147x150 and
+133x200, zero-padded to 160x160 and 160x224, the same tensor on both sides), and
+`python -m pytest tests/test_detectron2.py -s` prints the differences: every FPN level within 2.5e-6
+of its largest value, all 786 / 895 Faster R-CNN proposals, 399 / 399 detections matched. Not the
+same: detectron2 rounds the resized size and resizes uint8 images with PIL; `predict_images` uses
+torchvision's floor rule."""
+
+
 def write_markdown(rows, path):
     lines = [
         "# Pretrained detectors: converted models against the originals",
@@ -186,7 +202,8 @@ def write_markdown(rows, path):
             f"{', '.join(str(c) for c in r['detections_per_image'])} | {r['convert_s']} | {r['pth_mb']} | "
             f"{r['keras_mb']} | {r['ours_predict_ms']} / {r['torchvision_predict_ms']} |")
     lines += ["", f"Versions: {rows[0]['torchvision']}, keras {rows[0]['keras']}. Machine: "
-              f"{os.cpu_count()} CPU cores (this project's CPU kind); both sides with 2 threads.", ""]
+              f"{os.cpu_count()} CPU cores (this project's CPU kind); both sides with 2 threads.", "",
+              DETECTRON2, ""]
     with open(path, "w") as handle:
         handle.write("\n".join(lines))
 

@@ -262,7 +262,8 @@ def main(argv=None):
             print(json.dumps(row), file=sys.stderr, flush=True)
 
     print(f"\nCPU, {args.threads} threads, batch 1 inference at {args.size}x{args.size}, "
-          f"training batch 2 at {args.train_size}x{args.train_size} (4 boxes/image), random init, fp32")
+          f"training batch 2 at {args.train_size}x{args.train_size} (4 boxes/image), "
+          f"{'the same seeded torchvision weights (ours converted)' if args.converted else 'random init'}, fp32")
     header = (f"{'library':<12} {'model':<26} {'XLA':<4} {'infer median ms':>15} {'min ms':>8} "
               f"{'train img/s':>11} {'step ms':>8} {'peak RSS MB':>11}  notes")
     print(header)

@@ -31,14 +31,27 @@ def _fit_scale(image, out_h, out_w):
     return tf.minimum(out_h / shape[0], out_w / shape[1])
 
 
-def _resize_within(image, boxes, scale, out_h, out_w):
-    """Resize by ``scale`` (rounded size, clamped to the canvas) -> unpadded float32 image."""
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    new_h = tf.minimum(tf.maximum(tf.cast(tf.round(shape[0] * scale), tf.int32), 1), out_h)
-    new_w = tf.minimum(tf.maximum(tf.cast(tf.round(shape[1] * scale), tf.int32), 1), out_w)
+def _resize_within(image, boxes, scale, out_h, out_w, floor=False):
+    """Resize by ``scale`` (size rounded, or with ``floor`` (a bool tensor) the floor of the
+    float64 product, torchvision's rule for a short-side scale; clamped to the canvas) ->
+    unpadded float32 image, boxes scaled."""
+    product = tf.cast(tf.shape(image)[:2], tf.float64) * tf.cast(scale, tf.float64)
+    size = tf.cast(tf.where(floor, tf.floor(product), tf.round(product)), tf.int32)
+    new_h = tf.minimum(tf.maximum(size[0], 1), out_h)
+    new_w = tf.minimum(tf.maximum(size[1], 1), out_w)
     resized = tf.image.resize(tf.cast(image, tf.float32), tf.stack([new_h, new_w]))
     resized = tf.clip_by_value(resized, 0.0, 255.0)
-    return resized, tf.cast(boxes, tf.float32) * scale
+    return resized, tf.cast(boxes, tf.float32) * tf.cast(scale, tf.float32)
+
+
+def _short_side_within(image, resize, out_h, out_w):
+    """``resize`` = (short side, long-side cap): torchvision's scale (float64; its size the
+    floor, as `fpn_keras.preprocessing.short_side_size`), or the canvas fit when the image
+    would not fit -> (scale float64 [], floor bool [])."""
+    shape = tf.shape(image)
+    scale = transforms.short_side_scale(shape[0], shape[1], *resize, dtype=tf.float64)
+    fit = tf.cast(_fit_scale(image, out_h, out_w), tf.float64)
+    return tf.minimum(scale, fit), scale <= fit
 
 
 def _pad(image, out_h, out_w, pad_value=0.0):
@@ -47,7 +60,7 @@ def _pad(image, out_h, out_w, pad_value=0.0):
     return tf.ensure_shape(padded, [out_h, out_w, 3])
 
 
-def resize_and_pad(image, boxes, output_size, stride=128, scale=None, pad_value=0.0):
+def resize_and_pad(image, boxes, output_size, stride=128, scale=None, pad_value=0.0, resize=None):
     """Resize keeping aspect ratio to fit ``output_size``, pad bottom/right with
     ``pad_value`` (pixel values: one, or one per channel).
 
@@ -58,16 +71,23 @@ def resize_and_pad(image, boxes, output_size, stride=128, scale=None, pad_value=
         scale: optional resize factor (e.g. from ``transforms.short_side_scale``);
             it is capped so the image still fits ``output_size``. Default: the
             largest factor that fits.
+        resize: optional (short side, long-side cap): torchvision's resize (float64
+            scale, the size's floor), capped to fit (the preprocessing contract of a
+            model with ``short_side_resize``).
 
     Returns:
         (image float32 [height, width, 3] in 0..255, boxes float32 [n, 4]
         xyxy scaled by the same factor, scale float32 scalar).
     """
     out_h, out_w = _output_hw(output_size, stride)
-    fit = _fit_scale(image, out_h, out_w)
-    scale = fit if scale is None else tf.minimum(tf.cast(scale, tf.float32), fit)
-    resized, boxes = _resize_within(image, boxes, scale, out_h, out_w)
-    return _pad(resized, out_h, out_w, pad_value), boxes, scale
+    floor = False
+    if resize is not None:
+        scale, floor = _short_side_within(image, resize, out_h, out_w)
+    else:
+        fit = _fit_scale(image, out_h, out_w)
+        scale = fit if scale is None else tf.minimum(tf.cast(scale, tf.float32), fit)
+    resized, boxes = _resize_within(image, boxes, scale, out_h, out_w, floor)
+    return _pad(resized, out_h, out_w, pad_value), boxes, tf.cast(scale, tf.float32)
 
 
 def clip_and_filter(boxes, labels, height, width, min_size=1.0, ignore=None):
@@ -120,7 +140,9 @@ def _geometry(image, boxes, height, width, training, augment, resize, seed):
         )
         scale = tf.minimum(scale, fit)
     elif resize is not None:
-        scale = tf.minimum(transforms.short_side_scale(shape[0], shape[1], *resize), fit)
+        scale, floor = _short_side_within(image, resize, height, width)
+        image, boxes = _resize_within(image, boxes, scale, height, width, floor)
+        return image, boxes, None, tf.cast(scale, tf.float32)
     else:
         scale = fit
     image, boxes = _resize_within(image, boxes, scale, height, width)
@@ -186,7 +208,8 @@ def prepare(
         {"boxes": float32 [B, max_boxes, 4] in ``bounding_box_format`` padded with -1,
         "labels": int32 [B, max_boxes] padded with -1,
         "ignore": bool [B, max_boxes] padded with False,
-        "image_id": int64 [B], "image_scale": float32 [B]})``, (H, W) = image_size
+        "image_id": int64 [B], "image_scale": float32 [B], "image_size": int32 [B, 2]
+        (each resized image's (h, w) on the canvas, the rest padding)})``, (H, W) = image_size
         (multiples of 32). Boxes / image_scale refer to
         the resized image: original pixels = boxes / image_scale (for
         evaluation batches; crops shift training boxes).
@@ -235,6 +258,7 @@ def prepare(
             image = transforms.color_jitter(
                 image, augment.brightness, augment.contrast, augment.saturation, seed=seed_colour
             )
+        content = tf.shape(image)[:2]  # the resized image's (h, w) on the canvas
         image = _pad(image, height, width, pad_value)
         boxes, labels, ignore = clip_and_filter(boxes, labels, height, width, ignore=ignore)
         order = tf.argsort(tf.cast(ignore, tf.int32), stable=True)
@@ -255,6 +279,7 @@ def prepare(
             "ignore": ignore[:max_boxes],
             "image_id": element["image_id"],
             "image_scale": scale,
+            "image_size": tf.cast(content, tf.int32),
         }
         return image, targets
 
@@ -265,7 +290,8 @@ def prepare(
 
     padded_shapes = (
         [height, width, 3],
-        {"boxes": [max_boxes, 4], "labels": [max_boxes], "ignore": [max_boxes], "image_id": [], "image_scale": []},
+        {"boxes": [max_boxes, 4], "labels": [max_boxes], "ignore": [max_boxes], "image_id": [], "image_scale": [],
+         "image_size": [2]},
     )
     padding_values = (
         tf.constant(0.0, tf.float32),
@@ -275,6 +301,7 @@ def prepare(
             "ignore": tf.constant(False),
             "image_id": tf.constant(0, tf.int64),
             "image_scale": tf.constant(0.0, tf.float32),
+            "image_size": tf.constant(0, tf.int32),
         },
     )
 

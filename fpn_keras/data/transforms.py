@@ -63,14 +63,15 @@ def random_horizontal_flip(image, boxes, seed=None, probability=0.5):
     return tf.cond(do_flip, lambda: horizontal_flip(image, boxes), lambda: (image, boxes))
 
 
-def short_side_scale(height, width, short_side, max_size=None):
+def short_side_scale(height, width, short_side, max_size=None, dtype=tf.float32):
     """Scale that makes the short side ``short_side`` unless the long side would
-    exceed ``max_size`` (detectron2's ``ResizeShortestEdge``) -> float32 scalar."""
-    height = tf.cast(height, tf.float32)
-    width = tf.cast(width, tf.float32)
-    scale = tf.cast(short_side, tf.float32) / tf.minimum(height, width)
+    exceed ``max_size`` (detectron2's ``ResizeShortestEdge``) -> scalar of ``dtype``
+    (float64: torchvision's arithmetic, for its floor of the new size)."""
+    height = tf.cast(height, dtype)
+    width = tf.cast(width, dtype)
+    scale = tf.cast(short_side, dtype) / tf.minimum(height, width)
     if max_size is not None:
-        scale = tf.minimum(scale, tf.cast(max_size, tf.float32) / tf.maximum(height, width))
+        scale = tf.minimum(scale, tf.cast(max_size, dtype) / tf.maximum(height, width))
     return scale
 
 

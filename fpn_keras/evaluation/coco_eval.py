@@ -330,7 +330,11 @@ def evaluate_model(
         if max_batches is not None and step >= max_batches:
             break
         height, width = int(images.shape[1]), int(images.shape[2])
-        preds = model.predict_on_batch(images)
+        if getattr(model, "short_side_resize", None) and "image_size" in targets:
+            # A converted model clips boxes to each image before NMS, as its library does.
+            preds = model.detect(images, image_sizes=targets["image_size"])
+        else:
+            preds = model.predict_on_batch(images)
         gt_labels = keras.ops.convert_to_numpy(targets["labels"])
         det_labels = keras.ops.convert_to_numpy(preds["labels"])
         image_ids = targets.get("image_id")

@@ -22,7 +22,6 @@ import keras
 import tensorflow as tf
 
 from fpn_keras.postprocess import finalize_detections
-from fpn_keras.data import transforms
 from fpn_keras.data.pipeline import resize_and_pad
 
 
@@ -59,12 +58,9 @@ def serving_functions(model, image_size):
 
     def prepare(image):
         # The preprocessing contract (fpn_keras.preprocessing) in TF ops: sizes are dynamic here.
-        scale = None
-        if model.short_side_resize:  # torchvision's scale, capped to fit the canvas
-            shape = tf.shape(image)
-            scale = transforms.short_side_scale(shape[0], shape[1], *model.short_side_resize)
-        canvas, _, scale = resize_and_pad(image, tf.zeros([0, 4]), size, stride=1, scale=scale,
-                                          pad_value=model.pad_value)
+        # A converted model: torchvision's scale and size rule, capped to fit the canvas.
+        canvas, _, scale = resize_and_pad(image, tf.zeros([0, 4]), size, stride=1, pad_value=model.pad_value,
+                                          resize=model.short_side_resize)
         return canvas, scale, tf.cast(tf.shape(image)[:2], tf.float32)
 
     signature = (tf.TensorSpec([size[0], size[1], 3], tf.float32), tf.TensorSpec([], tf.float32),

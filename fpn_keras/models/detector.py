@@ -195,12 +195,17 @@ class FPNDetector(keras.Model):
             raise ValueError(f"images must be [batch, height, width, 3] RGB; received shape {tuple(shape)}{hint}")
         return super().predict(x, *args, **kwargs)
 
-    def detect(self, data):
-        """The inference path: images (or an (images, ...) tuple) -> padded detections."""
+    def detect(self, data, image_sizes=None):
+        """The inference path: images (or an (images, ...) tuple) -> padded detections.
+        image_sizes: None, or [B, 2] (h, w) of each image on the padded canvas (boxes are
+        clipped to them, as torchvision does; `evaluate_model` passes them for a model with
+        `short_side_resize`)."""
         images = data[0] if isinstance(data, (tuple, list)) else data
-        raw = self(check_finite_images(images), training=False)
+        raw = self(check_finite_images(images), training=False, image_sizes=image_sizes)
         image_shape = (ops.shape(images)[1], ops.shape(images)[2])
-        return finalize_detections(self.head.detect(raw, image_shape), self.bounding_box_format, image_shape)
+        detections = self.head.detect(raw, image_shape) if image_sizes is None else self.head.detect(
+            raw, image_shape, image_sizes=image_sizes)
+        return finalize_detections(detections, self.bounding_box_format, image_shape)
 
     # -------------------------------------------------------------- helpers
     @property
