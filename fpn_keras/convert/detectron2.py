@@ -40,7 +40,8 @@ from fpn_keras.convert.detectron2_layout import (CONFIGS, NORM_EPSILON, PIXEL_ME
                                                  RETINANET_ANCHOR_SIZES, RETINANET_POSTPROCESS, ROI_POSTPROCESS,
                                                  RPN_OPTIONS, FC_DIM, fc1_in_our_order, resnet_module)
 from fpn_keras.convert.torchvision import assign_torch_weights
-from fpn_keras.convert.torchvision_detection import DEFAULT_IMAGE_SIZE, check_layout, coco_classes
+from fpn_keras.convert.torchvision_detection import (DEFAULT_IMAGE_SIZE, check_layout, coco_classes,
+                                                     use_torchvision_transform)
 
 SHORT_NAMES = {config.split("/")[1]: config for config in CONFIGS}  # "retinanet_R_50_FPN_1x" -> its config
 
@@ -169,8 +170,8 @@ def from_detectron2(config_name, checkpoint=None, num_classes=80, image_size=DEF
     """
     state = None if checkpoint is None else read_detectron2_weights(checkpoint)
     detector = detectron2_detector(config_name, num_classes, image_size, max_sampling_ratio)
-    detector.short_side_resize = (800, 1333)  # INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST
-    detector.pad_value = tuple(reversed(PIXEL_MEAN_BGR))
+    # INPUT.MIN_SIZE_TEST 800, MAX_SIZE_TEST 1333, padded with PIXEL_MEAN (= torchvision's mean x 255).
+    use_torchvision_transform(detector, 800, 1333)
     detector(np.zeros((1, 64, 64, 3), np.float32))  # builds every layer
     if state is not None:
         load_detectron2(detector, state)

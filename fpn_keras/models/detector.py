@@ -151,8 +151,6 @@ class FPNDetector(keras.Model):
         features = self.backbone(images, training=training)  # {"C2".."C5"}
         pyramid = self.neck(features)  # {"P<min>".."P<max>"}
         image_shape = (ops.shape(images)[1], ops.shape(images)[2])
-        if image_sizes is None:
-            return self.head(pyramid, image_shape=image_shape, training=training)
         return self.head(pyramid, image_shape=image_shape, training=training, image_sizes=image_sizes)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -203,8 +201,7 @@ class FPNDetector(keras.Model):
         images = data[0] if isinstance(data, (tuple, list)) else data
         raw = self(check_finite_images(images), training=False, image_sizes=image_sizes)
         image_shape = (ops.shape(images)[1], ops.shape(images)[2])
-        detections = self.head.detect(raw, image_shape) if image_sizes is None else self.head.detect(
-            raw, image_shape, image_sizes=image_sizes)
+        detections = self.head.detect(raw, image_shape, image_sizes=image_sizes)
         return finalize_detections(detections, self.bounding_box_format, image_shape)
 
     # -------------------------------------------------------------- helpers
