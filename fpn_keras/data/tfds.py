@@ -11,6 +11,10 @@ results files use them.
 Nothing is downloaded unless ``download=True``: a dataset that is not
 prepared in ``data_dir`` raises ``DatasetNotPreparedError`` with the
 commands to prepare it.
+
+``tensorflow_datasets`` is the optional ``tfds`` extra: it is imported by
+``load`` only, and its absence raises ImportError naming
+``pip install "fpn_keras[tfds]"``.
 """
 
 import os
@@ -53,6 +57,17 @@ def _not_prepared_message(name, data_dir, error, builder=None):
     if manual:
         lines += ["Manual download instructions from TFDS:", str(manual).strip()]
     return "\n".join(lines)
+
+
+def _import_tensorflow_datasets(name):
+    try:
+        import tensorflow_datasets
+    except ImportError as error:
+        raise ImportError(
+            f"the data spec 'tfds:{name}' needs TensorFlow Datasets, which is not installed: "
+            'pip install "fpn_keras[tfds]"'
+        ) from error
+    return tensorflow_datasets
 
 
 def _image_id(example, features):
@@ -125,8 +140,7 @@ def load(name, split="train", data_dir=None, download=False, shuffle=False, seed
     ``split`` "val" means TFDS's "validation". ``shuffle`` shuffles the
     files (``shuffle_files``); with ``seed`` the order is deterministic.
     """
-    import tensorflow_datasets as tfds_lib
-
+    tfds_lib = _import_tensorflow_datasets(name)
     split = _SPLIT_ALIASES.get(split, split)
     if read_config is None and seed is not None:
         read_config = tfds_lib.ReadConfig(shuffle_seed=seed)
