@@ -6,10 +6,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test install clean
 
+# Every optional extra (tfds, tflite, onnx, video) plus test: the suite exercises them all.
+# A venv made before fpn_keras moved to plain `tensorflow` has tensorflow-cpu: both install
+# one tensorflow/ folder, so both are removed before the install puts back plain tensorflow.
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,tflite]"
+	if $(PY) -m pip show -q tensorflow-cpu 2>/dev/null; then $(PY) -m pip uninstall -y -q tensorflow-cpu tensorflow; fi
+	$(PY) -m pip install --quiet -e ".[all,test]"
 	touch $(STAMP)
 
 install: $(STAMP)
