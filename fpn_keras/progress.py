@@ -37,24 +37,27 @@ class EpochLog(keras.callbacks.Callback):
 
         epoch 2/12  step 500/3000  41.3s  loss=0.8123 cls_loss=0.5012 box_loss=0.3111 lr=0.002 val_AP=0.1234
 
-    The training terms are every log key that does not start with "val_" (the loss
-    terms a head reports, `learning_rate` as `lr`, logged by LearningRateLogger listed
-    before this callback); `metrics` are the evaluation keys shown when present (logged
-    by CocoMetricsCallback, listed before this callback, on the epochs it evaluates).
+    The training terms are every log key that does not start with "val_": `terms`
+    first, in that order, then the others; `learning_rate` (logged by
+    LearningRateLogger, listed before this callback) as `lr`. `metrics` are the
+    evaluation keys shown when present (logged by CocoMetricsCallback, listed before
+    this callback, on the epochs it evaluates).
 
     Args:
         epochs: the run's epochs (for "epoch e/epochs": a resumed run fits in two parts).
         total_steps: the run's optimizer steps (for "step s/total"; None: not shown).
+        terms: the loss keys in the order to show them, e.g. ("loss", *head.loss_names).
         metrics: evaluation log keys to show, in order.
         stream: where to write (default sys.stdout at each line).
     """
 
     METRICS = ("val_AP", "val_AP50", "val_AP75")
 
-    def __init__(self, epochs=None, total_steps=None, metrics=METRICS, stream=None):
+    def __init__(self, epochs=None, total_steps=None, terms=("loss",), metrics=METRICS, stream=None):
         super().__init__()
         self.epochs = epochs
         self.total_steps = total_steps
+        self.terms = tuple(terms)
         self.metrics = tuple(metrics)
         self.stream = stream
         self._start = None
@@ -69,11 +72,9 @@ class EpochLog(keras.callbacks.Callback):
         if step is not None:
             parts.append(f"step {step}" + (f"/{self.total_steps}" if self.total_steps else ""))
         parts.append(f"{seconds:.1f}s")
-        values = []
-        for name, value in logs.items():
-            if name.startswith("val_") or name == "learning_rate":
-                continue
-            values.append(f"{name}={_number(value)}")
+        names = [name for name in logs if not name.startswith("val_") and name != "learning_rate"]
+        names.sort(key=lambda name: self.terms.index(name) if name in self.terms else len(self.terms))
+        values = [f"{name}={_number(logs[name])}" for name in names]
         if "learning_rate" in logs:
             values.append(f"lr={float(logs['learning_rate']):.4g}")
         values += [f"{name}={_number(logs[name])}" for name in self.metrics if name in logs]

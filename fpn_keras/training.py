@@ -206,8 +206,9 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
         BestModelSaver(os.path.join(files_dir, "best.keras"), coco.prefix + model.primary_metric),
         LearningRateLogger(),
         # After the COCO callback and the learning rate, which it prints.
-        *([EpochLog(epochs, total_steps, metrics=dict.fromkeys(
-            (*EpochLog.METRICS, coco.prefix + model.primary_metric)))] if verbose == 2 else []),
+        *([EpochLog(epochs, total_steps, terms=("loss", *model.head.loss_names),
+                    metrics=dict.fromkeys((*EpochLog.METRICS, coco.prefix + model.primary_metric)))]
+          if verbose == 2 else []),
         *callbacks,
     ]
     all_callbacks += [
