@@ -306,7 +306,7 @@ def _predictor(model_path, image_size, box_format):
     model = load_keras_model(model_path)
     from_images, _ = serving_functions(model, _image_size(model, image_size))
     function = tf.function(from_images, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
-    return (function, list(model.class_names or []), getattr(model, "category_ids", None),
+    return (function, list(model.class_names or []), model.category_ids,
             box_format or model.bounding_box_format)
 
 

@@ -15,6 +15,7 @@ import sys
 import time
 
 import keras
+import numpy as np
 
 
 def interactive(stream=None):
@@ -27,8 +28,13 @@ def interactive(stream=None):
         return False
 
 
+def _scalar(value):
+    """A log value (a Python or numpy number, or a rank-1 array under multi-worker runs)."""
+    return float(np.asarray(value).reshape(-1)[0])
+
+
 def _number(value):
-    value = float(value)
+    value = _scalar(value)
     return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e4 else f"{value:.3e}"
 
 
@@ -76,7 +82,7 @@ class EpochLog(keras.callbacks.Callback):
         names.sort(key=lambda name: self.terms.index(name) if name in self.terms else len(self.terms))
         values = [f"{name}={_number(logs[name])}" for name in names]
         if "learning_rate" in logs:
-            values.append(f"lr={float(logs['learning_rate']):.4g}")
+            values.append(f"lr={_scalar(logs['learning_rate']):.4g}")
         values += [f"{name}={_number(logs[name])}" for name in self.metrics if name in logs]
         return "  ".join(parts + [" ".join(values)])
 

@@ -6,13 +6,15 @@ runs/NAME-2, runs/NAME-3, ... (ultralytics' `increment_path`, numbered after the
 highest existing one rather than into a gap, so the newest run has the highest number).
 An explicit --out is used as given, never renamed (a script that reads OUT/model.keras
 afterwards must find this run's model): if it already holds files the command stops
-unless --exist-ok (write into it, overwriting files of the same name) or, for train,
---resume. `train --resume` without --out continues the newest run of the recipe: the
-highest-numbered runs/NAME[-k].
+unless --exist-ok (write into it, overwriting files of the same name; a fresh train
+run there first removes the last run's checkpoints and best model, `clear_resume_state`)
+or, for train, --resume. `train --resume` without --out continues the newest run of
+the recipe: the highest-numbered runs/NAME[-k].
 """
 
 import os
 import re
+import shutil
 
 
 class RunFolderExists(ValueError):
@@ -72,9 +74,26 @@ def choose_output_folder(out, default, exist_ok=False, resume=False, resumable=F
             shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
             raise RunFolderExists(
                 f"--out {out} already exists" + (f" and holds {shown}" if entries else " (a file)") +
-                ": pass --exist-ok to write into it" + (", --resume to continue that run" if resumable and entries else "") +
+                ": pass --exist-ok to write into it" +
+                (", --resume to continue that run" if resumable and entries else "") +
                 ", or another --out (without --out each run gets a fresh numbered folder)")
         return out
     if resume:
         return latest_folder(default) or os.path.normpath(default)
     return os.path.normpath(default) if exist_ok else fresh_folder(default)
+
+
+RESUME_STATE = ("checkpoints", "best.keras", "best.keras.json")
+
+
+def clear_resume_state(folder):
+    """Removes what a later --resume or the best-model tracking would read of an earlier
+    run (RESUME_STATE) from `folder`, which a fresh run writes into (--exist-ok): its
+    checkpoints would be resumed and its best AP would keep this run's best.keras from
+    being written. The other files are overwritten as the new run writes them."""
+    for name in RESUME_STATE:
+        path = os.path.join(folder, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.isfile(path):
+            os.remove(path)

@@ -23,6 +23,7 @@ from fpn_keras.evaluation import CocoMetricsCallback, evaluate_model
 from fpn_keras.evaluation.coco_eval import format_metrics
 from fpn_keras.models.detector import HEADS
 from fpn_keras.progress import EpochLog
+from fpn_keras.run_folders import clear_resume_state
 
 
 def describe_plan(recipe, data, epochs, steps_per_epoch, total_steps):
@@ -181,6 +182,8 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
         print(f"{type(strategy).__name__}: {replicas} replicas, "
               f"{cfg.batch_size // replicas} images each per step")
 
+    if not resume and chief:  # a fresh run in a used folder (--exist-ok) continues nothing of the last
+        clear_resume_state(out_dir)
     checkpointer = Checkpointer(os.path.join(out_dir, "checkpoints"), steps_per_epoch,
                                 cfg.checkpoint_every_n_steps, cfg.keep_checkpoints, write=chief)
     with strategy.scope():  # the optimizer's variables are built under the strategy

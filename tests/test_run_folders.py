@@ -6,8 +6,8 @@ import os
 import pytest
 
 from fpn_keras import cli, commands
-from fpn_keras.run_folders import (RunFolderExists, choose_output_folder, fresh_folder, latest_folder,
-                                   numbered)
+from fpn_keras.run_folders import (RunFolderExists, choose_output_folder, clear_resume_state, fresh_folder,
+                                   latest_folder, numbered)
 
 
 def _run(path, files=("model.keras",)):
@@ -55,6 +55,14 @@ def test_the_default_folder_is_fresh_unless_resumed_or_exist_ok(tmp_path):
     assert choose_output_folder(None, default) == default + "-3"
     assert choose_output_folder(None, default, resume=True) == default + "-2"
     assert choose_output_folder(None, default, exist_ok=True) == default
+
+
+def test_a_fresh_run_in_a_used_folder_clears_only_the_resume_state(tmp_path):
+    run = _run(tmp_path / "run", ("model.keras", "best.keras", "best.keras.json", "history.csv"))
+    _run(os.path.join(run, "checkpoints"), ("checkpoint.json", "ckpt-000000004.weights.h5"))
+    clear_resume_state(run)
+    assert sorted(os.listdir(run)) == ["history.csv", "model.keras"]
+    clear_resume_state(run)  # nothing left to remove
 
 
 @pytest.fixture
