@@ -121,3 +121,19 @@ def test_evaluate_not_on_a_terminal_prints_progress_lines(logged_run, capsys, tm
     assert code == 0, stderr
     assert "\r" not in stdout
     assert re.findall(r"^evaluate: (\d)/3 images", stdout, re.M) == ["2", "3"]
+
+
+@pytest.mark.parametrize("terminal, quiet, verbose", [(True, False, 1), (True, True, 2), (False, False, 2)])
+def test_train_shows_progress_bars_only_on_a_terminal_without_quiet(monkeypatch, tmp_path, capsys,
+                                                                   terminal, quiet, verbose):
+    """training.train(verbose=1): Keras' bars; verbose=2: EpochLog's lines (stubbed here)."""
+    import fpn_keras.progress
+    import fpn_keras.training
+
+    seen = []
+    monkeypatch.setattr(fpn_keras.progress, "interactive", lambda stream=None: terminal)
+    monkeypatch.setattr(fpn_keras.training, "train", lambda recipe, out, verbose, resume: seen.append(verbose)
+                        or (None, {}))
+    argv = ["train", "--recipe", "retinanet_synthetic", "--out", str(tmp_path / "run"), *(["--quiet"] * quiet)]
+    assert cli.main(argv) == 0
+    assert seen == [verbose]
