@@ -19,7 +19,7 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/fpn-keras train --recipe retinanet_synthetic --out runs/demo --export saved_models/demo/1
+	$(VENV)/bin/fpn-keras train --recipe retinanet_synthetic --out runs/demo --exist-ok --export saved_models/demo/1
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -55,8 +55,13 @@ def _add_train(sub):
     p = _parser(sub, "train", "train a recipe", (
         "Train a recipe (a name from `fpn-keras recipes` or a YAML path). Writes OUT/model.keras,\n"
         "OUT/recipe.yaml (the resolved recipe), OUT/metrics.json, OUT/history.csv,\n"
-        "OUT/predictions.png, OUT/curves.png and TensorBoard logs in OUT/logs; shows Keras\n"
-        "progress bars and the COCO evaluation every train.eval_every_n_epochs epochs."))
+        "OUT/predictions.png, OUT/curves.png and TensorBoard logs in OUT/logs; runs the COCO\n"
+        "evaluation every train.eval_every_n_epochs epochs. On a terminal it shows Keras' progress\n"
+        "bars; when stdout is not a terminal (a log file, CI, a scheduler) or with --quiet, one\n"
+        "line per epoch: loss terms, learning rate, time and the COCO numbers.\n"
+        "Each run gets a fresh folder: runs/<recipe name>, then runs/<recipe name>-2, -3, ...\n"
+        "An explicit --out is used as given and must be new or empty unless --exist-ok or\n"
+        "--resume; --resume without --out continues the newest runs/<recipe name>[-N]."))
     p.add_argument("--recipe", default=None, metavar="R",
                    help=f"recipe name (in recipes/) or path to a recipe YAML file (default: {USER_DATA_RECIPE} "
                         f"with --data, else the demo recipe {DEMO_RECIPE})")
@@ -67,16 +72,21 @@ def _add_train(sub):
                         "validation and not trained on")
     p.add_argument("--val-data", default=None, metavar="SPEC",
                    help="validation data, overriding data.val (a spec as for --data, or 'holdout')")
-    p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: runs/<recipe name>)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output directory, used as given (default: a fresh runs/<recipe name>[-N], see above)")
+    p.add_argument("--exist-ok", action="store_true",
+                   help="write into an existing --out (or runs/<recipe name> itself), overwriting its files")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a recipe value (YAML syntax), e.g. --set train.batch_size=8 "
                         "--set model.backbone=resnet101 --set data.image_size=[256,256]; repeatable")
     p.add_argument("--resume", action="store_true",
-                   help="continue from the last checkpoint in OUT (when the training runner supports it)")
+                   help="continue from the last checkpoint in OUT (without --out: the newest "
+                        "runs/<recipe name>[-N])")
     p.add_argument("--strategy", default=None, metavar="S",
                    help=f"tf.distribute strategy: one of {', '.join(STRATEGIES)} (default: the runner's, "
                         "i.e. auto); see docs on training on several GPUs/workers")
-    p.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
+    p.add_argument("--quiet", action="store_true",
+                   help="one line per epoch instead of progress bars, also on a terminal")
     p.add_argument("--export", default=None, metavar="DIR",
                    help="also write a TF Serving SavedModel here after training, e.g. saved_models/NAME/1")
 
@@ -97,23 +107,43 @@ def _add_evaluate(sub):
     p.add_argument("--num-images", type=int, default=None, metavar="N",
                    help="evaluate the first N images only (default: all)")
     p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: the model's folder)")
+    p.add_argument("--quiet", action="store_true",
+                   help="a progress line every 10%% of the images instead of a bar, also on a terminal")
 
 
 def _add_predict(sub):
-    p = _parser(sub, "predict", "draw a model's detections on images", (
-        "Run a model on image files: writes OUT/<image name>.png with boxes, class names and\n"
-        "scores drawn, and OUT/detections.json ({image path: [{box [x1, y1, x2, y2] in the\n"
-        "image's pixels, label, class, score}, ...]}). The model is a .keras file or a\n"
+    p = _parser(sub, "predict", "draw a model's detections on images and videos", (
+        "Run a model on images and videos. INPUTS are files, folders (their images and videos;\n"
+        "--recursive: sub-folders too), glob patterns (quote them: 'photos/*.jpg', expanded here)\n"
+        "and video files (.mp4, .avi, .mov, .mkv, ...; needs pip install \"fpn_keras[video]\").\n"
+        "A file that is not an image or video is skipped with a message and counted. Writes to\n"
+        "OUT: <name>.png per image with boxes, class names and scores drawn; <name>.mp4 per\n"
+        "video (.avi for an .avi) with every frame drawn, same frame count, fps and size;\n"
+        "results.json (COCO results format: [{image_id, category_id, bbox [x, y, w, h], score}],\n"
+        "pycocotools' loadRes reads it); images.json (image_id -> path, size, and video + frame\n"
+        "index for a video frame; the categories); detections.json ({path or path#frame:\n"
+        "[{box [x1, y1, x2, y2] in the image's pixels, label, class, score}, ...]}).\n"
+        "Each run gets a fresh folder: runs/predict, runs/predict-2, ...; an explicit --out is\n"
+        "used as given and must be new or empty unless --exist-ok. The model is a .keras file or a\n"
         "SavedModel folder written by export (its serving_default signature)."))
     p.add_argument("--model", required=True, metavar="M", help="a .keras file or a SavedModel directory")
-    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files (JPEG, PNG, BMP, GIF)")
-    p.add_argument("--out", default="predictions", metavar="DIR", help="output directory (default: predictions)")
+    p.add_argument("sources", nargs="+", metavar="INPUTS",
+                   help="image files (JPEG, PNG, BMP, GIF, TIFF, WebP), folders, glob patterns, video files")
+    p.add_argument("--recursive", action="store_true", help="also read the folders inside folders ('**' in patterns)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output directory, used as given (default: a fresh runs/predict[-N])")
+    p.add_argument("--exist-ok", action="store_true",
+                   help="write into an existing --out (or runs/predict itself), overwriting its files")
     p.add_argument("--score-threshold", type=float, default=0.3, metavar="T",
-                   help="keep detections scoring at least T (default: 0.3)")
+                   help="keep (draw and write) detections scoring at least T (default: 0.3)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N",
+                   help="images of one size (video frames) run N at a time (default: 8)")
     p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="size a .keras model runs at (default: the size stored in the model file)")
     p.add_argument("--box-format", default=None,
                    help="box format of a SavedModel's outputs (default: xyxy; a .keras model knows its own)")
+    p.add_argument("--quiet", action="store_true",
+                   help="a progress line every 10%% of the images instead of a bar, also on a terminal")
 
 
 def _add_export(sub):
@@ -221,11 +251,14 @@ def _one_line(error, limit=400):
     return text if len(text) <= limit else text[:limit] + " ... (--verbose for the full message)"
 
 
-def resume_command(argv):
-    """The command line that resumes an interrupted `train` run (adds --resume)."""
+def resume_command(argv, out=None):
+    """The command line that resumes an interrupted `train` run (adds --resume, and
+    --out OUT when the run chose its own folder)."""
     import shlex
 
     argv = list(argv)
+    if out is not None and not any(a == "--out" or a.startswith("--out=") for a in argv):
+        argv += ["--out", str(out)]
     return " ".join([PROG, *map(shlex.quote, argv), *([] if "--resume" in argv else ["--resume"])])
 
 
@@ -250,11 +283,12 @@ def main(argv=None):
         interrupted = sys.modules.get("fpn_keras.callbacks")  # imported by training, if it ran
         if interrupted is not None and isinstance(error, interrupted.TrainingInterrupted):
             print(f"{PROG} {args.command}: interrupted by {error}\n"
-                  f"resume with: {resume_command(argv)}", file=sys.stderr)
+                  f"resume with: {resume_command(argv, getattr(args, 'resolved_out', None))}", file=sys.stderr)
             return error.exit_code
         if interrupted is not None and isinstance(error, interrupted.WorkerLost):
             print(f"{PROG} {args.command}: {error}\n"
-                  f"resume with (on every worker): {resume_command(argv)}", file=sys.stderr)
+                  f"resume with (on every worker): {resume_command(argv, getattr(args, 'resolved_out', None))}",
+                  file=sys.stderr)
             return error.exit_code
         if verbose:
             traceback.print_exc()

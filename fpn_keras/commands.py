@@ -115,6 +115,16 @@ def _config_mismatch(path, error):
             "fpn_keras version that wrote it, or retrain")
 
 
+def output_folder(out, default, exist_ok=False, resume=False, resumable=False):
+    """run_folders.choose_output_folder, its RunFolderExists a usage error."""
+    from fpn_keras.run_folders import RunFolderExists, choose_output_folder
+
+    try:
+        return choose_output_folder(out, default, exist_ok=exist_ok, resume=resume, resumable=resumable)
+    except RunFolderExists as error:
+        raise UsageError(str(error)) from None
+
+
 def train(args):
     from fpn_keras.config import HOLDOUT, load_recipe
     from fpn_keras.recipe_files import resolve_recipe_path
@@ -143,12 +153,19 @@ def train(args):
         if name not in known:
             raise UsageError(f"--strategy {args.strategy!r}: expected one of {list(STRATEGIES)}")
 
+    from fpn_keras.distribute import num_workers
+    from fpn_keras.progress import interactive
     from fpn_keras.training import train
 
     name = os.path.splitext(os.path.basename(recipe_name))[0]
-    out = args.out or os.path.join("runs", name)
-    print(f"Recipe {recipe_name} ({resolve_recipe_path(recipe_name)}), writing to {out}")
-    model, _ = train(recipe, out, verbose=2 if args.quiet else 1, resume=args.resume)
+    if num_workers() > 1:  # every worker must name the same folder: no numbering, no check
+        out = args.out or os.path.join("runs", name)
+    else:
+        out = output_folder(args.out, os.path.join("runs", name), args.exist_ok, args.resume, resumable=True)
+    args.resolved_out = out  # for the `resume with:` line of an interrupted run (cli.main)
+    print(f"Recipe {recipe_name} ({resolve_recipe_path(recipe_name)}), writing to {out}", flush=True)
+    # Progress bars on a terminal; one line per epoch in a log file or with --quiet.
+    model, _ = train(recipe, out, verbose=1 if interactive() and not args.quiet else 2, resume=args.resume)
     written = [f for f in ("model.keras", "recipe.yaml", "metrics.json", "history.csv", "predictions.png",
                            "curves.png") if os.path.isfile(os.path.join(out, f))]
     print(f"Wrote {', '.join(written)} in {out}")
@@ -190,6 +207,10 @@ def evaluate(args):
                                         bounding_box_format=model.bounding_box_format,
                                         pad_value=model.pad_value)
     evaluator = CocoEvaluator(class_names=class_names, category_ids=_category_ids(model, class_names))
+    from fpn_keras.progress import Progress, interactive, track
+
+    progress = Progress(info.num_images, "evaluate", "images", bar=interactive() and not args.quiet)
+    batches = track(batches, progress, count=lambda batch: int(batch[0].shape[0]))
     metrics = evaluate_model(model, batches, class_names=class_names, verbose=False, evaluator=evaluator)
     print(format_metrics(metrics, title=f"COCO metrics: {args.model} on {info.description} "
                                         f"({info.num_images} images)"))
@@ -262,25 +283,8 @@ def _convert_detectron2(args, name):
           f"{tuple(model.image_size)} (predict / evaluate / export read it from the file)")
 
 
-def _read_image(path):
-    from fpn_keras.preprocessing import read_image
-
-    try:
-        image = read_image(path)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    if str(path).lower().endswith((".jpg", ".jpeg")):
-        from fpn_keras.data.jpeg_check import jpeg_damage
-
-        damage = jpeg_damage(path)  # PIL decodes a JPEG damaged in the middle without a word
-        if damage:
-            print(f"fpn-keras predict: warning: {path}: damaged JPEG data (libjpeg: {damage}); detections "
-                  "on the damaged part of the image mean nothing", file=sys.stderr)
-    return image
-
-
 def _predictor(model_path, image_size, box_format):
-    """-> (fn(uint8 [1, H, W, 3]) -> serving outputs, class names, box format)."""
+    """-> (fn(uint8 [N, H, W, 3]) -> serving outputs, class names, category ids or None, box format)."""
     import tensorflow as tf
 
     if os.path.isdir(model_path):
@@ -296,55 +300,64 @@ def _predictor(model_path, image_size, box_format):
                 with open(candidate) as f:
                     names = [line.strip() for line in f if line.strip()]
                 break
-        return (lambda images: signature(images=images)), names, box_format or "xyxy"
+        return (lambda images: signature(images=images)), names, None, box_format or "xyxy"
     from fpn_keras.export.saved_model import serving_functions
 
     model = load_keras_model(model_path)
     from_images, _ = serving_functions(model, _image_size(model, image_size))
     function = tf.function(from_images, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
-    return function, list(model.class_names or []), box_format or model.bounding_box_format
+    return (function, list(model.class_names or []), model.category_ids,
+            box_format or model.bounding_box_format)
+
+
+def read_outputs(outputs):
+    """Serving outputs (export/saved_model.py `serving_outputs`) -> (boxes [N, D, 4] in the
+    model's box format, scores [N, D], labels [N, D] int, -1 padding): the one place
+    that knows the output names."""
+    import numpy as np
+
+    return (np.asarray(outputs["detection_boxes"]), np.asarray(outputs["detection_scores"]),
+            np.asarray(outputs["detection_classes"]).astype(np.int64))
 
 
 def predict(args):
     import keras
     import numpy as np
 
-    from fpn_keras import visualization
+    from fpn_keras import predict_sources, predicting
+    from fpn_keras.progress import interactive
 
-    for path in args.images:
-        _require_file(path, "image")
+    try:
+        sources, skipped = predict_sources.expand(args.sources, recursive=args.recursive)
+    except predict_sources.SourceError as error:
+        raise UsageError(str(error)) from None
+    if not sources:
+        raise UsageError("no image or video among the inputs: " +
+                         "; ".join(f"{path}: {reason}" for path, reason in skipped[:3]))
+    if any(source.kind == "video" for source in sources):
+        try:
+            predict_sources.opencv()
+        except predict_sources.MissingVideoSupport as error:
+            raise UsageError(str(error)) from None
     if not os.path.exists(args.model):
         raise UsageError(f"model {args.model!r} does not exist")
-    images = [_read_image(path) for path in args.images]
-    predict, class_names, box_format = _predictor(args.model, args.image_size, args.box_format)
-    os.makedirs(args.out, exist_ok=True)
-    results, used = {}, set()
-    for path, image in zip(args.images, images):
-        outputs = predict(image[None])
-        height, width = image.shape[:2]
+    if args.batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, received {args.batch_size}")
+    out = output_folder(args.out, os.path.join("runs", "predict"), args.exist_ok)
+    predict, class_names, category_ids, box_format = _predictor(args.model, args.image_size, args.box_format)
+
+    def detect(images):
+        boxes, scores, labels = read_outputs(predict(images))
         boxes = keras.utils.bounding_boxes.convert_format(
-            outputs["detection_boxes"], source=box_format, target="xyxy", height=height, width=width)
-        boxes = np.asarray(keras.ops.convert_to_numpy(boxes))[0]
-        scores = np.asarray(outputs["detection_scores"])[0]
-        labels = np.asarray(outputs["detection_classes"])[0]
-        keep = (labels >= 0) & (scores >= args.score_threshold)
-        drawn = visualization.draw_detections(image, boxes[keep], labels[keep], scores[keep],
-                                              class_names=class_names or None)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        name, i = stem, 1
-        while name in used:
-            name, i = f"{stem}_{i}", i + 1
-        used.add(name)
-        visualization.save_image(drawn, os.path.join(args.out, name + ".png"))
-        results[path] = [
-            {"box": [round(float(v), 2) for v in box], "label": int(label),
-             "class": class_names[label] if 0 <= label < len(class_names) else str(int(label)),
-             "score": round(float(score), 4)}
-            for box, label, score in zip(boxes[keep], labels[keep], scores[keep])]
-        print(f"{path}: {len(results[path])} detections -> {os.path.join(args.out, name + '.png')}")
-    with open(os.path.join(args.out, "detections.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"Wrote {os.path.join(args.out, 'detections.json')}")
+            boxes, source=box_format, target="xyxy", height=images.shape[1], width=images.shape[2])
+        return np.asarray(keras.ops.convert_to_numpy(boxes)), scores, labels
+
+    summary = predicting.run(detect, sources, out, class_names, category_ids, args.score_threshold,
+                             args.batch_size, skipped, bar=interactive() and not args.quiet)
+    if summary["images"] + summary["frames"] == 0:
+        raise UsageError("none of the inputs could be read: " +
+                         "; ".join(f"{path}: {reason}" for path, reason in summary["skipped"][:3]))
+    print(predicting.summary_line(summary, out, args.score_threshold))
 
 
 def _representative_images(spec, size, count):

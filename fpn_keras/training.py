@@ -22,6 +22,8 @@ from fpn_keras.data.training_data import build_datasets
 from fpn_keras.evaluation import CocoMetricsCallback, evaluate_model
 from fpn_keras.evaluation.coco_eval import format_metrics
 from fpn_keras.models.detector import HEADS
+from fpn_keras.progress import EpochLog
+from fpn_keras.run_folders import clear_resume_state
 
 
 def describe_plan(recipe, data, epochs, steps_per_epoch, total_steps):
@@ -109,6 +111,9 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
     strategy: a `tf.distribute.Strategy` or a spec for `distribute.strategy`
         (default: the recipe's train.strategy, "auto").
     callbacks: extra Keras callbacks.
+    verbose: 0 silent, 1 Keras' progress bars (for a terminal), 2 one line per epoch
+        with the loss terms, learning rate, time and COCO numbers (`progress.EpochLog`:
+        for a log file, where a progress bar's `\r` updates pile up in one line).
     Raises TrainingDivergedError (NaN/Inf loss), TrainingOutOfMemoryError, and
     callbacks.TrainingInterrupted on SIGINT / SIGTERM, after checkpointing the last
     finished step (resume with resume=True / `fpn-keras train ... --resume`), and
@@ -177,6 +182,8 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
         print(f"{type(strategy).__name__}: {replicas} replicas, "
               f"{cfg.batch_size // replicas} images each per step")
 
+    if not resume and chief:  # a fresh run in a used folder (--exist-ok) continues nothing of the last
+        clear_resume_state(out_dir)
     checkpointer = Checkpointer(os.path.join(out_dir, "checkpoints"), steps_per_epoch,
                                 cfg.checkpoint_every_n_steps, cfg.keep_checkpoints, write=chief)
     with strategy.scope():  # the optimizer's variables are built under the strategy
@@ -193,7 +200,7 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
     catch_signals = not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     coco = CocoMetricsCallback(val_ds, class_names=class_names,
                                every_n_epochs=schedules.eval_period_epochs(cfg, steps_per_epoch),
-                               verbose=verbose)
+                               verbose=1 if verbose == 1 else 0)
     all_callbacks = [
         guard,
         *([stopper] if catch_signals else []),
@@ -201,12 +208,17 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
         coco,
         BestModelSaver(os.path.join(files_dir, "best.keras"), coco.prefix + model.primary_metric),
         LearningRateLogger(),
+        # After the COCO callback and the learning rate, which it prints.
+        *([EpochLog(epochs, total_steps, terms=("loss", *model.head.loss_names),
+                    metrics=dict.fromkeys((*EpochLog.METRICS, coco.prefix + model.primary_metric)))]
+          if verbose == 2 else []),
         *callbacks,
     ]
     all_callbacks += [
         keras.callbacks.CSVLogger(os.path.join(files_dir, "history.csv"), append=resume),
         keras.callbacks.TensorBoard(os.path.join(files_dir, "logs"), write_graph=False),
     ]
+    fit_verbose = 1 if verbose == 1 else 0  # verbose 2: EpochLog's lines, not Keras' (see progress.py)
     try:
         with stopper if catch_signals else contextlib.nullcontext():
             # A run resumed inside an epoch first finishes that epoch from the next batch
@@ -217,7 +229,7 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
                 model.fit(check_finite_batches(train_batches(epoch, offset, 1)), initial_epoch=epoch,
                           epochs=epoch + 1,
                           steps_per_epoch=steps_per_epoch - offset, callbacks=all_callbacks,
-                          verbose=verbose, shuffle=False)
+                          verbose=fit_verbose, shuffle=False)
                 epoch += 1
                 finished = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) >= epoch * steps_per_epoch
                 if guard.message or not finished:  # stopped inside the epoch (NaN, a callback)
@@ -225,7 +237,7 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
             if epoch < epochs:
                 fit_start = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
                 model.fit(check_finite_batches(train_batches(epoch)), initial_epoch=epoch, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                          callbacks=all_callbacks, verbose=verbose, shuffle=False)
+                          callbacks=all_callbacks, verbose=fit_verbose, shuffle=False)
     except tf.errors.InvalidArgumentError as error:
         if NON_FINITE_DATA not in str(error):
             raise
