@@ -436,6 +436,8 @@ _DESCRIPTIONS = {
     "ARs": "AR @[IoU=0.50:0.95 | area=small | maxDets=100]",
     "ARm": "AR @[IoU=0.50:0.95 | area=medium | maxDets=100]",
     "ARl": "AR @[IoU=0.50:0.95 | area=large | maxDets=100]",
+    "VOC07_mAP": "Pascal VOC mAP @[IoU=0.50 | 2007 11-point]",
+    "VOC_mAP": "Pascal VOC mAP @[IoU=0.50 | area under PR]",
 }
 
 

@@ -11,9 +11,20 @@ import numpy as np
 from fpn_keras.evaluation.voc_eval import VOC_IOU_THRESHOLD, match_detections
 
 
-def _xyxy(rows):
+def xyxy_boxes(rows):
+    """COCO-format dicts -> their boxes [N, 4] xyxy (bbox is [x, y, w, h])."""
     boxes = np.asarray([row["bbox"] for row in rows], np.float64).reshape(-1, 4)
     return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+
+
+def match_results(ground_truth, results, iou_threshold=VOC_IOU_THRESHOLD):
+    """VOC matching of COCO-format ground truth and results -> (det_tp [D], det_fp [D],
+    gt_matched [G]), see `voc_eval.match_detections`; iscrowd boxes are VOC's difficult."""
+    return match_detections(
+        [g["image_id"] for g in ground_truth], xyxy_boxes(ground_truth), [g["category_id"] for g in ground_truth],
+        [bool(g.get("iscrowd", 0)) for g in ground_truth],
+        [d["image_id"] for d in results], xyxy_boxes(results), [d["score"] for d in results],
+        [d["category_id"] for d in results], iou_threshold)
 
 
 def image_failures(ground_truth, results, image_ids, iou_threshold=VOC_IOU_THRESHOLD):
@@ -22,14 +33,10 @@ def image_failures(ground_truth, results, image_ids, iou_threshold=VOC_IOU_THRES
     "det_fp" [D] bool, "num_missed" int (non-ignored ground truth not found),
     "top_fp_score" float (highest score of a false positive, 0 if none)}} for every id in
     `image_ids`."""
-    det_tp, det_fp, gt_matched = match_detections(
-        [g["image_id"] for g in ground_truth], _xyxy(ground_truth), [g["category_id"] for g in ground_truth],
-        [bool(g.get("iscrowd", 0)) for g in ground_truth],
-        [d["image_id"] for d in results], _xyxy(results), [d["score"] for d in results],
-        [d["category_id"] for d in results], iou_threshold)
+    _, det_fp, gt_matched = match_results(ground_truth, results, iou_threshold)
     gt_ids = np.asarray([g["image_id"] for g in ground_truth], np.int64)
     det_ids = np.asarray([d["image_id"] for d in results], np.int64)
-    gt_boxes, det_boxes = _xyxy(ground_truth), _xyxy(results)
+    gt_boxes, det_boxes = xyxy_boxes(ground_truth), xyxy_boxes(results)
     gt_cats = np.asarray([g["category_id"] for g in ground_truth], np.int64)
     gt_ignore = np.asarray([bool(g.get("iscrowd", 0)) for g in ground_truth], bool)
     det_cats = np.asarray([d["category_id"] for d in results], np.int64)

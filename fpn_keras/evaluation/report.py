@@ -27,11 +27,7 @@ def voc_metrics(evaluator):
     `voc_eval.voc_metrics` with the evaluator's class names, labels 0..K-1."""
     label_of = _label_of(evaluator)
     gts, dets = evaluator.ground_truth_json(), evaluator.results_json()
-
-    def xyxy(rows):
-        boxes = np.asarray([r["bbox"] for r in rows], np.float64).reshape(-1, 4)
-        return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
-
+    xyxy = failures_lib.xyxy_boxes
     return voc_eval.voc_metrics(
         [g["image_id"] for g in gts], xyxy(gts), [label_of[g["category_id"]] for g in gts],
         [bool(g["iscrowd"]) for g in gts],
