@@ -212,19 +212,19 @@ def evaluate(args):
     if model is not None:
         metrics = evaluate_model(model, batches, class_names=class_names, verbose=False, evaluator=evaluator)
     else:
-        with open(args.results) as f:
-            results = json.load(f)
         try:
+            with open(args.results) as f:
+                results = json.load(f)
             add_ground_truth(evaluator, batches, box_format).add_results(results)
         except ValueError as error:
             raise UsageError(f"--results {args.results}: {error}") from None
         metrics = evaluator.evaluate(verbose=False)
     print(format_metrics(metrics, title=f"COCO metrics: {scored} on {info.description} "
                                         f"({info.num_images} images)"))
-    classes, table = report.class_report(evaluator)
-    print(table)
     out = args.out or os.path.dirname(os.path.abspath(scored))
     os.makedirs(out, exist_ok=True)
+    classes, table, pictures = report.write_report(evaluator, batches, out)
+    print(table)
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump({"metrics": metrics, "model": args.model, "results": args.results, "data": spec,
                    "split": split, "evaluated_on": info.description, "num_images": info.num_images,
@@ -234,10 +234,7 @@ def evaluate(args):
         with open(os.path.join(out, "results.json"), "w") as f:
             json.dump(evaluator.results_json(), f)
         written.append("results.json")
-    report.pr_picture(evaluator, os.path.join(out, report.PR_CURVES_FILE))
-    report.worst_picture(evaluator, batches, os.path.join(out, report.WORST_IMAGES_FILE))
-    written += [report.PR_CURVES_FILE, report.WORST_IMAGES_FILE]
-    print(f"Wrote {', '.join(written)} in {out}")
+    print(f"Wrote {', '.join(written + pictures)} in {out}")
 
 
 def _category_ids(model, class_names):

@@ -67,3 +67,15 @@ def test_collect_images_crops_padding_and_keeps_scale():
     assert set(found) == {1, 3}
     image, scale = found[3]
     assert image.shape == (200, 200, 3) and image.dtype == np.uint8 and scale == 2.0
+
+
+def test_write_report_files_and_class_agnostic_runs(tmp_path):
+    evaluator, _ = _evaluated()
+    classes, table, files = report.write_report(evaluator, _batches(), tmp_path)
+    assert set(classes) == {"per_class", "voc"} and "cat" in table
+    assert files == [report.PR_CURVES_FILE, report.WORST_IMAGES_FILE]
+    assert all((tmp_path / name).is_file() for name in files)
+    # proposals (the RPN's class-agnostic COCO run) have no classes to report
+    evaluator.evaluate(verbose=False, class_agnostic=True)
+    classes, table, files = report.write_report(evaluator, _batches(), tmp_path / "rpn")
+    assert classes == {} and files == [] and "class-agnostic" in table

@@ -196,10 +196,13 @@ class CocoEvaluator:
     def add_results(self, results):
         """Adds COCO-format detections (a results JSON: dicts with image_id, category_id,
         bbox [x, y, w, h] and score) for images already added (their ground truth)."""
+        if not isinstance(results, list):
+            raise ValueError(f"expected a list of detections (COCO results format), received a "
+                             f"{type(results).__name__}")
         known_images = {img["id"] for img in self._images}
         known_categories = {c["id"] for c in self._categories()}
         for i, row in enumerate(results):
-            missing = {"image_id", "category_id", "bbox", "score"} - set(row)
+            missing = {"image_id", "category_id", "bbox", "score"} - set(row if isinstance(row, dict) else {})
             if missing:
                 raise ValueError(f"result {i} lacks {sorted(missing)}: {row}")
             if int(row["image_id"]) not in known_images:

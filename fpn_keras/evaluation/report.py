@@ -109,3 +109,17 @@ def worst_picture(evaluator, dataset, path=None, num_images=4, score_threshold=0
          [panel(i, lambda f: f"false positive {f['top_fp_score']:.2f}") for i in confident if i in images]),
     ]
     return plots.plot_worst_images(rows, path=path, class_names=names, score_threshold=score_threshold)
+
+
+def write_report(evaluator, dataset, out_dir):
+    """Everything above for `fpn-keras evaluate`: -> (dict for metrics.json, text to print,
+    files written in `out_dir`). A class-agnostic run (the RPN's proposals) has no classes:
+    an empty dict, a note, no pictures."""
+    import os
+
+    if not evaluator.coco_eval.params.useCats:
+        return {}, "(class-agnostic evaluation: no per-class numbers, VOC mAP or pictures)", []
+    classes, table = class_report(evaluator)
+    pr_picture(evaluator, os.path.join(out_dir, PR_CURVES_FILE))
+    worst_picture(evaluator, dataset, os.path.join(out_dir, WORST_IMAGES_FILE))
+    return classes, table, [PR_CURVES_FILE, WORST_IMAGES_FILE]
