@@ -200,6 +200,7 @@ def _plot_with_matplotlib(losses, metrics, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figure, axes = plt.subplots(1, 2, figsize=(CURVE_SIZE[0] / 100, CURVE_SIZE[1] / 100), dpi=100)
     for ax, title, series in ((axes[0], "training losses", losses), (axes[1], "evaluation", metrics)):
@@ -207,6 +208,7 @@ def _plot_with_matplotlib(losses, metrics, path):
             ax.plot([x for x, _ in points], [y for _, y in points], marker=".", label=name)
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if series:
             ax.legend(fontsize="small")

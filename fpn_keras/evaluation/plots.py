@@ -95,16 +95,16 @@ def plot_pr_curves(recall, curves, names, mean=None, path=None, title_values=Non
     return _save(figure, path)
 
 
-def plot_worst_images(rows, path=None, class_names=None, score_threshold=0.3):
+def plot_worst_images(rows, path=None, class_names=None, score_threshold=0.3, max_false_positives=3):
     """A grid of images with their ground truth and detections: one row per (title, panels)
     in `rows`, e.g. ("most missed ground truth", [...]), ("most confident false positives", [...]).
 
     A panel is a dict: "image" uint8 [h, w, 3]; "title"; "gt_boxes" [G, 4] xyxy in the
     image's pixels, "gt_matched" / "gt_ignore" [G] bool; "det_boxes" [D, 4], "det_labels"
     [D] (0-based, for colours and `class_names`), "det_scores" [D], "det_fp" [D] bool.
-    Detections with score >= `score_threshold` and every false positive are drawn in class
-    colours with their score (draw_detections); ground truth as dashed outlines: green
-    found, red missed, grey ignored.
+    Detections with score >= `score_threshold` and the `max_false_positives` most confident
+    false positives are drawn in class colours with their score (draw_detections); ground
+    truth as dashed outlines: green found, red missed, grey ignored.
     Size: `worst_figure_size(max panels in a row, len(rows))`.
     """
     plt = _pyplot()
@@ -122,7 +122,9 @@ def plot_worst_images(rows, path=None, class_names=None, score_threshold=0.3):
         for c, panel in enumerate(panels):
             ax = axes[r, c]
             scores = np.asarray(panel["det_scores"], np.float32)
-            keep = (scores >= score_threshold) | np.asarray(panel["det_fp"], bool)
+            false_positives = np.flatnonzero(np.asarray(panel["det_fp"], bool))
+            keep = scores >= score_threshold
+            keep[false_positives[np.argsort(-scores[false_positives], kind="stable")][:max_false_positives]] = True
             drawn = visualization.draw_detections(
                 panel["image"], np.asarray(panel["det_boxes"], np.float32).reshape(-1, 4)[keep],
                 np.asarray(panel["det_labels"]).reshape(-1)[keep], scores[keep], class_names=class_names,
