@@ -7,7 +7,6 @@ import tempfile
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from fpn_keras import schedules
@@ -57,7 +56,7 @@ def save_predictions_picture(model, dataset, path, num_images=8, score_threshold
     """Draws the model's detections on the first `num_images` images of `dataset`."""
     drawn = []
     for images, _ in dataset:
-        drawn += draw_predictions(model, images[: num_images - len(drawn)], score_threshold)
+        drawn += draw_predictions(model, images, score_threshold)[: num_images - len(drawn)]
         if len(drawn) == num_images:
             break
     visualization.save_image(visualization.make_grid(drawn, cols=4), path)
