@@ -279,6 +279,25 @@ def test_callback_writes_logs():
     assert len(cb.history) == 1 and cb.history[0][0] == 2
 
 
+def test_callback_logs_voc_map_when_asked():
+    data = _yxyx_dataset()
+
+    class OneMissed(FakeModel):  # drops the last real detection of image 2 (label 0)
+        def predict_on_batch(self, images):
+            out = super().predict_on_batch(images)
+            labels = out["labels"].copy()
+            labels[1, 1] = -1
+            return dict(out, labels=labels, num_detections=(labels >= 0).sum(axis=1))
+
+    cb = CocoMetricsCallback(data, class_names=["a", "b", "c"], verbose=0, voc_metric=True)
+    cb.set_model(OneMissed(data))
+    logs = {}
+    cb.on_epoch_end(0, logs)
+    # class 0 found 1 of 2 (AP 0.5 area, 6/11 11-point); classes 1 and 2 perfect
+    assert logs["val_VOC_mAP"] == pytest.approx((0.5 + 1 + 1) / 3)
+    assert logs["val_VOC07_mAP"] == pytest.approx((6 / 11 + 1 + 1) / 3)
+
+
 def test_callback_every_epoch():
     data = _yxyx_dataset()
     cb = CocoMetricsCallback(data, verbose=0)
