@@ -93,9 +93,16 @@ def _add_train(sub):
 
 def _add_evaluate(sub):
     p = _parser(sub, "evaluate", "COCO-evaluate a trained model", (
-        "COCO-evaluate a .keras model: prints the COCO table and writes OUT/metrics.json and\n"
-        "OUT/results.json (COCO results format, with the dataset's original category ids)."))
-    p.add_argument("--model", required=True, metavar="M", help="a .keras file written by train")
+        "COCO-evaluate a .keras model (or score a COCO results JSON with --results): prints the COCO\n"
+        "table and a per-class table (AP, AP50, AR100, VOC07 / VOC AP at IoU 0.5; \"-\": a class\n"
+        "without ground truth) and writes OUT/metrics.json (\"metrics\", \"per_class\", \"voc\"),\n"
+        "OUT/results.json (COCO results format, with the dataset's original category ids),\n"
+        "OUT/pr_curves.png (precision-recall at IoU 0.5 per class) and OUT/worst_images.png\n"
+        "(the images with the most missed ground truth / the most confident false positives)."))
+    p.add_argument("--model", default=None, metavar="M", help="a .keras file written by train")
+    p.add_argument("--results", default=None, metavar="FILE",
+                   help="score this COCO results JSON (e.g. a results.json written by evaluate) instead of a "
+                        "model; needs --data (default OUT: the file's folder)")
     p.add_argument("--data", default=None, metavar="SPEC",
                    help="dataset spec (default: data.val of the recipe.yaml next to the model, i.e. the "
                         "held-out images when it trained with --data alone; else synthetic)")

@@ -176,13 +176,25 @@ def train(args):
         print(f"Exported SavedModel (signatures serving_default, serve_image_bytes) to {args.export}")
 
 
+RESULTS_IMAGE_SIZE = (640, 640)  # evaluate --results without --image-size: the canvas the data is drawn on
+
+
 def evaluate(args):
     from fpn_keras import data as data_lib
     from fpn_keras.config import HOLDOUT
-    from fpn_keras.evaluation.coco_eval import CocoEvaluator, evaluate_model, format_metrics
+    from fpn_keras.evaluation import report
+    from fpn_keras.evaluation.coco_eval import CocoEvaluator, add_ground_truth, evaluate_model, format_metrics
 
-    _require_file(args.model, "model file")
-    run = _run_recipe(args.model).get("data", {})
+    if (args.model is None) == (args.results is None):
+        raise UsageError("pass --model M (a model to run) or --results FILE (a COCO results JSON to score), "
+                         "one of the two")
+    if args.results is not None:
+        _require_file(args.results, "--results file")
+        if args.data is None:
+            raise UsageError("--results needs --data SPEC (the images and ground truth it was made on)")
+    else:
+        _require_file(args.model, "model file")
+    run = _run_recipe(args.model).get("data", {}) if args.model else {}
     spec = args.data or run.get("val") or "synthetic"
     split = args.split or run.get("val_split") or "val"
     holdout = {}
@@ -196,32 +208,54 @@ def evaluate(args):
     check_data_spec(spec)
     if args.batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, received {args.batch_size}")
-    model = load_keras_model(args.model)
-    size = _image_size(model, args.image_size)
+    model = load_keras_model(args.model) if args.model else None
+    if model is not None:
+        size = _image_size(model, args.image_size)
+    else:
+        size = tuple(args.image_size or RESULTS_IMAGE_SIZE)
     extra = {"image_size": size} if spec == "synthetic" else {}
     elements, class_names, info = data_lib.load(spec, split, num_images=args.num_images, with_info=True,
                                                 **holdout, **extra)
     # A converted torchvision / detectron2 model resizes as its library does (short side, cap).
-    resize = (run.get("resize") if args.data is None else None) or model.short_side_resize
+    resize = (run.get("resize") if args.data is None else None) or getattr(model, "short_side_resize", None)
+    box_format = model.bounding_box_format if model is not None else "xyxy"
     batches = data_lib.pipeline.prepare(elements, args.batch_size, size, training=False, resize=resize,
-                                        bounding_box_format=model.bounding_box_format,
-                                        pad_value=model.pad_value)
-    evaluator = CocoEvaluator(class_names=class_names, category_ids=_category_ids(model, class_names))
-    from fpn_keras.progress import Progress, interactive, track
+                                        bounding_box_format=box_format,
+                                        pad_value=model.pad_value if model is not None else 0.0)
+    category_ids = (_category_ids(model, class_names) if model is not None
+                    else getattr(class_names, "category_ids", None))
+    evaluator = CocoEvaluator(class_names=class_names, category_ids=category_ids)
+    scored = args.model or args.results
+    if model is not None:
+        from fpn_keras.progress import Progress, interactive, track
 
-    progress = Progress(info.num_images, "evaluate", "images", bar=interactive() and not args.quiet)
-    batches = track(batches, progress, count=lambda batch: int(batch[0].shape[0]))
-    metrics = evaluate_model(model, batches, class_names=class_names, verbose=False, evaluator=evaluator)
-    print(format_metrics(metrics, title=f"COCO metrics: {args.model} on {info.description} "
+        progress = Progress(info.num_images, "evaluate", "images", bar=interactive() and not args.quiet)
+        tracked = track(batches, progress, count=lambda batch: int(batch[0].shape[0]))
+        metrics = evaluate_model(model, tracked, class_names=class_names, verbose=False, evaluator=evaluator)
+    else:
+        try:
+            with open(args.results) as f:
+                results = json.load(f)
+            add_ground_truth(evaluator, batches, box_format).add_results(results)
+        except ValueError as error:
+            raise UsageError(f"--results {args.results}: {error}") from None
+        metrics = evaluator.evaluate(verbose=False)
+    print(format_metrics(metrics, title=f"COCO metrics: {scored} on {info.description} "
                                         f"({info.num_images} images)"))
-    out = args.out or os.path.dirname(os.path.abspath(args.model))
+    out = args.out or os.path.dirname(os.path.abspath(scored))
     os.makedirs(out, exist_ok=True)
+    classes, table, pictures = report.write_report(evaluator, batches, out)
+    print(table)
     with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump({"metrics": metrics, "model": args.model, "data": spec, "split": split,
-                   "evaluated_on": info.description, "num_images": info.num_images}, f, indent=2)
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(evaluator.results_json(), f)
-    print(f"Wrote {os.path.join(out, 'metrics.json')} and {os.path.join(out, 'results.json')}")
+        json.dump({"metrics": metrics, "model": args.model, "results": args.results, "data": spec,
+                   "split": split, "evaluated_on": info.description, "num_images": info.num_images,
+                   **classes}, f, indent=2)
+    written = ["metrics.json"]
+    if model is not None:
+        with open(os.path.join(out, "results.json"), "w") as f:
+            json.dump(evaluator.results_json(), f)
+        written.append("results.json")
+    print(f"Wrote {', '.join(written + pictures)} in {out}")
 
 
 def _category_ids(model, class_names):

@@ -105,6 +105,9 @@ class TrainConfig:
     # When set, replaces eval_every_n_epochs: evaluate every this many steps (rounded to
     # whole epochs, at least one).
     eval_every_n_steps: typing.Optional[int] = None
+    # Also report Pascal VOC mAP at IoU 0.5 (VOC2007 11-point and VOC2010+ area) beside
+    # COCO's at every evaluation (val_VOC07_mAP, val_VOC_mAP; fpn_keras.evaluation.voc_eval).
+    voc_metric: bool = False
     seed: int = 0
     # --- scale and robustness (fpn_keras.distribute, fpn_keras.training) ---
     # tf.distribute strategy: auto | default | mirrored | multi_worker | tpu | one_device:<device>.

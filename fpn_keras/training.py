@@ -7,7 +7,6 @@ import tempfile
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from fpn_keras import schedules
@@ -21,6 +20,7 @@ from fpn_keras.config import DataError, Recipe, dump_recipe
 from fpn_keras.data.training_data import build_datasets
 from fpn_keras.evaluation import CocoMetricsCallback, evaluate_model
 from fpn_keras.evaluation.coco_eval import format_metrics
+from fpn_keras.evaluation.tensorboard import draw_predictions
 from fpn_keras.models.detector import HEADS
 from fpn_keras.progress import EpochLog
 from fpn_keras.run_folders import clear_resume_state
@@ -58,21 +58,7 @@ def save_predictions_picture(model, dataset, path, num_images=8, score_threshold
     """Draws the model's detections on the first `num_images` images of `dataset`."""
     drawn = []
     for images, _ in dataset:
-        detections = model.predict_on_batch(images)
-        boxes = keras.utils.bounding_boxes.convert_format(
-            detections["boxes"], source=model.bounding_box_format, target="xyxy",
-            height=images.shape[1], width=images.shape[2])
-        # Small images are drawn 2x (or more) larger so the labels stay readable.
-        zoom = max(1, 256 // int(images.shape[1]))
-        boxes = keras.ops.convert_to_numpy(boxes) * zoom
-        for i in range(images.shape[0]):
-            image = np.asarray(images[i]).repeat(zoom, axis=0).repeat(zoom, axis=1)
-            drawn.append(visualization.draw_detections(
-                image, boxes[i], np.asarray(detections["labels"][i]),
-                np.asarray(detections["scores"][i]), class_names=model.class_names,
-                score_threshold=score_threshold))
-            if len(drawn) == num_images:
-                break
+        drawn += draw_predictions(model, images, score_threshold)[: num_images - len(drawn)]
         if len(drawn) == num_images:
             break
     visualization.save_image(visualization.make_grid(drawn, cols=4), path)
@@ -200,7 +186,8 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
     catch_signals = not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     coco = CocoMetricsCallback(val_ds, class_names=class_names,
                                every_n_epochs=schedules.eval_period_epochs(cfg, steps_per_epoch),
-                               verbose=1 if verbose == 1 else 0)
+                               verbose=1 if verbose == 1 else 0,
+                               log_dir=os.path.join(files_dir, "logs", "evaluation"), voc_metric=cfg.voc_metric)
     all_callbacks = [
         guard,
         *([stopper] if catch_signals else []),

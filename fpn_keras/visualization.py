@@ -1,4 +1,4 @@
-"""Drawing detections on images (PIL), saving image grids, and plotting training curves."""
+"""Drawing detections on images (PIL), saving image grids, and plotting training curves (matplotlib)."""
 
 import colorsys
 import pathlib
@@ -195,62 +195,12 @@ def _curve_series(history_csv, metrics_history):
     return losses, [(name, points) for name, points in metrics if points]
 
 
-def _nice_range(values, zero_based):
-    low = 0.0 if zero_based else min(values)
-    high = max(values)
-    if high <= low:
-        high = low + (abs(low) or 1.0)
-    return low, high
-
-
-def _draw_panel(draw, box, title, series, font, zero_based=False):
-    """One line chart inside box=(x0, y0, x1, y1): axes, min/max ticks, lines, legend."""
-    x0, y0, x1, y1 = box
-    left, top, right, bottom = x0 + 56, y0 + 28, x1 - 12, y1 - 34
-    draw.text((left, y0 + 8), title, fill=(0, 0, 0), font=font)
-    draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
-    if not series:
-        draw.text((left + 10, (top + bottom) // 2), "no data yet", fill=(120, 120, 120), font=font)
-        return
-    xs = [x for _, points in series for x, _ in points]
-    ys = [y for _, points in series for _, y in points]
-    x_low, x_high = min(xs), max(xs)
-    if x_high == x_low:
-        x_low, x_high = x_low - 1, x_high + 1
-    y_low, y_high = _nice_range(ys, zero_based)
-
-    def to_pixel(x, y):
-        px = left + (x - x_low) / (x_high - x_low) * (right - left)
-        py = bottom - (y - y_low) / (y_high - y_low) * (bottom - top)
-        return px, py
-
-    for value in (y_low, (y_low + y_high) / 2, y_high):  # y ticks + grid
-        _, py = to_pixel(x_low, value)
-        draw.line([left, py, right, py], fill=(225, 225, 225))
-        draw.text((x0 + 4, py - 5), f"{value:.3g}", fill=(0, 0, 0), font=font)
-    draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))  # over the grid lines
-    for value in sorted({x_low, x_high, round((x_low + x_high) / 2)}):  # x ticks
-        px, _ = to_pixel(value, y_low)
-        draw.line([px, bottom, px, bottom + 4], fill=(0, 0, 0))
-        draw.text((px - 6, bottom + 6), f"{value:g}", fill=(0, 0, 0), font=font)
-    draw.text(((left + right) // 2 - 14, bottom + 18), "epoch", fill=(0, 0, 0), font=font)
-    colors = class_colors(max(len(series), 1))
-    for i, (name, points) in enumerate(series):
-        pixels = [to_pixel(x, y) for x, y in points]
-        if len(pixels) > 1:
-            draw.line(pixels, fill=colors[i], width=2)
-        for px, py in pixels:
-            draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colors[i])
-        ly = top + 6 + 13 * i  # legend, top right
-        draw.line([right - 110, ly + 5, right - 94, ly + 5], fill=colors[i], width=3)
-        draw.text((right - 90, ly), name[:14], fill=(0, 0, 0), font=font)
-
-
 def _plot_with_matplotlib(losses, metrics, path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figure, axes = plt.subplots(1, 2, figsize=(CURVE_SIZE[0] / 100, CURVE_SIZE[1] / 100), dpi=100)
     for ax, title, series in ((axes[0], "training losses", losses), (axes[1], "evaluation", metrics)):
@@ -258,16 +208,19 @@ def _plot_with_matplotlib(losses, metrics, path):
             ax.plot([x for x, _ in points], [y for _, y in points], marker=".", label=name)
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if series:
             ax.legend(fontsize="small")
+        else:
+            ax.text(0.5, 0.5, "no data yet", ha="center", va="center", color="gray", transform=ax.transAxes)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
-def plot_curves(history_csv, metrics_history=None, path="curves.png", backend="auto"):
-    """Plots training curves to `path` (PNG, CURVE_SIZE pixels): the loss terms of
+def plot_curves(history_csv, metrics_history=None, path="curves.png"):
+    """Plots training curves to `path` (PNG, CURVE_SIZE pixels, matplotlib): the loss terms of
     `history_csv` (a keras CSVLogger file: columns "epoch", "loss", "cls_loss", ...) on the
     left, evaluation metrics (AP, AP50; AR100/AR1000 for an RPN) against the epoch on the
     right.
@@ -278,27 +231,11 @@ def plot_curves(history_csv, metrics_history=None, path="curves.png", backend="a
             epochs (`CocoMetricsCallback.history`) or a dict {epoch: metrics}; None reads
             metric columns (e.g. "AP", "val_AP") from the CSV instead.
         path: output PNG; parent folders are created.
-        backend: "auto" (matplotlib when installed, else PIL), "matplotlib" or "pil".
 
     Returns the path written.
     """
     losses, metrics = _curve_series(history_csv, metrics_history)
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if backend not in ("auto", "matplotlib", "pil"):
-        raise ValueError(f"`backend` must be 'auto', 'matplotlib' or 'pil', received {backend!r}.")
-    if backend != "pil":
-        try:
-            _plot_with_matplotlib(losses, metrics, path)
-            return path
-        except ImportError:
-            if backend == "matplotlib":
-                raise
-    width, height = CURVE_SIZE
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    _draw_panel(draw, (0, 0, width // 2, height), "training losses", losses, font)
-    _draw_panel(draw, (width // 2, 0, width, height), "evaluation", metrics, font, zero_based=True)
-    canvas.save(path, format="PNG")
+    _plot_with_matplotlib(losses, metrics, path)
     return path

@@ -238,6 +238,57 @@ def test_evaluate(trained, tmp_path):
         assert 0.0 < row["score"] <= 1.0
 
 
+def test_evaluate_per_class_pictures_and_results_json(trained, tmp_path, capsys):
+    """evaluate writes per-class numbers, VOC mAP and two pictures; evaluate --results on the
+    results.json it wrote gives the same numbers without the model."""
+    from fpn_keras.evaluation import plots
+
+    out, _ = trained
+    code, stdout, err = call(capsys, "evaluate", "--model", out / "model.keras", "--num-images", 8,
+                             "--out", tmp_path / "model")
+    assert code == 0, err
+    record = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    rows = record["per_class"]
+    assert [row["category_id"] for row in rows] == [1, 2, 3, 4]  # the synthetic shapes
+    assert sum(row["num_gt"] for row in rows) > 0
+    for row in rows:
+        assert set(row) == {"class", "category_id", "ap", "ap50", "ar100", "num_gt"}
+        assert (row["ap"] is None) == (row["num_gt"] == 0), row
+        assert row["class"] in stdout  # the printed table
+    assert set(record["voc"]) == {"mAP07", "mAP", "per_class"}
+    assert "VOC2007 11-point" in stdout
+    with Image.open(tmp_path / "model" / "pr_curves.png") as image:
+        assert image.size == plots.pr_figure_size(5)  # "all" + 4 classes
+        assert len(image.convert("RGB").getcolors(1 << 24)) > 10
+    with Image.open(tmp_path / "model" / "worst_images.png") as image:
+        width, height = image.size
+        assert width % plots.WORST_PANEL[0] == 0 and height == 2 * plots.WORST_PANEL[1]
+        assert len(image.convert("RGB").getcolors(1 << 24)) > 10
+
+    code, stdout, err = call(capsys, "evaluate", "--results", tmp_path / "model" / "results.json",
+                             "--data", "synthetic", "--image-size", 128, 128, "--num-images", 8,
+                             "--out", tmp_path / "results")
+    assert code == 0, err
+    scored = json.loads((tmp_path / "results" / "metrics.json").read_text())
+    assert scored["metrics"] == record["metrics"]
+    assert scored["per_class"] == record["per_class"] and scored["voc"] == record["voc"]
+    assert (tmp_path / "results" / "pr_curves.png").is_file()
+    assert (tmp_path / "results" / "worst_images.png").is_file()
+
+
+def test_evaluate_needs_a_model_or_results(tmp_path, capsys):
+    code, _, err = call(capsys, "evaluate", "--data", "synthetic")
+    assert code == 2 and "--model M" in err and "--results FILE" in err, err
+    (tmp_path / "r.json").write_text("[]")
+    code, _, err = call(capsys, "evaluate", "--results", tmp_path / "r.json")
+    assert code == 2 and "--results needs --data" in err, err
+    bad = [{"image_id": 12345, "category_id": 1, "bbox": [0, 0, 4, 4], "score": 0.5}]
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    code, _, err = call(capsys, "evaluate", "--results", tmp_path / "bad.json", "--data", "synthetic",
+                        "--image-size", 128, 128, "--num-images", 2)
+    assert code == 2 and "image_id 12345" in err, err
+
+
 def _coco_dataset(folder, category_ids):
     """4 synthetic images as a COCO-JSON dataset with the given (non-contiguous) category ids."""
     from fpn_keras.data import synthetic

@@ -279,6 +279,25 @@ def test_callback_writes_logs():
     assert len(cb.history) == 1 and cb.history[0][0] == 2
 
 
+def test_callback_logs_voc_map_when_asked():
+    data = _yxyx_dataset()
+
+    class OneMissed(FakeModel):  # drops the last real detection of image 2 (label 0)
+        def predict_on_batch(self, images):
+            out = super().predict_on_batch(images)
+            labels = out["labels"].copy()
+            labels[1, 1] = -1
+            return dict(out, labels=labels, num_detections=(labels >= 0).sum(axis=1))
+
+    cb = CocoMetricsCallback(data, class_names=["a", "b", "c"], verbose=0, voc_metric=True)
+    cb.set_model(OneMissed(data))
+    logs = {}
+    cb.on_epoch_end(0, logs)
+    # class 0 found 1 of 2 (AP 0.5 area, 6/11 11-point); classes 1 and 2 perfect
+    assert logs["val_VOC_mAP"] == pytest.approx((0.5 + 1 + 1) / 3)
+    assert logs["val_VOC07_mAP"] == pytest.approx((6 / 11 + 1 + 1) / 3)
+
+
 def test_callback_every_epoch():
     data = _yxyx_dataset()
     cb = CocoMetricsCallback(data, verbose=0)
@@ -289,3 +308,40 @@ def test_callback_every_epoch():
     assert logs["val_AP"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="every_n_epochs"):
         CocoMetricsCallback(data, every_n_epochs=0)
+
+
+def test_results_json_scored_without_the_model_gives_the_same_metrics():
+    from fpn_keras.evaluation.coco_eval import add_ground_truth
+
+    data = _yxyx_dataset()
+    shifted = [(images, dict(t)) for images, t in data]
+
+    class Shifted(FakeModel):  # detections 4 px to the right: AP < 1
+        def predict_on_batch(self, images):
+            out = super().predict_on_batch(images)
+            return dict(out, boxes=np.where(out["boxes"] >= 0, out["boxes"] + [0, 4, 0, 4], -1.0))
+
+    with_model = CocoEvaluator(class_names=["a", "b", "c"])
+    expected = evaluate_model(Shifted(shifted), shifted, verbose=False, evaluator=with_model)
+    assert 0 < expected["AP"] < 1
+    scored = CocoEvaluator(class_names=["a", "b", "c"])
+    add_ground_truth(scored, data, "yxyx").add_results(with_model.results_json())
+    assert scored.ground_truth_json() == with_model.ground_truth_json()
+    assert scored.evaluate(verbose=False) == expected
+
+
+def test_add_results_rejects_unknown_images_categories_and_rows():
+    from fpn_keras.evaluation.coco_eval import add_ground_truth
+
+    evaluator = add_ground_truth(CocoEvaluator(class_names=["a", "b", "c"]), _yxyx_dataset(), "yxyx")
+    row = {"image_id": 5, "category_id": 1, "bbox": [0, 0, 4, 4], "score": 0.5}
+    with pytest.raises(ValueError, match="image_id 7"):
+        evaluator.add_results([dict(row, image_id=7)])
+    with pytest.raises(ValueError, match="category_id 9"):
+        evaluator.add_results([dict(row, category_id=9)])
+    with pytest.raises(ValueError, match="lacks"):
+        evaluator.add_results([{"image_id": 5}])
+    with pytest.raises(ValueError, match="list"):
+        evaluator.add_results({"image_id": 5})
+    evaluator.add_results([row])
+    assert evaluator.results_json() == [row]

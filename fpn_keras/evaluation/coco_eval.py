@@ -188,6 +188,36 @@ class CocoEvaluator:
         bbox ([x, y, w, h] pixels) and score."""
         return [dict(d) for d in self._dets]
 
+    def ground_truth_json(self):
+        """COCO-format ground truth: list of dicts with image_id, category_id, bbox
+        ([x, y, w, h] pixels), area and iscrowd (1: crowd / ignore / VOC difficult)."""
+        return [dict(g) for g in self._gts]
+
+    def add_results(self, results):
+        """Adds COCO-format detections (a results JSON: dicts with image_id, category_id,
+        bbox [x, y, w, h] and score) for images already added (their ground truth)."""
+        if not isinstance(results, list):
+            raise ValueError(f"expected a list of detections (COCO results format), received a "
+                             f"{type(results).__name__}")
+        known_images = {img["id"] for img in self._images}
+        known_categories = {c["id"] for c in self._categories()}
+        for i, row in enumerate(results):
+            missing = {"image_id", "category_id", "bbox", "score"} - set(row if isinstance(row, dict) else {})
+            if missing:
+                raise ValueError(f"result {i} lacks {sorted(missing)}: {row}")
+            if int(row["image_id"]) not in known_images:
+                raise ValueError(f"result {i} is for image_id {row['image_id']}, which is not among the "
+                                 f"{len(known_images)} images evaluated")
+            if int(row["category_id"]) not in known_categories:
+                raise ValueError(f"result {i} has category_id {row['category_id']}, not one of the data's "
+                                 f"{sorted(known_categories)[:10]}")
+            self._dets.append({"image_id": int(row["image_id"]), "category_id": int(row["category_id"]),
+                               "bbox": [float(v) for v in row["bbox"]], "score": float(row["score"])})
+
+    def categories(self):
+        """COCO category dicts {"id", "name"}, in label order (label i -> entry i)."""
+        return self._categories()
+
     def _categories(self):
         if self.num_classes is not None:
             labels = range(self.num_classes)
@@ -255,6 +285,7 @@ class CocoEvaluator:
                 coco_eval.params.useCats = 0
             coco_eval.evaluate()
             coco_eval.accumulate()
+        self.coco_eval = coco_eval  # accumulated: evaluation.per_class reads its arrays
         if verbose:
             coco_eval.summarize()
         else:
@@ -280,6 +311,60 @@ def _to_xyxy(boxes, labels, source, height, width):
             )
         )
     return np.where((labels < 0)[..., None], -1.0, boxes).astype("float32")
+
+
+def _add_batch(evaluator, images, targets, preds, fmt):
+    """Adds one batch of ground truth (and `preds`, the model's outputs, unless None) to
+    `evaluator`, in original image pixels; see `evaluate_model` for the dicts."""
+    import keras
+
+    height, width = int(images.shape[1]), int(images.shape[2])
+    gt_labels = keras.ops.convert_to_numpy(targets["labels"])
+    batch = gt_labels.shape[0]
+    if preds is None:  # ground truth only (scoring a results JSON)
+        preds = {"boxes": np.zeros((batch, 0, 4), "float32"), "scores": np.zeros((batch, 0), "float32"),
+                 "labels": np.zeros((batch, 0), "int32")}
+    det_labels = keras.ops.convert_to_numpy(preds["labels"])
+    image_ids = targets.get("image_id")
+    if image_ids is not None:
+        image_ids = keras.ops.convert_to_numpy(image_ids)
+    num_detections = preds.get("num_detections")
+    if num_detections is not None:
+        num_detections = keras.ops.convert_to_numpy(num_detections)
+    gt_boxes = _to_xyxy(targets["boxes"], gt_labels, fmt, height, width)
+    det_boxes = _to_xyxy(preds["boxes"], det_labels, fmt, height, width)
+    image_sizes = np.tile([[height, width]], (batch, 1))
+    gt_ignore = targets.get("ignore")
+    if gt_ignore is not None:
+        gt_ignore = keras.ops.convert_to_numpy(gt_ignore).astype(bool)
+    scale = targets.get("image_scale")
+    if scale is not None:
+        # back to original image pixels (padding rows stay -1)
+        scale = keras.ops.convert_to_numpy(scale).astype("float32").reshape(-1)
+        scale = np.where(scale > 0, scale, 1.0)
+        gt_boxes = np.where((gt_labels < 0)[..., None], -1.0, gt_boxes / scale[:, None, None])
+        det_boxes = np.where((det_labels < 0)[..., None], -1.0, det_boxes / scale[:, None, None])
+        image_sizes = np.round(image_sizes / scale[:, None]).astype("int64")
+    evaluator.add(
+        gt_boxes=gt_boxes.astype("float32"),
+        gt_labels=gt_labels,
+        det_boxes=det_boxes.astype("float32"),
+        det_scores=keras.ops.convert_to_numpy(preds["scores"]),
+        det_labels=det_labels,
+        num_detections=num_detections,
+        image_ids=image_ids,
+        gt_ignore=gt_ignore,
+        image_sizes=image_sizes,
+    )
+
+
+def add_ground_truth(evaluator, dataset, bounding_box_format):
+    """Adds the ground truth of every `(images, targets)` batch of `dataset` (targets as in
+    `evaluate_model`, boxes in `bounding_box_format`) to `evaluator`, without detections:
+    then `evaluator.add_results(results_json)` scores a results file."""
+    for images, targets in dataset:
+        _add_batch(evaluator, images, targets, None, bounding_box_format)
+    return evaluator
 
 
 def evaluate_model(
@@ -329,46 +414,12 @@ def evaluate_model(
     for step, (images, targets) in enumerate(dataset):
         if max_batches is not None and step >= max_batches:
             break
-        height, width = int(images.shape[1]), int(images.shape[2])
         if getattr(model, "short_side_resize", None) and "image_size" in targets:
             # A converted model clips boxes to each image before NMS, as its library does.
             preds = model.detect(images, image_sizes=targets["image_size"])
         else:
             preds = model.predict_on_batch(images)
-        gt_labels = keras.ops.convert_to_numpy(targets["labels"])
-        det_labels = keras.ops.convert_to_numpy(preds["labels"])
-        image_ids = targets.get("image_id")
-        if image_ids is not None:
-            image_ids = keras.ops.convert_to_numpy(image_ids)
-        num_detections = preds.get("num_detections")
-        if num_detections is not None:
-            num_detections = keras.ops.convert_to_numpy(num_detections)
-        batch = gt_labels.shape[0]
-        gt_boxes = _to_xyxy(targets["boxes"], gt_labels, fmt, height, width)
-        det_boxes = _to_xyxy(preds["boxes"], det_labels, fmt, height, width)
-        image_sizes = np.tile([[height, width]], (batch, 1))
-        gt_ignore = targets.get("ignore")
-        if gt_ignore is not None:
-            gt_ignore = keras.ops.convert_to_numpy(gt_ignore).astype(bool)
-        scale = targets.get("image_scale")
-        if scale is not None:
-            # back to original image pixels (padding rows stay -1)
-            scale = keras.ops.convert_to_numpy(scale).astype("float32").reshape(-1)
-            scale = np.where(scale > 0, scale, 1.0)
-            gt_boxes = np.where((gt_labels < 0)[..., None], -1.0, gt_boxes / scale[:, None, None])
-            det_boxes = np.where((det_labels < 0)[..., None], -1.0, det_boxes / scale[:, None, None])
-            image_sizes = np.round(image_sizes / scale[:, None]).astype("int64")
-        evaluator.add(
-            gt_boxes=gt_boxes.astype("float32"),
-            gt_labels=gt_labels,
-            det_boxes=det_boxes.astype("float32"),
-            det_scores=keras.ops.convert_to_numpy(preds["scores"]),
-            det_labels=det_labels,
-            num_detections=num_detections,
-            image_ids=image_ids,
-            gt_ignore=gt_ignore,
-            image_sizes=image_sizes,
-        )
+        _add_batch(evaluator, images, targets, preds, fmt)
         if progbar is not None:
             progbar.update(step + 1)
     # Models may ask for other recall limits / class-agnostic scoring (the RPN does).
@@ -388,6 +439,8 @@ _DESCRIPTIONS = {
     "ARs": "AR @[IoU=0.50:0.95 | area=small | maxDets=100]",
     "ARm": "AR @[IoU=0.50:0.95 | area=medium | maxDets=100]",
     "ARl": "AR @[IoU=0.50:0.95 | area=large | maxDets=100]",
+    "VOC07_mAP": "Pascal VOC mAP @[IoU=0.50 | 2007 11-point]",
+    "VOC_mAP": "Pascal VOC mAP @[IoU=0.50 | area under PR]",
 }
 
 
