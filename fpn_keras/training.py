@@ -14,7 +14,7 @@ from fpn_keras import schedules
 from fpn_keras import distribute, keras_workarounds
 from fpn_keras import visualization
 from fpn_keras.build import build_model, build_optimizer, check_model_args
-from fpn_keras.callbacks import (NON_FINITE_DATA, BestModelSaver, Checkpointer, LearningRateLogger,
+from fpn_keras.callbacks import (NON_FINITE_DATA, BestModelSaver, Checkpointer, EMAWeights, LearningRateLogger,
                                  NonFiniteLossGuard, StopOnSignal, WorkerLost, check_finite_batches,
                                  write_json)
 from fpn_keras.config import DataError, Recipe, dump_recipe
@@ -176,6 +176,8 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
     if verbose and replicas > 1:
         print(f"{type(strategy).__name__}: {replicas} replicas, "
               f"{cfg.batch_size // replicas} images each per step")
+    if verbose and cfg.sync_batchnorm and replicas == 1:
+        print("train.sync_batchnorm: one replica, so BatchNormalization already sees the whole batch")
 
     checkpointer = Checkpointer(os.path.join(out_dir, "checkpoints"), steps_per_epoch,
                                 cfg.checkpoint_every_n_steps, cfg.keep_checkpoints, write=chief)
@@ -194,10 +196,12 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
     coco = CocoMetricsCallback(val_ds, class_names=class_names,
                                every_n_epochs=schedules.eval_period_epochs(cfg, steps_per_epoch),
                                verbose=verbose)
+    ema = EMAWeights() if cfg.use_ema else None
     all_callbacks = [
         guard,
         *([stopper] if catch_signals else []),
         checkpointer,
+        *([ema] if ema else []),  # evaluation and best.keras on the averaged weights
         coco,
         BestModelSaver(os.path.join(files_dir, "best.keras"), coco.prefix + model.primary_metric),
         LearningRateLogger(),
@@ -214,16 +218,20 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
             epoch, offset = divmod(step, steps_per_epoch)
             if offset and step < total_steps:
                 fit_start = step
+                if ema:  # the next fit goes on from the raw weights
+                    ema.keep_raw_weights()
                 model.fit(check_finite_batches(train_batches(epoch, offset, 1)), initial_epoch=epoch,
                           epochs=epoch + 1,
                           steps_per_epoch=steps_per_epoch - offset, callbacks=all_callbacks,
                           verbose=verbose, shuffle=False)
+                if ema:
+                    ema.restore_raw_weights()
                 epoch += 1
-                finished = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) >= epoch * steps_per_epoch
+                finished = schedules.batches_trained(model.optimizer) >= epoch * steps_per_epoch
                 if guard.message or not finished:  # stopped inside the epoch (NaN, a callback)
                     epoch = epochs
             if epoch < epochs:
-                fit_start = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+                fit_start = schedules.batches_trained(model.optimizer)
                 model.fit(check_finite_batches(train_batches(epoch)), initial_epoch=epoch, epochs=epochs, steps_per_epoch=steps_per_epoch,
                           callbacks=all_callbacks, verbose=verbose, shuffle=False)
     except tf.errors.InvalidArgumentError as error:
@@ -231,7 +239,7 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
             raise
         index = re.search(r"batch index:\D*(\d+)", str(error))
         step = fit_start + int(index.group(1)) + 1 if index else \
-            int(keras.ops.convert_to_numpy(model.optimizer.iterations)) + 1
+            schedules.batches_trained(model.optimizer) + 1
         batch = (step - 1) % steps_per_epoch
         guard._epoch = (step - 1) // steps_per_epoch
         raise TrainingDivergedError(guard.describe("NaN/Inf pixels or boxes in a training batch", step, batch)) \
@@ -240,7 +248,7 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
         if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             raise
         raise WorkerLost(sorted(set(re.findall(r"/job:\w+/replica:\d+/task:\d+", str(error)))),
-                         int(keras.ops.convert_to_numpy(model.optimizer.iterations)), checkpointer.latest(),
+                         schedules.batches_trained(model.optimizer), checkpointer.latest(),
                          distribute.num_workers()) from error
     except tf.errors.ResourceExhaustedError as error:
         raise TrainingOutOfMemoryError(
@@ -258,13 +266,15 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
     val_description = f"{data.val_info.description} ({data.val_info.num_images} images)"
     if verbose or chief:
         print(format_metrics(metrics, title=f"COCO metrics on {val_description}, not used for training"))
-    model.save(os.path.join(files_dir, "model.keras"))
+    with distribute.batchnorm_unsynchronized(model):  # loadable under any backend
+        model.save(os.path.join(files_dir, "model.keras"))
     save_predictions_picture(model, val_ds, os.path.join(files_dir, "predictions.png"))
     record = {"metrics": metrics, "evaluated_on": val_description,
               "num_val_images": data.val_info.num_images, "num_train_images": num_images,
               "image_size": list(data.image_size), "train_seconds": round(train_seconds, 1),
               "epochs": epochs, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-              "optimizer_steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
+              "optimizer_steps": schedules.batches_trained(model.optimizer),
+              "optimizer_updates": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
               "replicas": replicas, "mixed_precision": precision,
               "history": [[epoch, values] for epoch, values in coco.history]}
     write_json(os.path.join(files_dir, "metrics.json"), record)
