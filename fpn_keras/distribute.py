@@ -109,6 +109,26 @@ def strategy(spec="auto"):
     raise ValueError(f"unknown strategy {spec!r}; allowed: {list(SPECS)}")
 
 
+def jax_data_parallel(devices=None):
+    """Data-parallel training under the JAX backend: sets and returns
+    `keras.distribution.DataParallel` over `devices` (default: every JAX device, e.g.
+    all GPUs). Call it before building the model (its variables are then replicated on
+    every device); `fit` shards each global batch over the devices' batch axis.
+
+    No loss helper is needed there: JAX runs the one-device program on sharded arrays
+    (SPMD), so the positives normaliser and BatchNormalization statistics are those of
+    the global batch (tests/jax_data_parallel_check.py: the same step as one device).
+    The tf.distribute strategies above are for the TensorFlow backend; this is their
+    JAX counterpart (`fpn_keras.training.train` builds tf.data + tf.distribute, so the
+    recipe trainer stays on TensorFlow)."""
+    if keras.backend.backend() != "jax":
+        raise ValueError(f"jax_data_parallel needs KERAS_BACKEND=jax, the backend is {keras.backend.backend()!r}; "
+                         "under TensorFlow use a tf.distribute strategy (e.g. 'mirrored')")
+    distribution = keras.distribution.DataParallel(devices=devices or keras.distribution.list_devices())
+    keras.distribution.set_distribution(distribution)
+    return distribution
+
+
 def _replica_context():
     """The TF replica context when several replicas train in sync, else None."""
     if keras.backend.backend() != "tensorflow":
