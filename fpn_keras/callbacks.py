@@ -311,6 +311,7 @@ class EMAWeights(keras.callbacks.SwapEMAWeights):
         if self._raw is not None:
             for variable, value in zip(self.model.trainable_variables, self._raw):
                 variable.assign(value)
+            self._ema_weights_in_model = False  # the next epoch starts without a swap back
         self._keep, self._raw = False, None
 
 

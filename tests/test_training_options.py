@@ -178,3 +178,59 @@ def test_sync_batchnorm_finds_the_trainable_batchnorm_layers():
     frozen.model.backbone, frozen.model.backbone_args = "torchvision_resnet18", {}
     with pytest.raises(RecipeError, match="no trainable BatchNormalization layer"):
         build.build_model(frozen)
+
+
+class Stop(Exception):
+    pass
+
+
+class StopAfter(keras.callbacks.Callback):
+    """Raises Stop after batch `step` (its checkpoint already written: listed after the Checkpointer)."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if schedules.batches_trained(self.model.optimizer) == self.step:
+            raise Stop()
+
+
+def test_training_with_ema_saves_the_averages_and_a_resumed_run_goes_on_from_the_raw_weights(tmp_path):
+    """tiny_recipe (2 epochs x 4 batches, checkpoints at 3, 4, 6, 8) with use_ema: model.keras
+    and best.keras hold the optimizer's averages, the last checkpoint the raw weights
+    (different) and the same averages. Stopped after batch 3 and resumed (the partial
+    epoch is a fit of its own, which Keras ends by copying the averages into the model),
+    the run ends with the uninterrupted run's raw and averaged weights."""
+    from fpn_keras import training
+
+    settings = {"use_ema": True, "ema_momentum": 0.8}
+    whole_dir, run_dir = str(tmp_path / "whole"), str(tmp_path / "run")
+    whole, _ = training.train(tiny_recipe(**settings), whole_dir, verbose=0)
+    saved = keras.saving.load_model(os.path.join(whole_dir, "model.keras"))
+    best = keras.saving.load_model(os.path.join(whole_dir, "best.keras"))  # evaluated at the last epoch
+    averages_in_model = [np.array(v) for v in saved.trainable_variables]
+    assert_weights_close([np.array(v) for v in whole.trainable_variables], averages_in_model, rtol=0, atol=0)
+    assert_weights_close([np.array(v) for v in best.trainable_variables], averages_in_model, rtol=0, atol=0)
+
+    def checkpoint_state(out):
+        model = keras.saving.load_model(os.path.join(out, "model.keras"))
+        with open(os.path.join(out, "checkpoints", "checkpoint.json")) as f:
+            state = __import__("json").load(f)
+        assert state["step"] == 8
+        model.load_weights(os.path.join(out, "checkpoints", state["path"]))
+        return ([np.array(v) for v in model.trainable_variables],
+                [np.array(v) for v in model.optimizer._model_variables_moving_average])
+
+    raw, averages = checkpoint_state(whole_dir)
+    # Keras' SwapEMAWeights swaps by additions (a += b; b = a - b; a -= b): rounding only.
+    assert_weights_close(averages, averages_in_model, rtol=1e-6, atol=1e-9)
+    assert max(float(np.max(np.abs(a - r))) for a, r in zip(averages, raw)) > 1e-4
+
+    with pytest.raises(Stop):
+        training.train(tiny_recipe(**settings), run_dir, verbose=0, callbacks=[StopAfter(3)])
+    resumed, _ = training.train(tiny_recipe(**settings), run_dir, verbose=0, resume=True)
+    resumed_raw, resumed_averages = checkpoint_state(run_dir)
+    assert_weights_close(resumed_raw, raw)
+    assert_weights_close(resumed_averages, averages)
+    assert_weights_close([np.array(v) for v in resumed.trainable_variables], averages_in_model)
