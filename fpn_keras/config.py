@@ -136,7 +136,8 @@ class TrainConfig:
     # batch statistics over the global batch under a multi-replica tf.distribute strategy.
     sync_batchnorm: bool = False
     # Average the gradients of this many batches into one optimizer update (None: every
-    # batch). A "step" (train.steps, warmup_steps, lr_steps, checkpoints) stays one batch.
+    # batch). A "step" (train.steps, warmup_steps, lr_steps, checkpoints) stays one batch;
+    # the EMA is updated after every batch (per update: ema_momentum ** k).
     gradient_accumulation_steps: typing.Optional[int] = None
 
 

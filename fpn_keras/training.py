@@ -46,6 +46,10 @@ def describe_plan(recipe, data, epochs, steps_per_epoch, total_steps):
     if cfg.min_steps:
         source += f", at least train.min_steps={cfg.min_steps} ({origins.get('train.min_steps', 'default')})"
     rows.append(("schedule", f"{per_epoch} x {epochs} epochs = {total_steps} optimizer steps", source))
+    if cfg.gradient_accumulation_steps and cfg.gradient_accumulation_steps > 1:
+        k = cfg.gradient_accumulation_steps
+        rows.append(("accumulation", f"one update per {k} batches ({k * cfg.batch_size} images): "
+                     f"{total_steps // k} updates; steps above count batches", "train.gradient_accumulation_steps"))
     rows.append(("evaluation", f"every {schedules.eval_period_epochs(cfg, steps_per_epoch)} epoch(s) and at "
                  "the end", "train.eval_every_n_steps" if cfg.eval_every_n_steps else "train.eval_every_n_epochs"))
     width = max(len(name) for name, _, _ in rows)

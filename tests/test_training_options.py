@@ -196,20 +196,25 @@ class StopAfter(keras.callbacks.Callback):
             raise Stop()
 
 
-def test_training_with_ema_saves_the_averages_and_a_resumed_run_goes_on_from_the_raw_weights(tmp_path):
-    """tiny_recipe (2 epochs x 4 batches, checkpoints at 3, 4, 6, 8) with use_ema: model.keras
-    and best.keras hold the optimizer's averages, the last checkpoint the raw weights
-    (different) and the same averages. Stopped after batch 3 and resumed (the partial
-    epoch is a fit of its own, which Keras ends by copying the averages into the model),
-    the run ends with the uninterrupted run's raw and averaged weights."""
+def test_training_with_ema_and_accumulation_saves_the_averages_and_resumes_exactly(tmp_path):
+    """tiny_recipe (2 epochs x 4 batches, checkpoints at batches 3, 4, 6, 8) with use_ema and
+    gradient_accumulation_steps=2 (4 updates): model.keras and best.keras hold the
+    optimizer's averages, the last checkpoint (step 8: batches) the raw weights (different)
+    and the same averages. Stopped after batch 3 (mid-accumulation: the checkpoint holds the
+    accumulated gradient) and resumed (the partial epoch is a fit of its own, which Keras
+    ends by copying the averages into the model), the run ends with the uninterrupted
+    run's raw and averaged weights."""
     from fpn_keras import training
 
-    settings = {"use_ema": True, "ema_momentum": 0.8}
+    settings = {"use_ema": True, "ema_momentum": 0.8, "gradient_accumulation_steps": 2}
     whole_dir, run_dir = str(tmp_path / "whole"), str(tmp_path / "run")
     whole, _ = training.train(tiny_recipe(**settings), whole_dir, verbose=0)
     saved = keras.saving.load_model(os.path.join(whole_dir, "model.keras"))
     best = keras.saving.load_model(os.path.join(whole_dir, "best.keras"))  # evaluated at the last epoch
     averages_in_model = [np.array(v) for v in saved.trainable_variables]
+    with open(os.path.join(whole_dir, "metrics.json")) as f:
+        record = __import__("json").load(f)
+    assert (record["optimizer_steps"], record["optimizer_updates"]) == (8, 4)
     assert_weights_close([np.array(v) for v in whole.trainable_variables], averages_in_model, rtol=0, atol=0)
     assert_weights_close([np.array(v) for v in best.trainable_variables], averages_in_model, rtol=0, atol=0)
 
