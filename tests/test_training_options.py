@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from fpn_keras import build, schedules
 from fpn_keras.callbacks import EMAWeights
-from fpn_keras.config import RecipeError, recipe_from_dict
+from fpn_keras.config import RecipeError
 from fpn_keras.models.backbones import small_resnet
 from fpn_keras.models.detector import FPNDetector
 from fpn_keras.models.retinanet import RetinaNet
