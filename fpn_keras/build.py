@@ -101,7 +101,10 @@ def build_model(recipe: Recipe, class_names=None):
     cfg = recipe.model
     image_size = None if recipe.data.image_size == config_lib.AUTO else recipe.data.image_size
     if cfg.init_from is not None:
-        return init_model(recipe, class_names, image_size)
+        model = init_model(recipe, class_names, image_size)
+        if recipe.train.sync_batchnorm:
+            synchronize_batchnorm(model, recipe)
+        return model
     backbone = build_backbone(cfg.backbone, weights=cfg.backbone_weights, **cfg.backbone_args)
     head = HEADS[cfg.head].from_args(cfg.num_classes, name="head", **cfg.head_args)
     if head.class_agnostic:

@@ -292,7 +292,8 @@ class EMAWeights(keras.callbacks.SwapEMAWeights):
 
     A `fit` that a second `fit` continues (a resumed run's partial epoch) ends holding
     the averages too, the raw weights lost: `keep_raw_weights()` before that `fit`
-    and `restore_raw_weights()` after it put them back."""
+    and `restore_raw_weights()` after it put them back (`restore_raw_weights(False)`
+    when no `fit` follows: the model keeps the averages)."""
 
     def __init__(self):
         super().__init__(swap_on_epoch=True)
@@ -307,8 +308,9 @@ class EMAWeights(keras.callbacks.SwapEMAWeights):
             self._raw = [keras.ops.convert_to_numpy(v) for v in self.model.trainable_variables]
         super().on_epoch_end(epoch, logs)
 
-    def restore_raw_weights(self):
-        if self._raw is not None:
+    def restore_raw_weights(self, restore=True):
+        """Puts the weights kept by `keep_raw_weights` back (restore=False: forgets them)."""
+        if restore and self._raw is not None:
             for variable, value in zip(self.model.trainable_variables, self._raw):
                 variable.assign(value)
             self._ema_weights_in_model = False  # the next epoch starts without a swap back

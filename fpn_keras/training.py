@@ -129,6 +129,13 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
     if cfg.batch_size % replicas:
         raise ValueError(f"train.batch_size={cfg.batch_size} (the global batch) must be a multiple of "
                          f"the {replicas} replicas of the {type(strategy).__name__}")
+    if cfg.gradient_accumulation_steps and cfg.gradient_accumulation_steps > 1 and replicas > 1:
+        # Keras 3.15 applies the accumulated update inside ops.cond, whose branch all-reduces
+        # (merge_call): TF refuses that under a multi-replica strategy (keras-team/keras#20582).
+        raise ValueError(f"train.gradient_accumulation_steps={cfg.gradient_accumulation_steps} does not run "
+                         f"under the {replicas} replicas of the {type(strategy).__name__} (Keras applies the "
+                         "accumulated update in a conditional that tf.distribute refuses, keras-team/keras#20582): "
+                         "train on one device, or drop the accumulation and raise train.batch_size across replicas")
     try:
         data = build_datasets(recipe)
     except (ValueError, FileNotFoundError, NotADirectoryError) as error:
@@ -222,18 +229,20 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
             epoch, offset = divmod(step, steps_per_epoch)
             if offset and step < total_steps:
                 fit_start = step
-                if ema:  # the next fit goes on from the raw weights
+                if ema:  # a next fit would go on from the raw weights
                     ema.keep_raw_weights()
                 model.fit(check_finite_batches(train_batches(epoch, offset, 1)), initial_epoch=epoch,
                           epochs=epoch + 1,
                           steps_per_epoch=steps_per_epoch - offset, callbacks=all_callbacks,
                           verbose=verbose, shuffle=False)
-                if ema:
-                    ema.restore_raw_weights()
                 epoch += 1
                 finished = schedules.batches_trained(model.optimizer) >= epoch * steps_per_epoch
                 if guard.message or not finished:  # stopped inside the epoch (NaN, a callback)
                     epoch = epochs
+                if ema:  # the raw weights back when training goes on, else the averages stay
+                    ema.restore_raw_weights(epoch < epochs)
+            if ema and step >= total_steps:  # nothing left to train: the finished run's averages
+                model.optimizer.finalize_variable_values(model.trainable_weights)
             if epoch < epochs:
                 fit_start = schedules.batches_trained(model.optimizer)
                 model.fit(check_finite_batches(train_batches(epoch)), initial_epoch=epoch, epochs=epochs, steps_per_epoch=steps_per_epoch,
