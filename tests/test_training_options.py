@@ -239,3 +239,18 @@ def test_training_with_ema_and_accumulation_saves_the_averages_and_resumes_exact
     assert_weights_close(resumed_raw, raw)
     assert_weights_close(resumed_averages, averages)
     assert_weights_close([np.array(v) for v in resumed.trainable_variables], averages_in_model)
+
+
+def test_accumulation_under_several_replicas_is_refused_before_any_data_is_read(tmp_path, monkeypatch):
+    """Keras 3.15 cannot accumulate under a multi-replica tf.distribute strategy
+    (keras-team/keras#20582): training.train says so at once and writes nothing."""
+    import types
+
+    from fpn_keras import training
+
+    fake = types.SimpleNamespace(num_replicas_in_sync=2)
+    monkeypatch.setattr(training.distribute, "strategy", lambda spec: fake)
+    monkeypatch.setattr(training, "build_datasets", lambda recipe: pytest.fail("data read"))
+    with pytest.raises(ValueError, match=r"gradient_accumulation_steps=2 does not run under the 2 replicas.*20582"):
+        training.train(tiny_recipe(gradient_accumulation_steps=2), str(tmp_path / "run"), verbose=0)
+    assert not os.path.exists(tmp_path / "run")
