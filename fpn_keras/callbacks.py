@@ -286,7 +286,7 @@ class EMAWeights(keras.callbacks.SwapEMAWeights):
     Checkpointer (checkpoints hold the raw weights and the averages) and before the
     evaluation: from each epoch end to the next epoch's start the model holds the
     averaged trainable weights, so the COCO metrics, best.keras and the callbacks after
-    it see them (detectron2's EMA hook and ultralytics evaluate and save the EMA model);
+    it see them (d2go's EMA hook for detectron2 and ultralytics evaluate and save the EMA model);
     `fit` ends with them (Keras' `finalize_variable_values`). Non-trainable variables
     (BatchNorm statistics) are not averaged (Keras averages trainable weights only).
 

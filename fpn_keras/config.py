@@ -124,10 +124,11 @@ class TrainConfig:
     checkpoint_every_n_steps: int = 0
     keep_checkpoints: int = 3
     # --- training options of the peers, on Keras' own (fpn_keras.build.build_optimizer) ---
-    # Weight EMA (Polyak averaging, detectron2's MODEL_EMA, ultralytics' ModelEMA): the
-    # optimizer keeps average = ema_momentum * average + (1 - ema_momentum) * weights after
-    # every batch (the first copies the weights); evaluation, best.keras and model.keras
-    # use the averaged trainable weights, checkpoints hold both.
+    # Weight EMA (Polyak averaging; d2go's MODEL_EMA for detectron2, decay 0.999;
+    # ultralytics' ModelEMA): the optimizer keeps average = ema_momentum * average +
+    # (1 - ema_momentum) * weights after every batch (the first copies the weights);
+    # evaluation, best.keras and model.keras use the averaged trainable weights,
+    # checkpoints hold both.
     use_ema: bool = False
     ema_momentum: float = 0.999
     # Every N optimizer steps the model's weights are overwritten by the average (None: never).
