@@ -101,14 +101,17 @@ def build_model(recipe: Recipe, class_names=None):
     cfg = recipe.model
     image_size = None if recipe.data.image_size == config_lib.AUTO else recipe.data.image_size
     if cfg.init_from is not None:
-        return init_model(recipe, class_names, image_size)
+        model = init_model(recipe, class_names, image_size)
+        if recipe.train.sync_batchnorm:
+            synchronize_batchnorm(model, recipe)
+        return model
     backbone = build_backbone(cfg.backbone, weights=cfg.backbone_weights, **cfg.backbone_args)
     head = HEADS[cfg.head].from_args(cfg.num_classes, name="head", **cfg.head_args)
     if head.class_agnostic:
         class_names = ["object"]
     neck = FeaturePyramid(head.min_level, head.max_level, cfg.fpn_channels, separable=cfg.fpn_separable,
                           name="neck", **head.neck_args)
-    return FPNDetector(
+    model = FPNDetector(
         num_classes=head.num_classes,
         backbone=backbone,
         head=head,
@@ -117,6 +120,32 @@ def build_model(recipe: Recipe, class_names=None):
         class_names=class_names,
         image_size=image_size,
     )
+    if recipe.train.sync_batchnorm:
+        synchronize_batchnorm(model, recipe)
+    return model
+
+
+def synchronize_batchnorm(model, recipe):
+    """train.sync_batchnorm: BatchNormalization(synchronized=True) on the model's trainable
+    BatchNormalization layers (`distribute.set_batchnorm_synchronized`) -> their names.
+    A RecipeError when there is none (FrozenBatchNorm backbones, GroupNorm or no norm in
+    the FPN and heads) or under JAX (Keras' synchronized BN is TensorFlow-only; under
+    `keras.distribution.DataParallel` the batch statistics are global already)."""
+    from fpn_keras import distribute
+
+    if keras.backend.backend() != "tensorflow":
+        raise config_lib.RecipeError(
+            "train.sync_batchnorm needs the TensorFlow backend (under JAX's DataParallel the "
+            "BatchNormalization statistics are those of the global batch without it)")
+    names = distribute.set_batchnorm_synchronized(model, True)
+    if not names:
+        cfg = recipe.model
+        raise config_lib.RecipeError(
+            f"train.sync_batchnorm: the model has no trainable BatchNormalization layer (backbone "
+            f"{cfg.backbone!r} with {cfg.backbone_args or 'its default'} backbone_args, head_args "
+            f"{cfg.head_args}); nothing to synchronise: use a backbone with trainable BatchNormalization "
+            "or norm: batch in the FPN / heads, or remove train.sync_batchnorm")
+    return names
 
 
 def base_learning_rate(recipe: Recipe):
@@ -156,11 +185,27 @@ def total_training_steps(recipe: Recipe, steps_per_epoch):
 def build_optimizer(recipe: Recipe, steps_per_epoch):
     """SGD (momentum) / AdamW / Adam with the recipe's schedule; weight decay not on
     biases and normalisation parameters; clipping per variable (clipnorm) or by the
-    global norm (global_clipnorm); wrapped in a LossScaleOptimizer for mixed_float16."""
+    global norm (global_clipnorm); wrapped in a LossScaleOptimizer for mixed_float16.
+
+    train.use_ema / ema_momentum / ema_overwrite_frequency: Keras' weight EMA (the
+    optimizer holds the averages of the trainable weights; `fpn_keras.training` evaluates
+    and saves them). train.gradient_accumulation_steps = k: Keras' accumulation: each
+    batch's gradients are added up and every k-th batch applies their mean (clipping
+    and weight decay once per update). A step of `fit` (train.steps, warmup_steps,
+    lr_steps, checkpoint_every_n_steps) stays one batch: the LR schedule is read at the
+    batch count (Keras' rule), `optimizer.iterations` counts updates (batches // k). Under
+    mixed_float16 the LossScaleOptimizer unscales before accumulating and skips a batch
+    with non-finite gradients (it then joins neither the sum nor the count).
+    """
     cfg = recipe.train
     learning_rate = build_schedule(recipe, total_training_steps(recipe, steps_per_epoch))
     common = {"learning_rate": learning_rate, "clipnorm": cfg.clipnorm,
               "global_clipnorm": cfg.global_clipnorm}
+    if cfg.use_ema:
+        common.update(use_ema=True, ema_momentum=cfg.ema_momentum,
+                      ema_overwrite_frequency=cfg.ema_overwrite_frequency)
+    if cfg.gradient_accumulation_steps and cfg.gradient_accumulation_steps > 1:
+        common["gradient_accumulation_steps"] = cfg.gradient_accumulation_steps
     if cfg.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(momentum=cfg.momentum, weight_decay=cfg.weight_decay or None,
                                          **common)

@@ -10,6 +10,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from fpn_keras import distribute, schedules
+
 
 def write_json(path, data):
     tmp = path + ".tmp"
@@ -25,7 +27,8 @@ class Checkpointer(keras.callbacks.Callback):
     Files: `directory/ckpt-<step>.weights.h5` and `directory/checkpoint.json`
     ({"step", "epoch", "step_in_epoch", "path", "all"}), written atomically (a
     SIGKILL mid-save leaves the previous checkpoint in place). The step is
-    `optimizer.iterations`, so resuming continues the LR schedule. A non-finite
+    the number of batches trained (`schedules.batches_trained`: `optimizer.iterations`
+    without gradient accumulation), so resuming continues the data and the LR schedule. A non-finite
     loss stops all further saving: the last checkpoint stays the last finite one.
     Only the chief writes under multi-worker training (the others write to a
     throwaway directory, as tf.distribute expects every worker to save).
@@ -67,7 +70,7 @@ class Checkpointer(keras.callbacks.Callback):
         return int(state["step"])
 
     def _step(self):
-        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        return schedules.batches_trained(self.model.optimizer)
 
     def save(self):
         """Writes a checkpoint of the current step (unless it exists) -> its path, or None."""
@@ -178,7 +181,7 @@ class StopOnSignal(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self.signal_name is None:
             return
-        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        step = schedules.batches_trained(self.model.optimizer)
         # Raised, not `stop_training`: the epoch-end work (evaluation, best model)
         # would outlast a scheduler's grace period.
         raise TrainingInterrupted(self.signal_name, step, self.checkpointer.save())
@@ -273,9 +276,45 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is None or self.message or math.isfinite(float(np.asarray(loss).reshape(-1)[0])):
             return
-        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        step = schedules.batches_trained(self.model.optimizer)
         self.message = self.describe(f"the loss became {float(np.asarray(loss).reshape(-1)[0])}", step, batch)
         self.model.stop_training = True
+
+
+class EMAWeights(keras.callbacks.SwapEMAWeights):
+    """train.use_ema: Keras' SwapEMAWeights(swap_on_epoch=True). Listed after the
+    Checkpointer (checkpoints hold the raw weights and the averages) and before the
+    evaluation: from each epoch end to the next epoch's start the model holds the
+    averaged trainable weights, so the COCO metrics, best.keras and the callbacks after
+    it see them (d2go's EMA hook for detectron2 and ultralytics evaluate and save the EMA model);
+    `fit` ends with them (Keras' `finalize_variable_values`). Non-trainable variables
+    (BatchNorm statistics) are not averaged (Keras averages trainable weights only).
+
+    A `fit` that a second `fit` continues (a resumed run's partial epoch) ends holding
+    the averages too, the raw weights lost: `keep_raw_weights()` before that `fit`
+    and `restore_raw_weights()` after it put them back (`restore_raw_weights(False)`
+    when no `fit` follows: the model keeps the averages)."""
+
+    def __init__(self):
+        super().__init__(swap_on_epoch=True)
+        self._keep = False
+        self._raw = None
+
+    def keep_raw_weights(self):
+        self._keep = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._keep and epoch == self.params["epochs"] - 1 and not self._ema_weights_in_model:
+            self._raw = [keras.ops.convert_to_numpy(v) for v in self.model.trainable_variables]
+        super().on_epoch_end(epoch, logs)
+
+    def restore_raw_weights(self, restore=True):
+        """Puts the weights kept by `keep_raw_weights` back (restore=False: forgets them)."""
+        if restore and self._raw is not None:
+            for variable, value in zip(self.model.trainable_variables, self._raw):
+                variable.assign(value)
+            self._ema_weights_in_model = False  # the next epoch starts without a swap back
+        self._keep, self._raw = False, None
 
 
 class LearningRateLogger(keras.callbacks.Callback):
@@ -309,5 +348,6 @@ class BestModelSaver(keras.callbacks.Callback):
         if self.best is not None and self.best["monitor"] == self.monitor and value <= self.best["value"]:
             return
         self.best = {"monitor": self.monitor, "value": value, "epoch": epoch + 1}
-        self.model.save(self.path)
+        with distribute.batchnorm_unsynchronized(self.model):  # loadable under any backend
+            self.model.save(self.path)
         write_json(self.path + ".json", self.best)

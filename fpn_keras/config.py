@@ -126,6 +126,23 @@ class TrainConfig:
     # steps (0: at epoch ends only), the last `keep_checkpoints` kept.
     checkpoint_every_n_steps: int = 0
     keep_checkpoints: int = 3
+    # --- training options of the peers, on Keras' own (fpn_keras.build.build_optimizer) ---
+    # Weight EMA (Polyak averaging; d2go's MODEL_EMA for detectron2, decay 0.999;
+    # ultralytics' ModelEMA): the optimizer keeps average = ema_momentum * average +
+    # (1 - ema_momentum) * weights after every batch (the first copies the weights);
+    # evaluation, best.keras and model.keras use the averaged trainable weights,
+    # checkpoints hold both.
+    use_ema: bool = False
+    ema_momentum: float = 0.999
+    # Every N optimizer steps the model's weights are overwritten by the average (None: never).
+    ema_overwrite_frequency: typing.Optional[int] = None
+    # BatchNormalization(synchronized=True) on every trainable BatchNormalization layer:
+    # batch statistics over the global batch under a multi-replica tf.distribute strategy.
+    sync_batchnorm: bool = False
+    # Average the gradients of this many batches into one optimizer update (None: every
+    # batch). A "step" (train.steps, warmup_steps, lr_steps, checkpoints) stays one batch;
+    # the EMA is updated after every batch (per update: ema_momentum ** k).
+    gradient_accumulation_steps: typing.Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -247,6 +264,17 @@ def _check_recipe(recipe, source):
         value = getattr(data if section == "data" else train, key)
         if value is not None and value <= 0:
             raise RecipeError(f"{source}: {section}.{key} must be positive, received {value!r}")
+    if not 0.0 <= train.ema_momentum < 1.0:
+        raise RecipeError(f"{source}: train.ema_momentum must lie in [0, 1), received {train.ema_momentum!r}")
+    if train.ema_overwrite_frequency is not None and not train.use_ema:
+        raise RecipeError(f"{source}: train.ema_overwrite_frequency needs train.use_ema: true")
+    if train.ema_overwrite_frequency is not None and train.ema_overwrite_frequency < 1:
+        raise RecipeError(f"{source}: train.ema_overwrite_frequency must be a positive integer or null, "
+                          f"received {train.ema_overwrite_frequency!r}")
+    accumulation = train.gradient_accumulation_steps
+    if accumulation is not None and accumulation < 1:
+        raise RecipeError(f"{source}: train.gradient_accumulation_steps must be a positive integer or null, "
+                          f"received {accumulation!r}")
     if train.lr_steps is not None:
         steps = train.lr_steps
         if train.schedule != "step":

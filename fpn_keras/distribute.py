@@ -16,6 +16,7 @@ replicas' shares of positives. Outside a replica context (eager code, one
 device, the JAX / PyTorch backends) the helpers are the identity.
 """
 
+import contextlib
 import json
 import os
 
@@ -108,6 +109,26 @@ def strategy(spec="auto"):
     raise ValueError(f"unknown strategy {spec!r}; allowed: {list(SPECS)}")
 
 
+def jax_data_parallel(devices=None):
+    """Data-parallel training under the JAX backend: sets and returns
+    `keras.distribution.DataParallel` over `devices` (default: every JAX device, e.g.
+    all GPUs). Call it before building the model (its variables are then replicated on
+    every device); `fit` shards each global batch over the devices' batch axis.
+
+    No loss helper is needed there: JAX runs the one-device program on sharded arrays
+    (SPMD), so the positives normaliser and BatchNormalization statistics are those of
+    the global batch (tests/jax_data_parallel_check.py: the same step as one device).
+    The tf.distribute strategies above are for the TensorFlow backend; this is their
+    JAX counterpart (`fpn_keras.training.train` builds tf.data + tf.distribute, so the
+    recipe trainer stays on TensorFlow)."""
+    if keras.backend.backend() != "jax":
+        raise ValueError(f"jax_data_parallel needs KERAS_BACKEND=jax, the backend is {keras.backend.backend()!r}; "
+                         "under TensorFlow use a tf.distribute strategy (e.g. 'mirrored')")
+    distribution = keras.distribution.DataParallel(devices=devices or keras.distribution.list_devices())
+    keras.distribution.set_distribution(distribution)
+    return distribution
+
+
 def _replica_context():
     """The TF replica context when several replicas train in sync, else None."""
     if keras.backend.backend() != "tensorflow":
@@ -149,6 +170,41 @@ def unscale_for_replicas(value):
     loss is logged as, so that the metric's mean over replicas gives the global loss."""
     replicas = num_replicas_in_sync()
     return value if replicas <= 1 else value * float(replicas)
+
+
+def set_batchnorm_synchronized(model, synchronized=True):
+    """Sets `synchronized` on every trainable keras BatchNormalization layer of `model`
+    (a frozen one, `trainable=False`, runs in inference mode and needs no batch
+    statistics; FrozenBatchNorm and GroupNormalization have none) -> their names.
+
+    Synchronized (TensorFlow backend): in a training call under a multi-replica
+    strategy, mean and variance are all-reduced over the replicas, so they are the
+    global batch's (Keras' `ops.moments(synchronized=True)`); with one replica it is the
+    ordinary BatchNormalization. Keras reads the flag when it traces the train step, and
+    stores it in the layer's config, which a JAX-backend Keras refuses to load: save
+    with `synchronized=False` (`fpn_keras.training` does)."""
+    names = []
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
+            layer.synchronized = bool(synchronized)
+            names.append(layer.name)
+    return names
+
+
+@contextlib.contextmanager
+def batchnorm_unsynchronized(model):
+    """Inside the block every synchronized BatchNormalization of `model` is an ordinary
+    one (for saving a .keras file that any backend loads; a traced train step keeps
+    its synchronized statistics)."""
+    layers = [layer for layer in model._flatten_layers(include_self=False)
+              if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized]
+    for layer in layers:
+        layer.synchronized = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.synchronized = True
 
 
 def is_chief():

@@ -46,6 +46,15 @@ def schedule_steps(train_cfg, steps_per_epoch):
     return epochs, -(-steps // epochs), steps
 
 
+def batches_trained(optimizer):
+    """The number of batches `fit` has trained on (the data position, the checkpoints'
+    step). Keras' `optimizer.iterations` counts updates, which with
+    `gradient_accumulation_steps=k` is batches // k; its raw counter (`_iterations`, the
+    one the LR schedule reads) counts batches; a LossScaleOptimizer's is its inner one's."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    return int(ops.convert_to_numpy(inner._iterations))
+
+
 def eval_period_epochs(train_cfg, steps_per_epoch):
     """Evaluation period in epochs: train.eval_every_n_steps rounded to whole epochs
     (at least 1) when set, else train.eval_every_n_epochs."""

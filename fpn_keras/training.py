@@ -13,7 +13,7 @@ from fpn_keras import schedules
 from fpn_keras import distribute, keras_workarounds
 from fpn_keras import visualization
 from fpn_keras.build import build_model, build_optimizer, check_model_args
-from fpn_keras.callbacks import (NON_FINITE_DATA, BestModelSaver, Checkpointer, LearningRateLogger,
+from fpn_keras.callbacks import (NON_FINITE_DATA, BestModelSaver, Checkpointer, EMAWeights, LearningRateLogger,
                                  NonFiniteLossGuard, StopOnSignal, WorkerLost, check_finite_batches,
                                  write_json)
 from fpn_keras.config import DataError, Recipe, dump_recipe
@@ -48,6 +48,10 @@ def describe_plan(recipe, data, epochs, steps_per_epoch, total_steps):
     if cfg.min_steps:
         source += f", at least train.min_steps={cfg.min_steps} ({origins.get('train.min_steps', 'default')})"
     rows.append(("schedule", f"{per_epoch} x {epochs} epochs = {total_steps} optimizer steps", source))
+    if cfg.gradient_accumulation_steps and cfg.gradient_accumulation_steps > 1:
+        k = cfg.gradient_accumulation_steps
+        rows.append(("accumulation", f"one update per {k} batches ({k * cfg.batch_size} images): "
+                     f"{total_steps // k} updates; steps above count batches", "train.gradient_accumulation_steps"))
     rows.append(("evaluation", f"every {schedules.eval_period_epochs(cfg, steps_per_epoch)} epoch(s) and at "
                  "the end", "train.eval_every_n_steps" if cfg.eval_every_n_steps else "train.eval_every_n_epochs"))
     width = max(len(name) for name, _, _ in rows)
@@ -116,6 +120,13 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
     if cfg.batch_size % replicas:
         raise ValueError(f"train.batch_size={cfg.batch_size} (the global batch) must be a multiple of "
                          f"the {replicas} replicas of the {type(strategy).__name__}")
+    if cfg.gradient_accumulation_steps and cfg.gradient_accumulation_steps > 1 and replicas > 1:
+        # Keras 3.15 applies the accumulated update inside ops.cond, whose branch all-reduces
+        # (merge_call): TF refuses that under a multi-replica strategy (keras-team/keras#20582).
+        raise ValueError(f"train.gradient_accumulation_steps={cfg.gradient_accumulation_steps} does not run "
+                         f"under the {replicas} replicas of the {type(strategy).__name__} (Keras applies the "
+                         "accumulated update in a conditional that tf.distribute refuses, keras-team/keras#20582): "
+                         "train on one device, or drop the accumulation and raise train.batch_size across replicas")
     try:
         data = build_datasets(recipe)
     except (ValueError, FileNotFoundError, NotADirectoryError) as error:
@@ -167,6 +178,8 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
     if verbose and replicas > 1:
         print(f"{type(strategy).__name__}: {replicas} replicas, "
               f"{cfg.batch_size // replicas} images each per step")
+    if verbose and cfg.sync_batchnorm and replicas == 1:
+        print("train.sync_batchnorm: one replica, so BatchNormalization already sees the whole batch")
 
     if not resume and chief:  # a fresh run in a used folder (--exist-ok) continues nothing of the last
         clear_resume_state(out_dir)
@@ -188,10 +201,12 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
                                every_n_epochs=schedules.eval_period_epochs(cfg, steps_per_epoch),
                                verbose=1 if verbose == 1 else 0,
                                log_dir=os.path.join(files_dir, "logs", "evaluation"), voc_metric=cfg.voc_metric)
+    ema = EMAWeights() if cfg.use_ema else None
     all_callbacks = [
         guard,
         *([stopper] if catch_signals else []),
         checkpointer,
+        *([ema] if ema else []),  # evaluation and best.keras on the averaged weights
         coco,
         BestModelSaver(os.path.join(files_dir, "best.keras"), coco.prefix + model.primary_metric),
         LearningRateLogger(),
@@ -213,16 +228,22 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
             epoch, offset = divmod(step, steps_per_epoch)
             if offset and step < total_steps:
                 fit_start = step
+                if ema:  # a next fit would go on from the raw weights
+                    ema.keep_raw_weights()
                 model.fit(check_finite_batches(train_batches(epoch, offset, 1)), initial_epoch=epoch,
                           epochs=epoch + 1,
                           steps_per_epoch=steps_per_epoch - offset, callbacks=all_callbacks,
                           verbose=fit_verbose, shuffle=False)
                 epoch += 1
-                finished = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) >= epoch * steps_per_epoch
+                finished = schedules.batches_trained(model.optimizer) >= epoch * steps_per_epoch
                 if guard.message or not finished:  # stopped inside the epoch (NaN, a callback)
                     epoch = epochs
+                if ema:  # the raw weights back when training goes on, else the averages stay
+                    ema.restore_raw_weights(epoch < epochs)
+            if ema and step >= total_steps:  # nothing left to train: the finished run's averages
+                model.optimizer.finalize_variable_values(model.trainable_weights)
             if epoch < epochs:
-                fit_start = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+                fit_start = schedules.batches_trained(model.optimizer)
                 model.fit(check_finite_batches(train_batches(epoch)), initial_epoch=epoch, epochs=epochs, steps_per_epoch=steps_per_epoch,
                           callbacks=all_callbacks, verbose=fit_verbose, shuffle=False)
     except tf.errors.InvalidArgumentError as error:
@@ -230,7 +251,7 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
             raise
         index = re.search(r"batch index:\D*(\d+)", str(error))
         step = fit_start + int(index.group(1)) + 1 if index else \
-            int(keras.ops.convert_to_numpy(model.optimizer.iterations)) + 1
+            schedules.batches_trained(model.optimizer) + 1
         batch = (step - 1) % steps_per_epoch
         guard._epoch = (step - 1) // steps_per_epoch
         raise TrainingDivergedError(guard.describe("NaN/Inf pixels or boxes in a training batch", step, batch)) \
@@ -239,7 +260,7 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
         if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             raise
         raise WorkerLost(sorted(set(re.findall(r"/job:\w+/replica:\d+/task:\d+", str(error)))),
-                         int(keras.ops.convert_to_numpy(model.optimizer.iterations)), checkpointer.latest(),
+                         schedules.batches_trained(model.optimizer), checkpointer.latest(),
                          distribute.num_workers()) from error
     except tf.errors.ResourceExhaustedError as error:
         raise TrainingOutOfMemoryError(
@@ -257,13 +278,15 @@ def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callb
     val_description = f"{data.val_info.description} ({data.val_info.num_images} images)"
     if verbose or chief:
         print(format_metrics(metrics, title=f"COCO metrics on {val_description}, not used for training"))
-    model.save(os.path.join(files_dir, "model.keras"))
+    with distribute.batchnorm_unsynchronized(model):  # loadable under any backend
+        model.save(os.path.join(files_dir, "model.keras"))
     save_predictions_picture(model, val_ds, os.path.join(files_dir, "predictions.png"))
     record = {"metrics": metrics, "evaluated_on": val_description,
               "num_val_images": data.val_info.num_images, "num_train_images": num_images,
               "image_size": list(data.image_size), "train_seconds": round(train_seconds, 1),
               "epochs": epochs, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-              "optimizer_steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
+              "optimizer_steps": schedules.batches_trained(model.optimizer),
+              "optimizer_updates": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
               "replicas": replicas, "mixed_precision": precision,
               "history": [[epoch, values] for epoch, values in coco.history]}
     write_json(os.path.join(files_dir, "metrics.json"), record)

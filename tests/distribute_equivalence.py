@@ -7,6 +7,11 @@ The global batch has 4 images; tf.distribute gives images 0-1 to replica 0 and
 2-3 to replica 1. Replica 0's images hold 1 box each, replica 1's 3 boxes each,
 so the replicas see different numbers of positive anchors: a per-replica
 normaliser would give different gradients (the "per_replica" run measures how much).
+
+--trainable-batchnorm: small_resnet's BatchNormalization layers train (batch
+statistics per replica: 2 images each); --sync-batchnorm: the same, synchronized
+(train.sync_batchnorm): statistics of the global batch of 4, as on one device. Both
+also compare the BatchNorm moving statistics.
 """
 
 import json
@@ -32,12 +37,15 @@ SIZE = 64
 LR = 0.05
 
 
+TRAINABLE_BN = "--trainable-batchnorm" in sys.argv or "--sync-batchnorm" in sys.argv
+
+
 def tiny_model():
     keras.utils.set_random_seed(7)
     backbone = small_resnet((8, 16, 32, 64))
     for layer in backbone.layers:  # frozen BN: per-replica batch statistics would differ
         if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
+            layer.trainable = TRAINABLE_BN
     model = FPNDetector(
         num_classes=3, backbone=backbone, fpn_channels=16,
         head=RetinaNet(num_classes=3, min_level=3, max_level=5, anchor_scale=2.0, channels=16,
@@ -64,10 +72,14 @@ def one_step(strategy, initial_weights):
     with strategy.scope():
         model = tiny_model()
         model.set_weights(initial_weights)
+        if "--sync-batchnorm" in sys.argv:  # train.sync_batchnorm
+            distribute.set_batchnorm_synchronized(model, True)
         model.compile(optimizer=keras.optimizers.SGD(LR, momentum=0.0))
     ds = tf.data.Dataset.from_tensor_slices((images, y)).batch(4, drop_remainder=True)
     history = model.fit(ds, epochs=1, verbose=0).history
     weights = [np.asarray(w) for w in model.trainable_weights]
+    if TRAINABLE_BN:  # and the BatchNorm moving statistics
+        weights += [np.asarray(w) for w in model.non_trainable_weights]
     return {k: float(v[-1]) for k, v in history.items()}, weights
 
 
@@ -87,6 +99,8 @@ def main():
     initial = tiny_model()
     initial_weights = initial.get_weights()
     trainable0 = [np.asarray(w) for w in initial.trainable_weights]
+    if TRAINABLE_BN:
+        trainable0 += [np.asarray(w) for w in initial.non_trainable_weights]
     # Positives per replica half, to show the halves differ.
     raw = initial(images)
     gt_boxes, gt_labels = initial._prepare_targets(y, SIZE, SIZE)

@@ -338,7 +338,8 @@ def test_best_model_of_an_rpn_run_is_kept_by_the_logged_ar1000(tmp_path):
 def test_best_model_saver_keeps_the_higher_value_only(tmp_path):
     saver = training.BestModelSaver(str(tmp_path / "best.keras"), "val_AR1000")
     saved = []
-    saver.set_model(type("Model", (), {"save": lambda self, path: saved.append(path)})())
+    saver.set_model(type("Model", (), {"save": lambda self, path: saved.append(path),
+                                       "_flatten_layers": lambda self, include_self=True: []})())
     for epoch, value in enumerate([0.2, 0.1, 0.3, float("nan")]):
         saver.on_epoch_end(epoch, {"val_AP": 0.9, "val_AR1000": value})
     assert len(saved) == 2 and saver.best == {"monitor": "val_AR1000", "value": 0.3, "epoch": 3}
