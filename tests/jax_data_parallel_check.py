@@ -31,6 +31,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import equivalence_data  # noqa: E402
+
 from fpn_keras import distribute  # noqa: E402
 from fpn_keras.models.backbones import small_resnet  # noqa: E402
 from fpn_keras.models.detector import FPNDetector  # noqa: E402
@@ -51,16 +54,7 @@ def tiny_model():
 
 
 def data():
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (4, SIZE, SIZE, 3)).astype("float32")
-    boxes = -np.ones((4, 3, 4), "float32")
-    labels = -np.ones((4, 3), "int32")
-    one = [[8, 8, 40, 30]]
-    three = [[8, 8, 40, 30], [30, 20, 60, 60], [2, 34, 26, 62]]
-    for i, objects in enumerate([one, one, three, three]):
-        boxes[i, : len(objects)] = objects
-        labels[i, : len(objects)] = [0, 2, 1][: len(objects)]
-    return images, {"boxes": boxes, "labels": labels}
+    return equivalence_data.data(SIZE)
 
 
 def one_step(initial_weights):
