@@ -289,14 +289,22 @@ def _predictor(model_path, image_size, box_format):
         loaded = tf.saved_model.load(model_path)
         if "serving_default" not in loaded.signatures:
             raise ValueError(f"{model_path}: the SavedModel has no serving_default signature")
-        signature = loaded.signatures["serving_default"]
+        from fpn_keras.export.outputs import pixel_outputs
+
+        try:
+            run, kind = pixel_outputs(loaded.signatures["serving_default"])
+        except ValueError as error:
+            raise UsageError(f"{model_path}: {error}") from None
+        if kind == "od_api" and box_format not in (None, "xyxy"):  # boxes come back as xyxy pixels
+            raise UsageError(f"{model_path} has the TF OD API's outputs (normalised yxyx boxes); "
+                             f"--box-format {box_format} does not apply to it")
         names = []
         for candidate in (os.path.join(model_path, "labels.txt"), os.path.join(model_path, "assets", "labels.txt")):
             if os.path.isfile(candidate):
                 with open(candidate) as f:
                     names = [line.strip() for line in f if line.strip()]
                 break
-        return (lambda images: signature(images=images)), names, box_format or "xyxy"
+        return run, names, box_format or "xyxy"
     from fpn_keras.export.saved_model import serving_functions
 
     model = load_keras_model(model_path)
@@ -323,10 +331,10 @@ def predict(args):
         outputs = predict(image[None])
         height, width = image.shape[:2]
         boxes = keras.utils.bounding_boxes.convert_format(
-            outputs["detection_boxes"], source=box_format, target="xyxy", height=height, width=width)
+            outputs["boxes"], source=box_format, target="xyxy", height=height, width=width)
         boxes = np.asarray(keras.ops.convert_to_numpy(boxes))[0]
-        scores = np.asarray(outputs["detection_scores"])[0]
-        labels = np.asarray(outputs["detection_classes"])[0]
+        scores = np.asarray(outputs["scores"])[0]
+        labels = np.asarray(outputs["labels"])[0]
         keep = (labels >= 0) & (scores >= args.score_threshold)
         drawn = visualization.draw_detections(image, boxes[keep], labels[keep], scores[keep],
                                               class_names=class_names or None)
@@ -359,13 +367,25 @@ def _representative_images(spec, size, count):
 def export(args):
     model = load_keras_model(args.model)
     size = _image_size(model, args.image_size)
+    if args.format != "tflite" and (args.quantize != "none" or args.representative_data):
+        raise UsageError("--quantize and --representative-data apply to --format tflite only")
+    if args.format != "saved_model" and args.outputs != "pixels":
+        raise UsageError("--outputs applies to --format saved_model only")
     if args.format == "saved_model":
-        if args.quantize != "none" or args.representative_data:
-            raise UsageError("--quantize and --representative-data apply to --format tflite only")
         from fpn_keras.export import saved_model
 
-        saved_model(model, args.out, image_size=size)
-        print(f"Exported {args.model} to {args.out} (SavedModel: serving_default, serve_image_bytes)")
+        saved_model(model, args.out, image_size=size, outputs=args.outputs)
+        print(f"Exported {args.model} to {args.out} (SavedModel: serving_default, serve_image_bytes; "
+              f"outputs {args.outputs})")
+        return
+    if args.format == "onnx":
+        try:
+            from fpn_keras.export import onnx
+            import tf2onnx  # noqa: F401
+        except ImportError as error:
+            raise UsageError(f"--format onnx needs the onnx extra (pip install 'fpn_keras[onnx]'): {error}") from None
+        onnx(model, args.out, size, input_type=args.input_type)
+        print(f"Exported {args.model} to {args.out} (ONNX, input [1, {size[0]}, {size[1]}, 3] {args.input_type})")
         return
     quantize = None if args.quantize == "none" else args.quantize
     representative = None
