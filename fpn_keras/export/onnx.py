@@ -4,10 +4,12 @@ Route: the TFLite export's tf.function (`tflite.inference_function`: `model(...)
 `head.detect`, `finalize_detections`) converted by tf2onnx, which freezes the weights.
 NMS (`tf.raw_ops.NonMaxSuppressionV5`, what `fpn_keras.boxes.nms.batched_nms` runs under
 TF for a static batch) becomes the standard ONNX `NonMaxSuppression` op, one call per
-image, class-aware through the box-offset trick; Faster R-CNN's RoIAlign runs through
-gathers (`set_implementations(roi_align="generic")`; TF's CropAndResize would become an
-ONNX Loop). Only the default ONNX domain is used: no custom ops. (Keras'
-`model.export(format="onnx")` traces `call()` only: raw head tensors, no decoding or NMS.)
+image, class-aware through the box-offset trick. Faster R-CNN's RoIAlign keeps the
+model's implementation (by default TF's CropAndResize, which tf2onnx writes with ONNX
+`Loop` ops): in onnxruntime that runs several times faster at 640x640 with 1000 RoIs
+than the generic gathers that TFLite needs (docs/benchmarks.md). Only the default ONNX
+domain is used: no custom ops. (Keras' `model.export(format="onnx")` traces `call()`
+only: raw head tensors, no decoding or NMS.)
 
 Input: `images` [1, H, W, 3] RGB 0..255, float32, or uint8 with `input_type="uint8"`;
 the image must already be H x W (resize / pad on the app side, as for TFLite).
@@ -39,13 +41,8 @@ def convert(model, image_size=None, input_type="float32", opset=OPSET):
     size = _check_model(model, image_size, "onnx export")
     import tf2onnx
 
-    previous = model.set_implementations(roi_align="generic")
-    try:
-        function = inference_function(model, size, input_type)
-        proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature,
-                                                 opset=opset)
-    finally:
-        model.set_implementations(*previous)
+    function = inference_function(model, size, input_type)
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=opset)
     return proto.SerializeToString()
 
 
