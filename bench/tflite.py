@@ -1,4 +1,4 @@
-"""TFLite latency of the mobile detector vs Keras, and file sizes.
+"""TFLite and ONNX latency of a detector vs Keras, and file sizes.
 
 The mobile configuration: MobileNetV3-Large + FPN-lite (P3-P7, 128 channels,
 depthwise-separable 3x3 convs) + RetinaNet head (128 channels) at 320x320, 80
@@ -8,10 +8,13 @@ so the score threshold is lowered to keep NMS busy with D = 100 boxes).
 Reports the median of --runs timed runs after --warmup runs, one image, for:
 Keras forward + detect (tf.function, --threads intra-op threads) and the
 float32 / float16 / dynamic_range / int8 TFLite files (LiteRT interpreter,
-XNNPACK, --threads threads). int8 is calibrated on --calibration random images
-(enough for latency; use real images for accuracy).
+XNNPACK, --threads threads) and the float32 ONNX file (onnxruntime, CPU execution
+provider, intra_op_num_threads = --threads; mode "onnx", needs the onnx extra), all
+in the same run. int8 is calibrated on --calibration random images (enough for
+latency; use real images for accuracy). --model r50 / r50_faster_rcnn: the ResNet-50
+FPN RetinaNet / Faster R-CNN (80 classes).
 
-    python bench/tflite.py [--size 320] [--runs 20] [--threads 2] [--json]
+    python bench/tflite.py [--size 320] [--runs 20] [--threads 2] [--modes keras,float32,onnx] [--json]
 """
 
 import argparse
@@ -52,14 +55,15 @@ def median_ms(fn, warmup, runs):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", choices=["mobile", "r50"], default="mobile",
-                        help="mobile: MobileNetV3-Large FPN-lite RetinaNet; r50: ResNet-50 FPN RetinaNet")
+    parser.add_argument("--model", choices=["mobile", "r50", "r50_faster_rcnn"], default="mobile",
+                        help="mobile: MobileNetV3-Large FPN-lite RetinaNet; r50: ResNet-50 FPN RetinaNet; "
+                             "r50_faster_rcnn: ResNet-50 FPN Faster R-CNN")
     parser.add_argument("--size", type=int, default=320)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calibration", type=int, default=8)
-    parser.add_argument("--modes", default="keras,float32,float16,dynamic_range,int8")
+    parser.add_argument("--modes", default="keras,float32,float16,dynamic_range,int8,onnx")
     parser.add_argument("--json", action="store_true", help="also print one JSON line per row")
     args = parser.parse_args()
 
@@ -80,6 +84,13 @@ def main():
         # (random weights score ~0.01: at 0.05, NMS would have nothing to do).
         model = FPNDetector(head=RetinaNet(num_classes=80, score_threshold=0.0, name="head"))
         title = "ResNet-50 + FPN(256) + RetinaNet(256)"
+    elif args.model == "r50_faster_rcnn":
+        from fpn_keras.models.detector import FPNDetector
+        from fpn_keras.models.faster_rcnn import FasterRCNN
+
+        # RPN (1000 proposals) + 2fc box head; threshold 0 for the same reason.
+        model = FPNDetector(head=FasterRCNN(num_classes=80, score_threshold=0.0, name="head"))
+        title = "ResNet-50 + FPN(256) + Faster R-CNN (2fc)"
     else:
         model = build_mobile_model()
         title = "MobileNetV3-Large + FPN-lite(128) + RetinaNet(128)"
@@ -101,7 +112,7 @@ def main():
 
     calibration = [rng.integers(0, 255, (1, *size, 3)).astype("float32")
                    for _ in range(args.calibration)]
-    for mode in [m for m in modes if m != "keras"]:
+    for mode in [m for m in modes if m not in ("keras", "onnx")]:
         start = time.perf_counter()
         content = convert(model, size, quantize=None if mode == "float32" else mode,
                           representative_data=calibration)
@@ -118,13 +129,25 @@ def main():
                      "file_mb": len(content) / 2**20,
                      "num_detections": int(out["num_detections"][0]), "convert_s": convert_s})
 
+    if "onnx" in modes:
+        from fpn_keras.export.onnx import OnnxRunner, convert as convert_onnx
+
+        start = time.perf_counter()
+        content = convert_onnx(model, size)
+        convert_s = time.perf_counter() - start
+        runner = OnnxRunner(content, num_threads=args.threads)
+        ms = median_ms(lambda: runner(image), args.warmup, args.runs)
+        rows.append({"model": "onnx float32 (onnxruntime)", "size": args.size, "median_ms": ms,
+                     "file_mb": len(content) / 2**20,
+                     "num_detections": int(runner(image)["num_detections"][0]), "convert_s": convert_s})
+
     print(f"\n{title}, {args.size}x{args.size}, "
           f"{args.threads} threads, median of {args.runs} after {args.warmup} warm-up")
-    print(f"{'model':<24}{'median ms':>11}{'file MB':>9}{'dets':>6}{'convert s':>11}")
+    print(f"{'model':<28}{'median ms':>11}{'file MB':>9}{'dets':>6}{'convert s':>11}")
     for row in rows:
         mb = f"{row['file_mb']:.2f}" if row["file_mb"] is not None else "-"
         conv = f"{row['convert_s']:.1f}" if row["convert_s"] is not None else "-"
-        print(f"{row['model']:<24}{row['median_ms']:>11.1f}{mb:>9}{row['num_detections']:>6}{conv:>11}")
+        print(f"{row['model']:<28}{row['median_ms']:>11.1f}{mb:>9}{row['num_detections']:>6}{conv:>11}")
     if args.json:
         for row in rows:
             print(json.dumps(row))

@@ -158,20 +158,30 @@ def _add_export(sub):
         "Export a .keras model.\n"
         "  saved_model: TF Serving layout (OUT is a version folder, e.g. saved_models/NAME/1) with\n"
         "               decoding and NMS inside; signatures serving_default (uint8 images, any\n"
-        "               size) and serve_image_bytes (encoded images).\n"
+        "               size) and serve_image_bytes (encoded images). Outputs boxes (the\n"
+        "               model's box format, input pixels), scores, labels (0-based),\n"
+        "               num_detections; --outputs od_api: the TF Object Detection API's\n"
+        "               contract (input_tensor in; detection_boxes normalised yxyx,\n"
+        "               detection_scores, detection_classes float 1-based, num_detections float).\n"
         "  tflite:      one .tflite file (OUT) with a fixed [1, H, W, 3] input, builtin ops only;\n"
         "               --quantize float16 / dynamic_range / int8 (int8 calibrates on\n"
-        "               --representative-data)."))
+        "               --representative-data).\n"
+        "  onnx:        one .onnx file (OUT) with a fixed [1, H, W, 3] input, decoding and\n"
+        "               NonMaxSuppression inside (needs the onnx extra: tf2onnx, onnxruntime)."))
     p.add_argument("--model", required=True, metavar="M", help="a .keras file written by train")
-    p.add_argument("--format", default="saved_model", choices=["saved_model", "tflite"],
+    p.add_argument("--format", default="saved_model", choices=["saved_model", "tflite", "onnx"],
                    help="export format (default: saved_model)")
     p.add_argument("--out", required=True, metavar="PATH",
-                   help="saved_model: output folder, e.g. saved_models/NAME/1; tflite: output file, e.g. model.tflite")
+                   help="saved_model: output folder, e.g. saved_models/NAME/1; tflite / onnx: output "
+                        "file, e.g. model.tflite, model.onnx")
+    p.add_argument("--outputs", default="pixels", choices=["pixels", "od_api"],
+                   help="saved_model only: pixels (boxes, scores, labels, num_detections) or od_api "
+                        "(the TF Object Detection API's names and meanings) (default: pixels)")
     p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="size the model runs at (default: the size stored in the model file)")
     p.add_argument("--quantize", default="none", choices=QUANTIZE, help="tflite only: quantization (default: none)")
     p.add_argument("--input-type", default="float32", choices=["float32", "uint8"],
-                   help="tflite only: input tensor type, float32 0..255 or uint8 pixels (default: float32)")
+                   help="tflite / onnx: input tensor type, float32 0..255 or uint8 pixels (default: float32)")
     p.add_argument("--representative-data", default=None, metavar="SPEC",
                    help="tflite int8 only: dataset spec whose train images calibrate the ranges")
     p.add_argument("--num-calibration-images", type=int, default=100, metavar="N",

@@ -327,14 +327,22 @@ def _predictor(model_path, image_size, box_format):
         loaded = tf.saved_model.load(model_path)
         if "serving_default" not in loaded.signatures:
             raise ValueError(f"{model_path}: the SavedModel has no serving_default signature")
-        signature = loaded.signatures["serving_default"]
+        from fpn_keras.export.outputs import pixel_outputs
+
+        try:
+            run, kind = pixel_outputs(loaded.signatures["serving_default"])
+        except ValueError as error:
+            raise UsageError(f"{model_path}: {error}") from None
+        if kind == "od_api" and box_format not in (None, "xyxy"):  # boxes come back as xyxy pixels
+            raise UsageError(f"{model_path} has the TF OD API's outputs (normalised yxyx boxes); "
+                             f"--box-format {box_format} does not apply to it")
         names = []
         for candidate in (os.path.join(model_path, "labels.txt"), os.path.join(model_path, "assets", "labels.txt")):
             if os.path.isfile(candidate):
                 with open(candidate) as f:
                     names = [line.strip() for line in f if line.strip()]
                 break
-        return (lambda images: signature(images=images)), names, None, box_format or "xyxy"
+        return run, names, None, box_format or "xyxy"
     from fpn_keras.export.saved_model import serving_functions
 
     model = load_keras_model(model_path)
@@ -350,8 +358,8 @@ def read_outputs(outputs):
     that knows the output names."""
     import numpy as np
 
-    return (np.asarray(outputs["detection_boxes"]), np.asarray(outputs["detection_scores"]),
-            np.asarray(outputs["detection_classes"]).astype(np.int64))
+    return (np.asarray(outputs["boxes"]), np.asarray(outputs["scores"]),
+            np.asarray(outputs["labels"]).astype(np.int64))
 
 
 def predict(args):
@@ -406,13 +414,25 @@ def _representative_images(spec, size, count):
 def export(args):
     model = load_keras_model(args.model)
     size = _image_size(model, args.image_size)
+    if args.format != "tflite" and (args.quantize != "none" or args.representative_data):
+        raise UsageError("--quantize and --representative-data apply to --format tflite only")
+    if args.format != "saved_model" and args.outputs != "pixels":
+        raise UsageError("--outputs applies to --format saved_model only")
     if args.format == "saved_model":
-        if args.quantize != "none" or args.representative_data:
-            raise UsageError("--quantize and --representative-data apply to --format tflite only")
         from fpn_keras.export import saved_model
 
-        saved_model(model, args.out, image_size=size)
-        print(f"Exported {args.model} to {args.out} (SavedModel: serving_default, serve_image_bytes)")
+        saved_model(model, args.out, image_size=size, outputs=args.outputs)
+        print(f"Exported {args.model} to {args.out} (SavedModel: serving_default, serve_image_bytes; "
+              f"outputs {args.outputs})")
+        return
+    if args.format == "onnx":
+        try:
+            from fpn_keras.export import onnx
+            import tf2onnx  # noqa: F401
+        except ImportError as error:
+            raise UsageError(f"--format onnx needs the onnx extra (pip install 'fpn_keras[onnx]'): {error}") from None
+        onnx(model, args.out, size, input_type=args.input_type)
+        print(f"Exported {args.model} to {args.out} (ONNX, input [1, {size[0]}, {size[1]}, 3] {args.input_type})")
         return
     quantize = None if args.quantize == "none" else args.quantize
     representative = None

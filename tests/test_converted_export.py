@@ -42,10 +42,9 @@ def _keras_on_canvas(detector, photo):
     return canvas, float(scale), {k: np.asarray(v)[0] for k, v in detections.items()}
 
 
-def _first(detections, n_key="num_detections", boxes="boxes", scores="scores", labels="labels"):
-    n = int(np.asarray(detections[n_key]).reshape(-1)[0])
-    return {"boxes": np.asarray(detections[boxes])[0, :n], "scores": np.asarray(detections[scores])[0, :n],
-            "labels": np.asarray(detections[labels])[0, :n]}
+def _first(detections):
+    n = int(np.asarray(detections["num_detections"]).reshape(-1)[0])
+    return {k: np.asarray(detections[k])[0, :n] for k in ("boxes", "scores", "labels")}
 
 
 def test_saved_model_and_tflite_equal_the_keras_model(converted, tmp_path):
@@ -57,8 +56,7 @@ def test_saved_model_and_tflite_equal_the_keras_model(converted, tmp_path):
 
     detector.export(str(tmp_path / "saved"), image_size=CANVAS)
     serving = tf.saved_model.load(str(tmp_path / "saved")).signatures["serving_default"]
-    out = _first(serving(images=tf.constant(photo[None])), boxes="detection_boxes",
-                 scores="detection_scores", labels="detection_classes")
+    out = _first(serving(images=tf.constant(photo[None])))
     assert np.mean(_matches(out, expected)) >= 0.99 and np.mean(_matches(expected, out)) >= 0.99
 
     from ai_edge_litert.interpreter import Interpreter
@@ -68,7 +66,7 @@ def test_saved_model_and_tflite_equal_the_keras_model(converted, tmp_path):
         "serving_default")
     tflite = runner(images=np.asarray(canvas, np.float32)[None])
     # The TFLite graph takes the canvas and gives boxes on it: scale them back as the caller would.
-    out = _first(tflite, boxes="detection_boxes", scores="detection_scores", labels="detection_classes")
+    out = _first(tflite)
     out["boxes"] = np.minimum(out["boxes"] / scale, [photo.shape[1], photo.shape[0]] * 2)
     assert np.mean(_matches(out, expected, iou=0.98, score_atol=1e-3)) >= 0.98
 

@@ -208,12 +208,12 @@ def test_export_writes_the_whole_inference_path_or_refuses(tmp_path):
     with pytest.raises(ValueError, match="image_size"):
         model.export(str(tmp_path / "a"))
     with pytest.raises(ValueError, match="fpn_keras.export"):
-        model.export(str(tmp_path / "b"), format="onnx", image_size=(64, 64))
+        model.export(str(tmp_path / "b"), format="openvino", image_size=(64, 64))
     model.export(str(tmp_path / "sm"), image_size=(64, 64))
     outputs = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_default"](
         images=tf.zeros([1, 80, 96, 3], tf.uint8))
-    assert {"detection_boxes", "detection_scores", "detection_classes", "num_detections"} <= set(outputs)
-    assert outputs["detection_boxes"].shape == (1, 100, 4)
+    assert {"boxes", "scores", "labels", "num_detections"} == set(outputs)
+    assert outputs["boxes"].shape == (1, 100, 4)
 
 
 def test_predict_images_gives_boxes_in_each_images_pixels_like_the_saved_model(tmp_path):
@@ -236,8 +236,8 @@ def test_predict_images_gives_boxes_in_each_images_pixels_like_the_saved_model(t
         expected = serve(images=tf.constant(image[None]))
         n = int(expected["num_detections"][0])
         assert len(result["boxes"]) == n > 0
-        np.testing.assert_allclose(result["boxes"], expected["detection_boxes"][0, :n], atol=1e-3)
-        np.testing.assert_allclose(result["scores"], expected["detection_scores"][0, :n], atol=1e-5)
+        np.testing.assert_allclose(result["boxes"], expected["boxes"][0, :n], atol=1e-3)
+        np.testing.assert_allclose(result["scores"], expected["scores"][0, :n], atol=1e-5)
         h, w = image.shape[:2]
         assert result["boxes"][:, [0, 2]].max() <= h and result["boxes"][:, [1, 3]].max() <= w  # yxyx
     # the size travels with the model file

@@ -60,15 +60,15 @@ def _match(expected, out):
     """For each Keras detection: the best IoU with a same-class TFLite detection, and
     the score difference to that detection."""
     n, m = int(expected["num_detections"][0]), int(out["num_detections"][0])
-    a, b = _xyxy(expected["boxes"][0, :n]), _xyxy(out["detection_boxes"][0, :m])
+    a, b = _xyxy(expected["boxes"][0, :n]), _xyxy(out["boxes"][0, :m])
     wh = np.clip(np.minimum(a[:, None, 2:], b[None, :, 2:]) - np.maximum(a[:, None, :2], b[None, :, :2]),
                  0, None)
     inter = wh.prod(-1)
     area = lambda x: (x[:, 2:] - x[:, :2]).prod(-1)  # noqa: E731
     iou = inter / (area(a)[:, None] + area(b)[None] - inter)
-    iou = np.where(expected["labels"][0, :n, None] == out["detection_classes"][0, None, :m], iou, 0.0)
+    iou = np.where(expected["labels"][0, :n, None] == out["labels"][0, None, :m], iou, 0.0)
     best = iou.argmax(1)
-    score_diff = np.abs(expected["scores"][0, :n] - out["detection_scores"][0, best])
+    score_diff = np.abs(expected["scores"][0, :n] - out["scores"][0, best])
     return iou.max(1), score_diff
 
 
@@ -89,17 +89,17 @@ def test_float32_tflite_matches_keras(setup, tmp_path):
     interpreter, out = _run(content, image)
     assert interpreter.get_signature_list()["serving_default"] == {
         "inputs": ["images"],
-        "outputs": ["detection_boxes", "detection_classes", "detection_scores", "num_detections"]}
+        "outputs": ["boxes", "labels", "num_detections", "scores"]}
     (inp,) = interpreter.get_input_details()
     assert list(inp["shape"]) == [1, *SIZE, 3] and inp["dtype"] == np.float32
     n = int(expected["num_detections"][0])
     assert out["num_detections"].shape == (1,) and out["num_detections"].dtype == np.int32
     assert int(out["num_detections"][0]) == n
-    assert out["detection_boxes"].shape == (1, 20, 4)
-    assert out["detection_classes"].dtype == np.int32
-    np.testing.assert_allclose(out["detection_boxes"][0, :n], expected["boxes"][0, :n], atol=1e-3)
-    np.testing.assert_allclose(out["detection_scores"][0, :n], expected["scores"][0, :n], atol=1e-4)
-    np.testing.assert_array_equal(out["detection_classes"][0, :n], expected["labels"][0, :n])
+    assert out["boxes"].shape == (1, 20, 4)
+    assert out["labels"].dtype == np.int32
+    np.testing.assert_allclose(out["boxes"][0, :n], expected["boxes"][0, :n], atol=1e-3)
+    np.testing.assert_allclose(out["scores"][0, :n], expected["scores"][0, :n], atol=1e-4)
+    np.testing.assert_array_equal(out["labels"][0, :n], expected["labels"][0, :n])
 
     # Raw tensors: "StatefulPartitionedCall:<i>" holds OUTPUT_ORDER[i] (sorted names).
     interpreter.allocate_tensors()
@@ -116,7 +116,7 @@ def test_uint8_input(setup):
     interpreter, out = _run(content, image.astype("uint8"))
     assert interpreter.get_input_details()[0]["dtype"] == np.uint8
     n = int(expected["num_detections"][0])
-    np.testing.assert_allclose(out["detection_boxes"][0, :n], expected["boxes"][0, :n], atol=1e-3)
+    np.testing.assert_allclose(out["boxes"][0, :n], expected["boxes"][0, :n], atol=1e-3)
 
 
 def test_runner_names_non_finite_pixels_that_the_interpreter_turns_into_no_detections(setup, tmp_path):
@@ -166,7 +166,7 @@ def test_weight_quantized_tflite_close_to_keras(setup, quantize, min_iou, score_
     assert sure[:3].all(), scores
     assert ious[sure].min() >= min_iou, (ious, scores)
     assert score_diff[sure].max() <= score_atol, score_diff
-    assert int(out["detection_classes"][0, 0]) == int(expected["labels"][0, 0])
+    assert int(out["labels"][0, 0]) == int(expected["labels"][0, 0])
 
 
 @pytest.mark.parametrize("input_type", ["float32", "uint8"])
@@ -272,7 +272,7 @@ def test_int8_keeps_ap50_of_a_trained_model_within_0_05_of_float32():
             for i in range(images.shape[0]):
                 out = runner(images=np.asarray(images[i:i + 1]))
                 evaluator.add(np.asarray(targets["boxes"][i:i + 1]), np.asarray(targets["labels"][i:i + 1]),
-                              out["detection_boxes"], out["detection_scores"], out["detection_classes"],
+                              out["boxes"], out["scores"], out["labels"],
                               out["num_detections"])
         ap50[quantize] = evaluator.evaluate(verbose=False)["AP50"]
     assert keras_ap50 > 0.1, keras_ap50  # the model detects something: the comparison means something

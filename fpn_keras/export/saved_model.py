@@ -7,13 +7,20 @@ Layout: `<out>/saved_model.pb`, `<out>/variables/`, `<out>/assets/labels.txt`
 and a copy of `labels.txt` beside the model; point TF Serving's
 `--model_base_path` at the folder that holds the numbered version folders.
 
-Signatures:
+Signatures (`outputs="pixels"`, the default):
   serving_default:   images uint8 [N, H, W, 3], any H and W (another shape: an
                      InvalidArgument error naming the expected and received shapes)
   serve_image_bytes: image_bytes string [N] (encoded JPEG/PNG/BMP/GIF)
-Outputs: detection_boxes float32 [N, D, 4] (the model's bounding_box_format,
-in the input image's pixels), detection_scores [N, D], detection_classes int32
-[N, D] (-1 padding), num_detections int32 [N].
+Outputs (`fpn_keras.export.outputs.OUTPUT_NAMES`): boxes float32 [N, D, 4] (the model's
+bounding_box_format, in the input image's pixels, -1 padding), scores float32 [N, D],
+labels int32 [N, D] (0-based, -1 padding), num_detections int32 [N]: the names and
+meanings of `FPNDetector.predict`.
+
+`outputs="od_api"`: the TF Object Detection API's contract instead, for clients written
+for its SavedModels: both signatures take `input_tensor` (the OD API exporter's input
+name; uint8 [N, H, W, 3] or string [N]) and return detection_boxes (normalised [ymin,
+xmin, ymax, xmax] of the input image), detection_scores, detection_classes (float32,
+1-based) and num_detections (float32): see `fpn_keras.export.outputs`.
 """
 
 import os
@@ -21,20 +28,15 @@ import os
 import keras
 import tensorflow as tf
 
-from fpn_keras.postprocess import finalize_detections
 from fpn_keras.data.pipeline import resize_and_pad
+from fpn_keras.export.outputs import INPUT, OD_API_INPUT, check_outputs, od_api_outputs, serving_outputs
+from fpn_keras.postprocess import finalize_detections
 
 
-def serving_outputs(detections):
-    """`finalize_detections`' dict -> the serving output names (SavedModel and TFLite)."""
-    return {"detection_boxes": detections["boxes"], "detection_scores": detections["scores"],
-            "detection_classes": detections["labels"], "num_detections": detections["num_detections"]}
-
-
-def check_serving_images(images):
+def check_serving_images(images, name=INPUT):
     """images of any shape -> uint8 [N, H, W, 3], or an InvalidArgument error that names
-    the expected and the received shape (what a TF Serving client sees)."""
-    message = "serving_default: `images` must be uint8 [batch, height, width, 3] RGB; received shape"
+    the input, the expected and the received shape (what a TF Serving client sees)."""
+    message = f"serving_default: `{name}` must be uint8 [batch, height, width, 3] RGB; received shape"
     shape = tf.shape(images)
     rank_ok = tf.debugging.Assert(tf.equal(tf.rank(images), 4), [message, shape], name="check_rank")
     with tf.control_dependencies([rank_ok]):
@@ -45,16 +47,19 @@ def check_serving_images(images):
     return images
 
 
-def serving_functions(model, image_size):
-    """Builds the two tf.functions that a SavedModel exports."""
+def serving_functions(model, image_size, outputs="pixels"):
+    """Builds the two tf.functions that a SavedModel exports; outputs: "pixels" or "od_api"."""
     size = (int(image_size[0]), int(image_size[1]))
+    od_api = check_outputs(outputs) == "od_api"
 
     def detect(images, scales, original_sizes):
         raw = model(images, training=False)
-        # Back to the input image's pixels: undo the resize, clip to the original size.
-        detections = finalize_detections(model.head.detect(raw, size), model.bounding_box_format, size,
+        # Back to the input image's pixels: undo the resize, clip to the original size
+        # (OD API: normalised yxyx, relative to that size).
+        box_format = "rel_yxyx" if od_api else model.bounding_box_format
+        detections = finalize_detections(model.head.detect(raw, size), box_format, size,
                                          scales, original_sizes)
-        return serving_outputs(detections)
+        return od_api_outputs(detections) if od_api else serving_outputs(detections)
 
     def prepare(image):
         # The preprocessing contract (fpn_keras.preprocessing) in TF ops: sizes are dynamic here.
@@ -67,7 +72,7 @@ def serving_functions(model, image_size):
                  tf.TensorSpec([2], tf.float32))
 
     def from_images(images):
-        images = check_serving_images(images)
+        images = check_serving_images(images, OD_API_INPUT if od_api else INPUT)
         padded, scales, sizes = tf.map_fn(prepare, images, fn_output_signature=signature)
         return detect(padded, scales, sizes)
 
@@ -83,21 +88,26 @@ def serving_functions(model, image_size):
     return from_images, from_bytes
 
 
-def saved_model(model, path, image_size=None):
+def saved_model(model, path, image_size=None, outputs="pixels"):
     """Writes `model` as a SavedModel at `path` (e.g. saved_models/<name>/<version>).
 
     image_size: (height, width) the model runs at (default: `model.image_size`);
     inputs of any size are resized (keeping aspect ratio) and padded to it inside
     the graph (the contract of `fpn_keras.preprocessing`).
+    outputs: "pixels" (default: boxes in the model's format and input pixels, 0-based
+    int32 labels) or "od_api" (the TF Object Detection API's names, meanings and input
+    name); see the module docstring.
     """
-    from_images, from_bytes = serving_functions(model, model._require_image_size("export", image_size))
+    from_images, from_bytes = serving_functions(model, model._require_image_size("export", image_size),
+                                                outputs)
+    images_name, bytes_name = (OD_API_INPUT, OD_API_INPUT) if outputs == "od_api" else (INPUT, "image_bytes")
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", from_images,
                          # Any shape, so a wrong one gets check_serving_images' message, not TF's.
-                         input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
+                         input_signature=[tf.TensorSpec(None, tf.uint8, name=images_name)])
     archive.add_endpoint("serve_image_bytes", from_bytes,
-                         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+                         input_signature=[tf.TensorSpec([None], tf.string, name=bytes_name)])
     os.makedirs(path, exist_ok=True)
     labels_path = os.path.join(path, "labels.txt")
     with open(labels_path, "w") as f:

@@ -13,17 +13,15 @@ for any `quantize`). The image must already be H x W (resize/pad on the app
 side); boxes come out in those input pixels.
 
 Outputs of the signature "serving_default" (get them by name with
-`interpreter.get_signature_runner()`):
-  detection_boxes   float32 [1, D, 4]  model.bounding_box_format, input pixels, -1 padding
-  detection_scores  float32 [1, D]     0 padding
-  detection_classes int32   [1, D]     label ids, -1 padding
-  num_detections    int32   [1]
+`interpreter.get_signature_runner()`; `fpn_keras.export.outputs.OUTPUT_NAMES`):
+  boxes           float32 [1, D, 4]  model.bounding_box_format, input pixels, -1 padding
+  scores          float32 [1, D]     0 padding
+  labels          int32   [1, D]     0-based label ids, -1 padding
+  num_detections  int32   [1]
 The raw output tensors (`get_output_details()`) are named
-"StatefulPartitionedCall:<i>" with i in `OUTPUT_ORDER` = (boxes, classes,
-scores, num_detections): TF flattens the output dict by sorted name. That is
-the order of the TF Object Detection API's TFLite detection models, so apps
-written for those read the tensors in the same slots (but our boxes are in
-the model's box format and input pixels, not normalized yxyx).
+"StatefulPartitionedCall:<i>" with i in `OUTPUT_ORDER` = (boxes, labels,
+num_detections, scores): TF flattens the output dict by sorted name. (These are not
+the TF Object Detection API's TFLite outputs, whose boxes are normalised yxyx.)
 D is the head's `max_detections`. From Python, `TFLiteRunner` runs the file and
 checks the input first (shape, dtype, NaN / Inf pixels of a float32 input, which
 would give 0 detections: read as "no objects" by an app).
@@ -45,10 +43,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fpn_keras.export.saved_model import serving_outputs
+from fpn_keras.export.outputs import OUTPUT_NAMES, serving_outputs
 from fpn_keras.postprocess import finalize_detections
 
-OUTPUT_NAMES = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 # Index i of the raw output tensor "StatefulPartitionedCall:<i>" -> its name.
 OUTPUT_ORDER = tuple(sorted(OUTPUT_NAMES))
 SIGNATURE = "serving_default"
@@ -56,12 +53,12 @@ POSTPROCESS_SCOPE = "postprocess"
 QUANTIZE_MODES = (None, "float16", "dynamic_range", "int8")
 
 
-def _check_model(model, image_size):
+def _check_model(model, image_size, what="tflite export"):
     from fpn_keras.models.detector import FPNDetector
 
     if not isinstance(model, FPNDetector):
-        raise ValueError(f"tflite export needs an FPNDetector, received {type(model).__name__}")
-    size = model._require_image_size("tflite export", image_size)
+        raise ValueError(f"{what} needs an FPNDetector, received {type(model).__name__}")
+    size = model._require_image_size(what, image_size)
     if len(size) != 2 or min(size) <= 0:
         raise ValueError(f"image_size must be (height, width), received {image_size!r}")
     if not model.built:
@@ -243,22 +240,29 @@ class TFLiteRunner:
     def __call__(self, images, name=None):
         """images [1, H, W, 3] or [H, W, 3] -> {name: array}; `name` (e.g. the file the
         image came from) is used in the non-finite message."""
-        from fpn_keras.preprocessing import check_finite_images
-
-        images = np.asarray(images)
-        if images.ndim == 3:
-            images = images[None]
-        if tuple(images.shape) != self.input_shape:
-            raise ValueError(f"{self.source} takes images of shape {list(self.input_shape)} "
-                             f"({self.input_dtype.name}, RGB 0..255, resized/padded on the app side); "
-                             f"received shape {list(images.shape)}")
-        if images.dtype != self.input_dtype:
-            if not (np.issubdtype(images.dtype, np.number) and np.can_cast(images.dtype, self.input_dtype)):
-                raise ValueError(f"{self.source} takes {self.input_dtype.name} images; received "
-                                 f"{images.dtype.name}")
-            images = images.astype(self.input_dtype)
-        check_finite_images(images, names=[name] if name else None)
+        images = check_runner_input(images, self.input_shape, self.input_dtype, self.source, name)
         return self._run(images=images)
+
+
+def check_runner_input(images, input_shape, input_dtype, source, name=None):
+    """images [1, H, W, 3] or [H, W, 3] -> numpy [1, H, W, 3] of `input_dtype`, or a
+    ValueError naming `source`, the expected and the received shape / dtype, or the
+    non-finite pixels (TFLiteRunner and OnnxRunner)."""
+    from fpn_keras.preprocessing import check_finite_images
+
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[None]
+    if tuple(images.shape) != tuple(input_shape):
+        raise ValueError(f"{source} takes images of shape {list(input_shape)} "
+                         f"({input_dtype.name}, RGB 0..255, resized/padded on the app side); "
+                         f"received shape {list(images.shape)}")
+    if images.dtype != input_dtype:
+        if not (np.issubdtype(images.dtype, np.number) and np.can_cast(images.dtype, input_dtype)):
+            raise ValueError(f"{source} takes {input_dtype.name} images; received {images.dtype.name}")
+        images = images.astype(input_dtype)
+    check_finite_images(images, names=[name] if name else None)
+    return images
 
 
 def op_names(model_content):

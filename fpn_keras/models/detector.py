@@ -330,10 +330,11 @@ class FPNDetector(keras.Model):
         boxes in input pixels), unlike `keras.Model.export`, which traces `call()` only
         and would write raw head tensors.
 
-        format: "tf_saved_model" (`fpn_keras.export.saved_model`, TF Serving layout) or
-            "tflite" (`fpn_keras.export.tflite`; kwargs quantize, representative_data,
-            input_type). image_size: (height, width) the model runs at (default: its
-            `image_size`).
+        format: "tf_saved_model" (`fpn_keras.export.saved_model`, TF Serving layout; kwarg
+            outputs="od_api" for the TF OD API's contract), "tflite" (`fpn_keras.export.tflite`;
+            kwargs quantize, representative_data, input_type) or "onnx"
+            (`fpn_keras.export.onnx`; kwargs input_type, opset). image_size: (height, width)
+            the model runs at (default: its `image_size`).
         """
         image_size = self._require_image_size("export", image_size)
         from fpn_keras import export
@@ -342,7 +343,9 @@ class FPNDetector(keras.Model):
             return export.saved_model(self, filepath, image_size, **kwargs)
         if format == "tflite":
             return export.tflite(self, filepath, image_size, **kwargs)
-        raise ValueError(f"FPNDetector.export: format must be 'tf_saved_model' or 'tflite', received "
+        if format == "onnx":
+            return export.onnx(self, filepath, image_size, **kwargs)
+        raise ValueError(f"FPNDetector.export: format must be 'tf_saved_model', 'tflite' or 'onnx', received "
                          f"{format!r} (keras' other formats would hold raw head outputs without decoding "
                          "or NMS; use fpn_keras.export)")
 
