@@ -97,6 +97,13 @@ def _add_evaluate(sub):
     p.add_argument("--num-images", type=int, default=None, metavar="N",
                    help="evaluate the first N images only (default: all)")
     p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: the model's folder)")
+    _add_precision(p, "run the model")
+
+
+def _add_precision(p, what):
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
+                   help=f"{what} in this precision (default: the model's, fp32): bf16 on CPUs with AVX512_BF16 "
+                        "/ AMX or on GPUs, fp16 on GPUs; weights stay float32, decoding and NMS float32")
 
 
 def _add_predict(sub):
@@ -114,6 +121,7 @@ def _add_predict(sub):
                    help="size a .keras model runs at (default: the size stored in the model file)")
     p.add_argument("--box-format", default=None,
                    help="box format of a SavedModel's outputs (default: xyxy; a .keras model knows its own)")
+    _add_precision(p, "run a .keras model")
 
 
 def _add_export(sub):
@@ -139,6 +147,7 @@ def _add_export(sub):
                    help="tflite int8 only: dataset spec whose train images calibrate the ranges")
     p.add_argument("--num-calibration-images", type=int, default=100, metavar="N",
                    help="tflite int8 only: number of calibration images (default: 100)")
+    _add_precision(p, "saved_model only: the exported graph computes")
 
 
 def _add_convert(sub):

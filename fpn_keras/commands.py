@@ -95,6 +95,19 @@ def load_keras_model(path):
         raise ModelFileError(_config_mismatch(path, error)) from error
 
 
+def with_precision(model, precision, command):
+    """--precision: the model rebuilt to compute in bf16 / fp16 (fpn_keras.precision), with a
+    note on stderr when this machine has no native support."""
+    if precision is None:
+        return model
+    from fpn_keras.precision import hardware_note
+
+    note = hardware_note(precision)
+    if note:
+        print(f"fpn-keras {command}: note: --precision {precision}: {note}", file=sys.stderr)
+    return model.with_precision(precision)
+
+
 def _config_mismatch(path, error):
     """One paragraph for a .keras file whose config.json this installation cannot rebuild
     (written by another fpn_keras version, or edited): what Keras found, both versions."""
@@ -179,7 +192,7 @@ def evaluate(args):
     check_data_spec(spec)
     if args.batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, received {args.batch_size}")
-    model = load_keras_model(args.model)
+    model = with_precision(load_keras_model(args.model), args.precision, "evaluate")
     size = _image_size(model, args.image_size)
     extra = {"image_size": size} if spec == "synthetic" else {}
     elements, class_names, info = data_lib.load(spec, split, num_images=args.num_images, with_info=True,
@@ -279,11 +292,14 @@ def _read_image(path):
     return image
 
 
-def _predictor(model_path, image_size, box_format):
+def _predictor(model_path, image_size, box_format, precision=None):
     """-> (fn(uint8 [1, H, W, 3]) -> serving outputs, class names, box format)."""
     import tensorflow as tf
 
     if os.path.isdir(model_path):
+        if precision is not None:
+            raise UsageError(f"--precision applies to .keras models: the SavedModel {model_path!r} computes "
+                             "in the precision it was exported with (fpn-keras export --precision)")
         if not os.path.isfile(os.path.join(model_path, "saved_model.pb")):
             raise UsageError(f"model folder {model_path!r} holds no saved_model.pb")
         loaded = tf.saved_model.load(model_path)
@@ -299,7 +315,7 @@ def _predictor(model_path, image_size, box_format):
         return (lambda images: signature(images=images)), names, box_format or "xyxy"
     from fpn_keras.export.saved_model import serving_functions
 
-    model = load_keras_model(model_path)
+    model = with_precision(load_keras_model(model_path), precision, "predict")
     from_images, _ = serving_functions(model, _image_size(model, image_size))
     function = tf.function(from_images, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
     return function, list(model.class_names or []), box_format or model.bounding_box_format
@@ -316,7 +332,7 @@ def predict(args):
     if not os.path.exists(args.model):
         raise UsageError(f"model {args.model!r} does not exist")
     images = [_read_image(path) for path in args.images]
-    predict, class_names, box_format = _predictor(args.model, args.image_size, args.box_format)
+    predict, class_names, box_format = _predictor(args.model, args.image_size, args.box_format, args.precision)
     os.makedirs(args.out, exist_ok=True)
     results, used = {}, set()
     for path, image in zip(args.images, images):
@@ -357,7 +373,10 @@ def _representative_images(spec, size, count):
 
 
 def export(args):
-    model = load_keras_model(args.model)
+    if args.precision not in (None, "fp32") and args.format != "saved_model":
+        raise UsageError(f"--precision {args.precision}: TFLite runs float32 or quantized graphs; use --quantize "
+                         "float16 / dynamic_range / int8 for --format tflite")
+    model = with_precision(load_keras_model(args.model), args.precision, "export")
     size = _image_size(model, args.image_size)
     if args.format == "saved_model":
         if args.quantize != "none" or args.representative_data:
