@@ -278,3 +278,41 @@ def test_int8_keeps_ap50_of_a_trained_model_within_0_05_of_float32():
     assert keras_ap50 > 0.1, keras_ap50  # the model detects something: the comparison means something
     assert abs(ap50["float32"] - keras_ap50) < 1e-3, (ap50, keras_ap50)
     assert abs(ap50["int8"] - ap50["float32"]) <= 0.05, ap50
+
+
+def test_public_selective_quantization_still_puts_scores_on_an_int8_grid(setup, tmp_path):
+    """Why `_quantize_network_only` uses TF's calibrate-only flag, `mlir_quantize` and
+    `flatbuffer_utils` (not public): TFLite's public way to keep ops float,
+    `tf.lite.experimental.QuantizationDebugger` with `denylisted_nodes`, keeps the
+    post-processing ops float but still quantizes and dequantizes their calibrated output
+    tensors, so the class scores pass through a 256-level int8 grid before NMS. Our
+    export strips those ranges first. Should a TF release stop doing this, this test fails:
+    then switch to the public API."""
+    import keras
+    import tensorflow as tf
+
+    from fpn_keras.export.tflite import SIGNATURE, _is_postprocess, inference_function
+
+    model, _, _, calibration = setup
+    function = inference_function(model, SIZE, "float32")
+    archive = keras.export.ExportArchive()  # as the export does: weights frozen via a SavedModel
+    archive.track(model)
+    archive.add_endpoint(SIGNATURE, function.python_function, input_signature=function.input_signature)
+    archive.write_out(str(tmp_path), verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path), signature_keys=[SIGNATURE])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ({"images": x} for x in calibration)
+    lite = tf.lite.experimental
+    debugger = lite.QuantizationDebugger(converter=converter, debug_dataset=lambda: ([x] for x in calibration))
+    names = [t["name"] for t in Interpreter(model_content=debugger.calibrated_model).get_tensor_details()]
+    debugger.options = lite.QuantizationDebugOptions(
+        denylisted_nodes=sorted({name for name in names if _is_postprocess(name)}),
+        denylisted_ops=["TOPK_V2", "UNPACK"])
+    public = Interpreter(model_content=debugger.get_nondebug_quantized_model())
+    int8_postprocess = [t["name"] for t in public.get_tensor_details()
+                        if t["dtype"] == np.int8 and "postprocess/" in t["name"]]
+    assert int8_postprocess, "public selective quantization keeps post-processing float now: use it"
+    ours = Interpreter(model_content=convert(model, SIZE, quantize="int8", representative_data=calibration))
+    assert not [t["name"] for t in ours.get_tensor_details()
+                if t["dtype"] == np.int8 and "postprocess/" in t["name"]]

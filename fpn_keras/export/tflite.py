@@ -168,6 +168,12 @@ def _quantize_network_only(calibrated):
     selective quantization does (same calls: calibrate-only model ->
     `mlir_quantize(denylisted_nodes=..., denylisted_ops=...)`). The network
     outputs are dequantized once, at the boundary.
+
+    Private TF calls (the calibrate-only flag, `mlir_quantize`, `flatbuffer_utils`): the
+    public `QuantizationDebugger` with the same denylist keeps those ops float but still
+    quantizes and dequantizes their calibrated outputs (class scores on a 256-level grid
+    before NMS); stripping the ranges needs the flatbuffer. tests/test_export_tflite.py
+    (`test_public_selective_quantization_...`) fails once a TF release no longer does that.
     """
     from tensorflow.lite.python import convert as lite_convert
     from tensorflow.lite.tools import flatbuffer_utils
