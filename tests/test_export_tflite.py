@@ -316,3 +316,39 @@ def test_public_selective_quantization_still_puts_scores_on_an_int8_grid(setup, 
     ours = Interpreter(model_content=convert(model, SIZE, quantize="int8", representative_data=calibration))
     assert not [t["name"] for t in ours.get_tensor_details()
                 if t["dtype"] == np.int8 and "postprocess/" in t["name"]]
+
+
+def test_int8_faster_rcnn_keeps_proposals_and_roi_align_coordinates_float():
+    """Faster R-CNN computes proposals and RoIAlign's sampling points inside `call`: under
+    int8 they ran on int8 box coordinates and a GATHER index went out of range at run time
+    ("gather index out of bounds", measured on the trained synthetic model). They run under
+    `postprocess.FLOAT_SCOPE`, kept float like the inference tail."""
+    import keras
+
+    from fpn_keras.models.faster_rcnn import FasterRCNN
+    from fpn_keras.models.rpn import RPN
+
+    keras.utils.set_random_seed(0)
+    rpn = RPN(anchor_scale=4.0, pre_nms_topk_test=200, post_nms_topk_test=100, name="rpn")
+    head = FasterRCNN(num_classes=3, rpn=rpn, fc_dim=64, max_detections=30, name="head")
+    model = FPNDetector(backbone=small_resnet((8, 16, 32, 64)), head=head, fpn_channels=16)
+    rng = np.random.default_rng(0)
+    images = [rng.uniform(0, 255, (1, 64, 64, 3)).astype("float32") for _ in range(6)]
+    model(images[0])
+    content = convert(model, (64, 64), quantize="int8", representative_data=images[1:])
+    fresh = Interpreter(model_content=content)
+    tensors = {t["index"]: t for t in fresh.get_tensor_details()}
+    kinds = {}
+    for op in fresh._get_ops_details():
+        kinds.setdefault(op["op_name"], set()).update(tensors[i]["dtype"] for i in op["inputs"] if i >= 0)
+    assert np.int8 in kinds["CONV_2D"]  # the network is int8
+    # Box decoding (EXP), the FPN level of each RoI (SQRT, LOG), clipping (MINIMUM, SUB) and
+    # the RoIAlign gathers: none int8 (before: 10 EXP, 17 GATHER, 30 MINIMUM ... int8 ops).
+    int8_ops = {op["op_name"] for op in fresh._get_ops_details()
+                if any(tensors[i]["dtype"] == np.int8 for i in op["outputs"])}
+    assert not int8_ops & {"EXP", "LOG", "SQRT", "MINIMUM", "SUB", "GATHER", "GATHER_ND", "SELECT_V2"}, int8_ops
+    for image in images[:3]:  # runs (it raised before) and gives boxes inside the image
+        _, out = _run(content, image)
+        n = int(out["num_detections"][0])
+        boxes = out["detection_boxes"][0, :n]
+        assert np.isfinite(boxes).all() and (boxes >= -1e-3).all() and (boxes <= 64 + 1e-3).all()

@@ -46,13 +46,13 @@ import numpy as np
 import tensorflow as tf
 
 from fpn_keras.export.saved_model import serving_outputs
-from fpn_keras.postprocess import finalize_detections
+from fpn_keras.postprocess import FLOAT_SCOPE, finalize_detections
 
 OUTPUT_NAMES = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 # Index i of the raw output tensor "StatefulPartitionedCall:<i>" -> its name.
 OUTPUT_ORDER = tuple(sorted(OUTPUT_NAMES))
 SIGNATURE = "serving_default"
-POSTPROCESS_SCOPE = "postprocess"
+POSTPROCESS_SCOPE = FLOAT_SCOPE  # kept float in int8 (fpn_keras.postprocess)
 QUANTIZE_MODES = (None, "float16", "dynamic_range", "int8")
 
 
