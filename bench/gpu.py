@@ -11,6 +11,9 @@ its own time limit, so one slow compile cannot cost the others:
 - inference: batch 1, `predict_on_batch` (forward + decoding + NMS, jitted) /
   torchvision's `model.eval()` + `inference_mode`; median and min of --runs
   after 2 warm-up calls; the first call (trace + XLA compile) is reported apart.
+- inference at batch --batch too (img/s), and where batch-1 time goes: the backbone
+  alone, the forward pass, and decoding + NMS (= predict - forward); --trace DIR adds a
+  JAX profiler trace of three predict calls.
 - training: batch --batch, `train_on_batch` (jitted) / torchvision's
   forward + backward + SGD step; median of --runs // 2 (>= 3) after warm-up.
 
@@ -92,6 +95,13 @@ def ours(head, args):
     yield {"impl": "fpn_keras (JAX)", "model": head, "case": "predict batch 1", "median_ms": med,
            "min_ms": low, "first_call_s": first, "device": device}
     log(f"ours {head}: predict {med:.1f} ms")
+    yield from _ours_profile(model, image, head, med, args, sync, device)
+    batch = rng.uniform(0, 255, (args.batch, args.height, args.width, 3)).astype("float32")
+    jax.block_until_ready(model.predict_on_batch(batch))
+    med8, low8 = timed(lambda: jax.block_until_ready(model.predict_on_batch(batch)), args.runs, sync)
+    yield {"impl": "fpn_keras (JAX)", "model": head, "case": f"predict batch {args.batch}", "median_ms": med8,
+           "min_ms": low8, "images_per_s": args.batch * 1000 / med8, "device": device}
+    log(f"ours {head}: predict batch {args.batch} {med8:.1f} ms")
 
     model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9))
     images = rng.uniform(0, 255, (args.batch, args.height, args.width, 3)).astype("float32")
@@ -111,6 +121,38 @@ def ours(head, args):
     yield {"impl": "fpn_keras (JAX)", "model": head, "case": f"train batch {args.batch}",
            "median_ms": med, "min_ms": low, "images_per_s": args.batch * 1000 / med,
            "first_call_s": first, "loss_first": losses[0], "loss_last": losses[-1], "device": device}
+
+
+def _ours_profile(model, image, head, predict_ms, args, sync, device):
+    """Where batch-1 inference time goes: the backbone alone (C2-C5), the whole forward pass
+    (backbone + FPN + head towers: `model(x)`), and predict; decoding + NMS + top-k =
+    predict - forward. Each jitted on its own; --trace DIR also writes a JAX profiler trace
+    of 3 predict calls (TensorBoard / Perfetto) for the per-kernel view."""
+    import jax
+
+    def jitted(layer):
+        variables = (layer.trainable_variables, layer.non_trainable_variables)
+        function = jax.jit(lambda tv, ntv, x: layer.stateless_call(tv, ntv, x, training=False)[0])
+        values = tuple([v.value for v in group] for group in variables)
+        return lambda: jax.block_until_ready(function(*values, image))
+
+    stages = {"backbone (C2-C5)": jitted(model.backbone), "forward (backbone+FPN+head)": jitted(model)}
+    measured = {}
+    for name, call in stages.items():
+        call()
+        measured[name], low = timed(call, args.runs, sync)
+        yield {"impl": "fpn_keras (JAX)", "model": head, "case": f"stage: {name}", "median_ms": measured[name],
+               "min_ms": low, "device": device}
+        log(f"ours {head}: {name} {measured[name]:.1f} ms")
+    post = predict_ms - measured["forward (backbone+FPN+head)"]
+    yield {"impl": "fpn_keras (JAX)", "model": head, "case": "stage: decode+NMS (predict - forward)",
+           "median_ms": post, "min_ms": post, "device": device}
+    if args.trace:
+        os.makedirs(args.trace, exist_ok=True)
+        with jax.profiler.trace(os.path.join(args.trace, f"ours_{head}")):
+            for _ in range(3):
+                jax.block_until_ready(model.predict_on_batch(image))
+        log(f"ours {head}: JAX trace in {args.trace}")
 
 
 def theirs(head, args):
@@ -144,6 +186,25 @@ def theirs(head, args):
     yield {"impl": "torchvision", "model": head, "case": "predict batch 1", "median_ms": med,
            "min_ms": low, "device": name}
     log(f"torchvision {head}: predict {med:.1f} ms")
+    batch = [image() for _ in range(args.batch)]
+
+    def predict_batch():
+        with torch.inference_mode(), autocast():
+            model(batch)
+
+    med8, low8 = timed(predict_batch, args.runs, sync)
+    yield {"impl": "torchvision", "model": head, "case": f"predict batch {args.batch}", "median_ms": med8,
+           "min_ms": low8, "images_per_s": args.batch * 1000 / med8, "device": name}
+    body = model.backbone.body  # ResNet-50 C2-C5, as ours "backbone" stage
+    x = one[None]
+
+    def backbone():
+        with torch.inference_mode(), autocast():
+            body(x)
+
+    bmed, blow = timed(backbone, args.runs, sync)
+    yield {"impl": "torchvision", "model": head, "case": "stage: backbone (C2-C5)", "median_ms": bmed,
+           "min_ms": blow, "device": name}
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     images = [image() for _ in range(args.batch)]
@@ -186,13 +247,15 @@ def main(argv=None):
     parser.add_argument("--impls", default="torchvision,ours")
     parser.add_argument("--timeout", type=float, default=180, help="seconds per case (subprocess)")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--trace", default=None, help="write a JAX profiler trace of ours' predict here")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args(argv)
     if args.case:
         return run_case(args)
     rows = []
     passthrough = [f"--height={args.height}", f"--width={args.width}", f"--batch={args.batch}",
-                   f"--precision={args.precision}", f"--runs={args.runs}"]
+                   f"--precision={args.precision}", f"--runs={args.runs}"] + \
+        ([f"--trace={args.trace}"] if args.trace else [])
     for head in args.heads.split(","):
         for impl in args.impls.split(","):
             log(f"case {impl}:{head} (limit {args.timeout:.0f} s)")
@@ -218,14 +281,14 @@ def main(argv=None):
                     os.makedirs(args.out, exist_ok=True)
                     with open(os.path.join(args.out, "gpu.jsonl"), "a") as f:
                         f.write(json.dumps(row) + "\n")
-    print(f"\n{'impl':<16} {'model':<12} {'case':<16} {'median ms':>10} {'min ms':>8} {'img/s':>7} {'1st call s':>10}")
+    print(f"\n{'impl':<16} {'model':<12} {'case':<38} {'median ms':>10} {'min ms':>8} {'img/s':>7} {'1st call s':>10}")
     for r in rows:
         if "error" in r:
             print(f"{r['impl']:<16} {r['model']:<12} error: {r['error'][:70]}")
         else:
             ips = f"{r['images_per_s']:.1f}" if "images_per_s" in r else ""
             first = f"{r['first_call_s']:.1f}" if "first_call_s" in r else ""
-            print(f"{r['impl']:<16} {r['model']:<12} {r['case']:<16} {r['median_ms']:>10.1f} "
+            print(f"{r['impl']:<16} {r['model']:<12} {r['case']:<38} {r['median_ms']:>10.1f} "
                   f"{r['min_ms']:>8.1f} {ips:>7} {first:>10}")
 
 

@@ -116,6 +116,13 @@ def _add_evaluate(sub):
     p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: the model's folder)")
     p.add_argument("--quiet", action="store_true",
                    help="a progress line every 10%% of the images instead of a bar, also on a terminal")
+    _add_precision(p, "run the model")
+
+
+def _add_precision(p, what):
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
+                   help=f"{what} in this precision (default: the model's, fp32): bf16 on CPUs with AVX512_BF16 "
+                        "/ AMX or on GPUs, fp16 on GPUs; weights stay float32, decoding and NMS float32")
 
 
 def _add_predict(sub):
@@ -151,6 +158,7 @@ def _add_predict(sub):
                    help="box format of a SavedModel's outputs (default: xyxy; a .keras model knows its own)")
     p.add_argument("--quiet", action="store_true",
                    help="a progress line every 10%% of the images instead of a bar, also on a terminal")
+    _add_precision(p, "run a .keras model")
 
 
 def _add_export(sub):
@@ -186,6 +194,7 @@ def _add_export(sub):
                    help="tflite int8 only: dataset spec whose train images calibrate the ranges")
     p.add_argument("--num-calibration-images", type=int, default=100, metavar="N",
                    help="tflite int8 only: number of calibration images (default: 100)")
+    _add_precision(p, "saved_model only: the exported graph computes")
 
 
 def _add_convert(sub):

@@ -95,6 +95,19 @@ def load_keras_model(path):
         raise ModelFileError(_config_mismatch(path, error)) from error
 
 
+def with_precision(model, precision, command):
+    """--precision: the model rebuilt to compute in bf16 / fp16 (fpn_keras.precision), with a
+    note on stderr when this machine has no native support."""
+    if precision is None:
+        return model
+    from fpn_keras.precision import hardware_note
+
+    note = hardware_note(precision)
+    if note:
+        print(f"fpn-keras {command}: note: --precision {precision}: {note}", file=sys.stderr)
+    return model.with_precision(precision)
+
+
 def _config_mismatch(path, error):
     """One paragraph for a .keras file whose config.json this installation cannot rebuild
     (written by another fpn_keras version, or edited): what Keras found, both versions."""
@@ -208,7 +221,7 @@ def evaluate(args):
     check_data_spec(spec)
     if args.batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, received {args.batch_size}")
-    model = load_keras_model(args.model) if args.model else None
+    model = with_precision(load_keras_model(args.model), args.precision, "evaluate") if args.model else None
     if model is not None:
         size = _image_size(model, args.image_size)
     else:
@@ -317,11 +330,14 @@ def _convert_detectron2(args, name):
           f"{tuple(model.image_size)} (predict / evaluate / export read it from the file)")
 
 
-def _predictor(model_path, image_size, box_format):
+def _predictor(model_path, image_size, box_format, precision=None):
     """-> (fn(uint8 [N, H, W, 3]) -> serving outputs, class names, category ids or None, box format)."""
     import tensorflow as tf
 
     if os.path.isdir(model_path):
+        if precision is not None:
+            raise UsageError(f"--precision applies to .keras models: the SavedModel {model_path!r} computes "
+                             "in the precision it was exported with (fpn-keras export --precision)")
         if not os.path.isfile(os.path.join(model_path, "saved_model.pb")):
             raise UsageError(f"model folder {model_path!r} holds no saved_model.pb")
         loaded = tf.saved_model.load(model_path)
@@ -345,7 +361,7 @@ def _predictor(model_path, image_size, box_format):
         return run, names, None, box_format or "xyxy"
     from fpn_keras.export.saved_model import serving_functions
 
-    model = load_keras_model(model_path)
+    model = with_precision(load_keras_model(model_path), precision, "predict")
     from_images, _ = serving_functions(model, _image_size(model, image_size))
     function = tf.function(from_images, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
     return (function, list(model.class_names or []), model.category_ids,
@@ -386,7 +402,8 @@ def predict(args):
     if args.batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, received {args.batch_size}")
     out = output_folder(args.out, os.path.join("runs", "predict"), args.exist_ok)
-    predict, class_names, category_ids, box_format = _predictor(args.model, args.image_size, args.box_format)
+    predict, class_names, category_ids, box_format = _predictor(args.model, args.image_size, args.box_format,
+                                                                  args.precision)
 
     def detect(images):
         boxes, scores, labels = read_outputs(predict(images))
@@ -412,7 +429,10 @@ def _representative_images(spec, size, count):
 
 
 def export(args):
-    model = load_keras_model(args.model)
+    if args.precision not in (None, "fp32") and args.format != "saved_model":
+        raise UsageError(f"--precision {args.precision} applies to --format saved_model: the {args.format} export "
+                         "is a float32 graph (for TFLite, --quantize float16 / dynamic_range / int8)")
+    model = with_precision(load_keras_model(args.model), args.precision, "export")
     size = _image_size(model, args.image_size)
     if args.format != "tflite" and (args.quantize != "none" or args.representative_data):
         raise UsageError("--quantize and --representative-data apply to --format tflite only")

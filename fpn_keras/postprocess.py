@@ -19,6 +19,13 @@ from fpn_keras.boxes.convert import clip_boxes, from_xyxy
 from fpn_keras.boxes.nms import batched_nms
 
 
+# The name scope of the inference tail in the exports, and of the box arithmetic inside a
+# two-stage head's `call` (proposals, RoIAlign sampling coordinates): a TFLite int8 export
+# keeps this scope's ops in float32 (fpn_keras.export.tflite); int8 box coordinates would
+# put boxes on a 256-level grid and gather indices out of range.
+FLOAT_SCOPE = "postprocess"
+
+
 def top_candidates(logits, deltas, anchors, k, box_coder, image_shape):
     """One level's k best (anchor, class) logits, their boxes decoded and clipped.
 

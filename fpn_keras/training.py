@@ -24,6 +24,7 @@ from fpn_keras.evaluation.tensorboard import draw_predictions
 from fpn_keras.models.detector import HEADS
 from fpn_keras.progress import EpochLog
 from fpn_keras.run_folders import clear_resume_state
+from fpn_keras.precision import dtype_policy
 
 
 def describe_plan(recipe, data, epochs, steps_per_epoch, total_steps):
@@ -74,20 +75,6 @@ class TrainingDivergedError(FloatingPointError):
 
 class TrainingOutOfMemoryError(RuntimeError):
     """The accelerator ran out of memory; the message suggests what to lower."""
-
-
-@contextlib.contextmanager
-def dtype_policy(name):
-    """Sets the Keras global dtype policy for the block (None: leave it)."""
-    if not name:
-        yield
-        return
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 def train(recipe: Recipe, out_dir, verbose=1, resume=False, strategy=None, callbacks=()):

@@ -380,3 +380,28 @@ def test_evaluating_on_data_with_other_classes_is_an_error(trained, tmp_path, ca
     code, _, err = call(capsys, "evaluate", "--model", out / "model.keras",
                         "--data", f"coco:{annotations}:{tmp_path / 'images'}")
     assert code == 2 and "classes" in err and "are not the data's 2" in err, err
+
+
+def test_precision_bf16_evaluates_like_fp32_and_is_refused_where_it_cannot_apply(trained, tmp_path, capsys):
+    out, _ = trained
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        code, stdout, err = call(capsys, "evaluate", "--model", out / "model.keras", "--num-images", 8,
+                                 "--out", tmp_path / precision, "--precision", precision)
+        assert code == 0, err[-2000:]
+        results = json.loads((tmp_path / precision / "results.json").read_text())
+        assert results
+        scores[precision] = {(r["image_id"], r["category_id"], tuple(round(v) for v in r["bbox"])): r["score"]
+                             for r in results if r["score"] >= 0.1}
+    # bf16 rounds each activation to 8 mantissa bits; the confident detections stay, at scores
+    # within 0.02 (measured here: ~0.002), boxes within a pixel.
+    shared = set(scores["fp32"]) & set(scores["bf16"])
+    assert scores["fp32"] and len(shared) >= 0.5 * len(scores["fp32"]), (len(shared), len(scores["fp32"]))
+    assert max(abs(scores["fp32"][k] - scores["bf16"][k]) for k in shared) < 0.02
+    code, _, err = call(capsys, "export", "--model", out / "model.keras", "--format", "tflite",
+                        "--out", tmp_path / "m.tflite", "--precision", "bf16")
+    assert code == 2 and "--quantize" in err, err
+    (tmp_path / "sm").mkdir()
+    code, _, err = call(capsys, "predict", "--model", tmp_path / "sm", str(tmp_path / "none.png"),
+                        "--precision", "bf16")
+    assert code == 2, err

@@ -278,3 +278,77 @@ def test_int8_keeps_ap50_of_a_trained_model_within_0_05_of_float32():
     assert keras_ap50 > 0.1, keras_ap50  # the model detects something: the comparison means something
     assert abs(ap50["float32"] - keras_ap50) < 1e-3, (ap50, keras_ap50)
     assert abs(ap50["int8"] - ap50["float32"]) <= 0.05, ap50
+
+
+def test_public_selective_quantization_still_puts_scores_on_an_int8_grid(setup, tmp_path):
+    """Why `_quantize_network_only` uses TF's calibrate-only flag, `mlir_quantize` and
+    `flatbuffer_utils` (not public): TFLite's public way to keep ops float,
+    `tf.lite.experimental.QuantizationDebugger` with `denylisted_nodes`, keeps the
+    post-processing ops float but still quantizes and dequantizes their calibrated output
+    tensors, so the class scores pass through a 256-level int8 grid before NMS. Our
+    export strips those ranges first. Should a TF release stop doing this, this test fails:
+    then switch to the public API."""
+    import keras
+    import tensorflow as tf
+
+    from fpn_keras.export.tflite import SIGNATURE, _is_postprocess, inference_function
+
+    model, _, _, calibration = setup
+    function = inference_function(model, SIZE, "float32")
+    archive = keras.export.ExportArchive()  # as the export does: weights frozen via a SavedModel
+    archive.track(model)
+    archive.add_endpoint(SIGNATURE, function.python_function, input_signature=function.input_signature)
+    archive.write_out(str(tmp_path), verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path), signature_keys=[SIGNATURE])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ({"images": x} for x in calibration)
+    lite = tf.lite.experimental
+    debugger = lite.QuantizationDebugger(converter=converter, debug_dataset=lambda: ([x] for x in calibration))
+    names = [t["name"] for t in Interpreter(model_content=debugger.calibrated_model).get_tensor_details()]
+    debugger.options = lite.QuantizationDebugOptions(
+        denylisted_nodes=sorted({name for name in names if _is_postprocess(name)}),
+        denylisted_ops=["TOPK_V2", "UNPACK"])
+    public = Interpreter(model_content=debugger.get_nondebug_quantized_model())
+    int8_postprocess = [t["name"] for t in public.get_tensor_details()
+                        if t["dtype"] == np.int8 and "postprocess/" in t["name"]]
+    assert int8_postprocess, "public selective quantization keeps post-processing float now: use it"
+    ours = Interpreter(model_content=convert(model, SIZE, quantize="int8", representative_data=calibration))
+    assert not [t["name"] for t in ours.get_tensor_details()
+                if t["dtype"] == np.int8 and "postprocess/" in t["name"]]
+
+
+def test_int8_faster_rcnn_keeps_proposals_and_roi_align_coordinates_float():
+    """Faster R-CNN computes proposals and RoIAlign's sampling points inside `call`: under
+    int8 they ran on int8 box coordinates and a GATHER index went out of range at run time
+    ("gather index out of bounds", measured on the trained synthetic model). They run under
+    `postprocess.FLOAT_SCOPE`, kept float like the inference tail."""
+    import keras
+
+    from fpn_keras.models.faster_rcnn import FasterRCNN
+    from fpn_keras.models.rpn import RPN
+
+    keras.utils.set_random_seed(0)
+    rpn = RPN(anchor_scale=4.0, pre_nms_topk_test=200, post_nms_topk_test=100, name="rpn")
+    head = FasterRCNN(num_classes=3, rpn=rpn, fc_dim=64, max_detections=30, name="head")
+    model = FPNDetector(backbone=small_resnet((8, 16, 32, 64)), head=head, fpn_channels=16)
+    rng = np.random.default_rng(0)
+    images = [rng.uniform(0, 255, (1, 64, 64, 3)).astype("float32") for _ in range(6)]
+    model(images[0])
+    content = convert(model, (64, 64), quantize="int8", representative_data=images[1:])
+    fresh = Interpreter(model_content=content)
+    tensors = {t["index"]: t for t in fresh.get_tensor_details()}
+    kinds = {}
+    for op in fresh._get_ops_details():
+        kinds.setdefault(op["op_name"], set()).update(tensors[i]["dtype"] for i in op["inputs"] if i >= 0)
+    assert np.int8 in kinds["CONV_2D"]  # the network is int8
+    # Box decoding (EXP), the FPN level of each RoI (SQRT, LOG), clipping (MINIMUM, SUB) and
+    # the RoIAlign gathers: none int8 (before: 10 EXP, 17 GATHER, 30 MINIMUM ... int8 ops).
+    int8_ops = {op["op_name"] for op in fresh._get_ops_details()
+                if any(tensors[i]["dtype"] == np.int8 for i in op["outputs"])}
+    assert not int8_ops & {"EXP", "LOG", "SQRT", "MINIMUM", "SUB", "GATHER", "GATHER_ND", "SELECT_V2"}, int8_ops
+    for image in images[:3]:  # runs (it raised before) and gives boxes inside the image
+        _, out = _run(content, image)
+        n = int(out["num_detections"][0])
+        boxes = out["detection_boxes"][0, :n]
+        assert np.isfinite(boxes).all() and (boxes >= -1e-3).all() and (boxes <= 64 + 1e-3).all()

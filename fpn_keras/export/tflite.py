@@ -44,12 +44,12 @@ import numpy as np
 import tensorflow as tf
 
 from fpn_keras.export.outputs import OUTPUT_NAMES, serving_outputs
-from fpn_keras.postprocess import finalize_detections
+from fpn_keras.postprocess import FLOAT_SCOPE, finalize_detections
 
 # Index i of the raw output tensor "StatefulPartitionedCall:<i>" -> its name.
 OUTPUT_ORDER = tuple(sorted(OUTPUT_NAMES))
 SIGNATURE = "serving_default"
-POSTPROCESS_SCOPE = "postprocess"
+POSTPROCESS_SCOPE = FLOAT_SCOPE  # kept float in int8 (fpn_keras.postprocess)
 QUANTIZE_MODES = (None, "float16", "dynamic_range", "int8")
 
 
@@ -165,6 +165,12 @@ def _quantize_network_only(calibrated):
     selective quantization does (same calls: calibrate-only model ->
     `mlir_quantize(denylisted_nodes=..., denylisted_ops=...)`). The network
     outputs are dequantized once, at the boundary.
+
+    Private TF calls (the calibrate-only flag, `mlir_quantize`, `flatbuffer_utils`): the
+    public `QuantizationDebugger` with the same denylist keeps those ops float but still
+    quantizes and dequantizes their calibrated outputs (class scores on a 256-level grid
+    before NMS); stripping the ranges needs the flatbuffer. tests/test_export_tflite.py
+    (`test_public_selective_quantization_...`) fails once a TF release no longer does that.
     """
     from tensorflow.lite.python import convert as lite_convert
     from tensorflow.lite.tools import flatbuffer_utils

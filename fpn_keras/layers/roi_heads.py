@@ -8,6 +8,7 @@ from keras import layers
 
 from fpn_keras.layers.box_head import BoxHead
 from fpn_keras.layers.roi_align import level_strides, multilevel_roi_align
+from fpn_keras.postprocess import FLOAT_SCOPE
 
 
 @keras.saving.register_keras_serializable(package="fpn_keras")
@@ -50,10 +51,11 @@ class RoIHeads(layers.Layer):
         self.built = True
 
     def call(self, features, rois):
-        pooled = multilevel_roi_align(features, rois, self.min_level, self.max_level, self.pooled_size,
-                                      self.sampling_ratio, self.aligned, self.canonical_level,
-                                      self.canonical_size, self.implementation, self.level_epsilon,
-                                      self.max_sampling_ratio, self.feature_strides)
+        with keras.name_scope(FLOAT_SCOPE):  # sampling coordinates: float32 in an int8 TFLite export
+            pooled = multilevel_roi_align(features, rois, self.min_level, self.max_level, self.pooled_size,
+                                          self.sampling_ratio, self.aligned, self.canonical_level,
+                                          self.canonical_size, self.implementation, self.level_epsilon,
+                                          self.max_sampling_ratio, self.feature_strides)
         return self.box_head(pooled)
 
     def get_config(self):

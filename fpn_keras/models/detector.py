@@ -278,7 +278,7 @@ class FPNDetector(keras.Model):
         boxes = ops.where(labels[..., None] >= 0, boxes, -1.0)
         return boxes, labels
 
-    def predict_images(self, images, batch_size=8):
+    def predict_images(self, images, batch_size=8, precision=None):
         """Detections on images of any sizes, in their own pixels.
 
         images: a list of uint8 / float [H_i, W_i, 3] arrays (0..255) or image file paths.
@@ -288,7 +288,14 @@ class FPNDetector(keras.Model):
         batch padded to its largest image, boxes clipped to each image). Returns a list
         with one dict per image: "boxes" [n, 4] in `bounding_box_format` relative to that
         image, "scores" [n], "labels" [n] (only the n real detections).
+        precision: None (the model's own), "fp32", "bf16" or "fp16": runs a copy made by
+        `with_precision` (rebuilt at each call: keep `model.with_precision(p)` to reuse it).
         """
+        if precision is not None:
+            from fpn_keras.precision import canonical, precision_of
+
+            if canonical(precision) != precision_of(self):
+                return self.with_precision(precision).predict_images(images, batch_size=batch_size)
         size = None if self.short_side_resize else self._require_image_size("predict_images")
         arrays = [read_image(image) if isinstance(image, str) else np.asarray(image) for image in images]
         for i, image in enumerate(arrays):
@@ -366,6 +373,13 @@ class FPNDetector(keras.Model):
         from fpn_keras.finetune import with_classes
 
         return with_classes(self, class_names, **kwargs)
+
+    def with_precision(self, precision):
+        """A copy computing in "fp32", "bf16" or "fp16" with the same float32 weights (itself
+        if it already does); decoding and NMS stay float32 (fpn_keras.precision)."""
+        from fpn_keras.precision import with_precision
+
+        return with_precision(self, precision)
 
     # ---------------------------------------------------------- serialising
     def get_config(self):

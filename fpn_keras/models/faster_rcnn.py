@@ -13,6 +13,7 @@ from fpn_keras import distribute
 from fpn_keras.boxes.coder import BoxCoder
 from fpn_keras.boxes.convert import clip_boxes
 from fpn_keras.layers.roi_heads import RoIHeads
+from fpn_keras.postprocess import FLOAT_SCOPE
 from fpn_keras.losses import smooth_l1_loss
 from fpn_keras.matching import IGNORED, Matcher
 from fpn_keras.models.head import DetectionHead
@@ -129,7 +130,9 @@ class FasterRCNN(DetectionHead):
         sampled against the ground truth (which `call` does not see)."""
         features = {f"P{l}": pyramid[f"P{l}"] for l in range(self.roi_min_level, self.roi_max_level + 1)}
         rpn_raw = self.rpn(pyramid, image_shape=image_shape, training=training)
-        proposals, _, valid = self.rpn.propose(rpn_raw, image_shape, training=training, image_sizes=image_sizes)
+        with keras.name_scope(FLOAT_SCOPE):  # box arithmetic: float32 in an int8 TFLite export
+            proposals, _, valid = self.rpn.propose(rpn_raw, image_shape, training=training,
+                                                   image_sizes=image_sizes)
         raw = {"rpn": rpn_raw, "features": features, "proposals": proposals, "valid": valid}
         if not training:
             raw["cls_logits"], raw["box_deltas"] = self.roi_heads(features, proposals)
