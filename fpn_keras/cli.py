@@ -238,6 +238,9 @@ BENCHMARKS = {
     "input_pipeline": "input pipeline images/s (synthetic, COCO folder)",
     "gpu": "ours under KERAS_BACKEND=jax vs torchvision on a GPU",
     "profile_ops": "TF profiler: predict time by op type",
+    "precision": "COCO AP of bf16 / int8 inference against fp32 on a trained model (--model M)",
+    "peak": "this machine's best GFLOP/s per precision (matmul, convolution, TFLite)",
+    "onnx_roi_align": "ONNX Faster R-CNN: CropAndResize vs gather RoIAlign, interleaved",
 }
 
 
