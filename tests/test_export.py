@@ -155,3 +155,31 @@ def test_saved_model_in_a_fresh_process_without_fpn_keras(tmp_path):
         loaded.signatures["serving_default"](images=tf.constant(image[0]))
     with pytest.raises(tf.errors.InvalidArgumentError, match=expected_shape + r"\D*1\D*\d+\D*\d+\D*4"):  # RGBA
         loaded.signatures["serving_default"](images=tf.constant(np.concatenate([image, image[..., :1]], -1)))
+
+
+def test_bf16_saved_model_computes_in_bf16_with_float32_outputs(tmp_path):
+    """`fpn-keras export --precision bf16`: the SavedModel of `with_precision("bf16")` gives
+    that copy's detections (float32 outputs), which differ from fp32's by bf16 rounding only."""
+    import keras
+
+    keras.utils.set_random_seed(2)
+    model = FPNDetector(
+        num_classes=3, backbone=small_resnet((8, 16, 32, 64)),
+        head=RetinaNet(num_classes=3, min_level=3, max_level=5, anchor_scale=2.0, channels=16,
+                       num_convs=1, prior_probability=0.3, max_detections=20, name="head"),
+        fpn_channels=16, class_names=["a", "b", "c"])
+    image = np.random.default_rng(1).integers(0, 255, (1, 64, 64, 3)).astype("uint8")
+    fp32 = model.predict(image.astype("float32"), verbose=0)
+    bf16_model = model.with_precision("bf16")
+    bf16 = bf16_model.predict(image.astype("float32"), verbose=0)
+    loaded = tf.saved_model.load(saved_model(bf16_model, str(tmp_path / "bf16" / "1"), image_size=(64, 64)))
+    out = loaded.signatures["serving_default"](images=tf.constant(image))
+    assert {k: v.dtype for k, v in out.items()} == {"boxes": tf.float32, "scores": tf.float32,
+                                                    "labels": tf.int32, "num_detections": tf.int32}
+    n = int(bf16["num_detections"][0])
+    assert n > 0 and int(out["num_detections"][0]) == n
+    # The graph computes in bf16: its scores are the bf16 copy's, not fp32's (with
+    # prior 0.3 the top scores differ by bf16 rounding, ~1e-3, between the two precisions).
+    np.testing.assert_allclose(out["scores"].numpy()[0, :n], bf16["scores"][0, :n], atol=5e-3)
+    np.testing.assert_allclose(out["boxes"].numpy()[0, :5], bf16["boxes"][0, :5], atol=0.5)
+    assert np.abs(bf16["scores"][0, :5] - fp32["scores"][0, :5]).max() > 0  # bf16 really ran

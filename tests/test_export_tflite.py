@@ -350,5 +350,5 @@ def test_int8_faster_rcnn_keeps_proposals_and_roi_align_coordinates_float():
     for image in images[:3]:  # runs (it raised before) and gives boxes inside the image
         _, out = _run(content, image)
         n = int(out["num_detections"][0])
-        boxes = out["detection_boxes"][0, :n]
+        boxes = out["boxes"][0, :n]
         assert np.isfinite(boxes).all() and (boxes >= -1e-3).all() and (boxes <= 64 + 1e-3).all()
