@@ -44,20 +44,14 @@ class TFLiteDetector:
         return stacked
 
 
-def _iou(a, b):
-    """xywh [n, 4], [m, 4] -> [n, m]."""
-    ax2, ay2 = a[:, 0] + a[:, 2], a[:, 1] + a[:, 3]
-    bx2, by2 = b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
-    w = np.clip(np.minimum(ax2[:, None], bx2[None]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    h = np.clip(np.minimum(ay2[:, None], by2[None]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = w * h
-    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None] - inter
-    return inter / np.maximum(union, 1e-9)
-
-
 def reproduced(reference, other, min_score, min_iou=0.9):
     """Share of `reference`'s COCO results (score >= min_score) that `other` has: same image,
     same category, IoU >= min_iou (any score)."""
+    import keras
+
+    from fpn_keras.boxes.iou import pairwise_iou
+    from fpn_keras.evaluation.failures import xyxy_boxes
+
     by_image = {}
     for r in other:
         by_image.setdefault(r["image_id"], []).append(r)
@@ -68,7 +62,7 @@ def reproduced(reference, other, min_score, min_iou=0.9):
         total += 1
         candidates = [o for o in by_image.get(r["image_id"], []) if o["category_id"] == r["category_id"]]
         if candidates:
-            iou = _iou(np.asarray([r["bbox"]], np.float64), np.asarray([o["bbox"] for o in candidates], np.float64))
+            iou = keras.ops.convert_to_numpy(pairwise_iou(xyxy_boxes([r]), xyxy_boxes(candidates)))
             hits += int(iou.max() >= min_iou)
     return hits / total if total else float("nan"), total
 

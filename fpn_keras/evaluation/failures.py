@@ -17,14 +17,29 @@ def xyxy_boxes(rows):
     return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
 
 
+def _columns(ground_truth, results):
+    """COCO-format dicts -> the arrays `match_detections` takes, each built once."""
+    return {
+        "gt_ids": np.asarray([g["image_id"] for g in ground_truth], np.int64),
+        "gt_boxes": xyxy_boxes(ground_truth),
+        "gt_cats": np.asarray([g["category_id"] for g in ground_truth], np.int64),
+        "gt_ignore": np.asarray([bool(g.get("iscrowd", 0)) for g in ground_truth], bool),
+        "det_ids": np.asarray([d["image_id"] for d in results], np.int64),
+        "det_boxes": xyxy_boxes(results),
+        "det_scores": np.asarray([d["score"] for d in results], np.float64),
+        "det_cats": np.asarray([d["category_id"] for d in results], np.int64),
+    }
+
+
+def _match(c, iou_threshold):
+    return match_detections(c["gt_ids"], c["gt_boxes"], c["gt_cats"], c["gt_ignore"], c["det_ids"],
+                            c["det_boxes"], c["det_scores"], c["det_cats"], iou_threshold)
+
+
 def match_results(ground_truth, results, iou_threshold=VOC_IOU_THRESHOLD):
     """VOC matching of COCO-format ground truth and results -> (det_tp [D], det_fp [D],
     gt_matched [G]), see `voc_eval.match_detections`; iscrowd boxes are VOC's difficult."""
-    return match_detections(
-        [g["image_id"] for g in ground_truth], xyxy_boxes(ground_truth), [g["category_id"] for g in ground_truth],
-        [bool(g.get("iscrowd", 0)) for g in ground_truth],
-        [d["image_id"] for d in results], xyxy_boxes(results), [d["score"] for d in results],
-        [d["category_id"] for d in results], iou_threshold)
+    return _match(_columns(ground_truth, results), iou_threshold)
 
 
 def image_failures(ground_truth, results, image_ids, iou_threshold=VOC_IOU_THRESHOLD):
@@ -33,23 +48,17 @@ def image_failures(ground_truth, results, image_ids, iou_threshold=VOC_IOU_THRES
     "det_fp" [D] bool, "num_missed" int (non-ignored ground truth not found),
     "top_fp_score" float (highest score of a false positive, 0 if none)}} for every id in
     `image_ids`."""
-    _, det_fp, gt_matched = match_results(ground_truth, results, iou_threshold)
-    gt_ids = np.asarray([g["image_id"] for g in ground_truth], np.int64)
-    det_ids = np.asarray([d["image_id"] for d in results], np.int64)
-    gt_boxes, det_boxes = xyxy_boxes(ground_truth), xyxy_boxes(results)
-    gt_cats = np.asarray([g["category_id"] for g in ground_truth], np.int64)
-    gt_ignore = np.asarray([bool(g.get("iscrowd", 0)) for g in ground_truth], bool)
-    det_cats = np.asarray([d["category_id"] for d in results], np.int64)
-    det_scores = np.asarray([d["score"] for d in results], np.float64)
+    c = _columns(ground_truth, results)
+    _, det_fp, gt_matched = _match(c, iou_threshold)
     failures = {}
     for image_id in image_ids:
-        g, d = gt_ids == image_id, det_ids == image_id
-        fp_scores = det_scores[d & det_fp]
+        g, d = c["gt_ids"] == image_id, c["det_ids"] == image_id
+        fp_scores = c["det_scores"][d & det_fp]
         failures[int(image_id)] = {
-            "gt_boxes": gt_boxes[g], "gt_category_ids": gt_cats[g], "gt_ignore": gt_ignore[g],
-            "gt_matched": gt_matched[g], "det_boxes": det_boxes[d], "det_category_ids": det_cats[d],
-            "det_scores": det_scores[d], "det_fp": det_fp[d],
-            "num_missed": int(np.sum(~gt_matched[g] & ~gt_ignore[g])),
+            "gt_boxes": c["gt_boxes"][g], "gt_category_ids": c["gt_cats"][g], "gt_ignore": c["gt_ignore"][g],
+            "gt_matched": gt_matched[g], "det_boxes": c["det_boxes"][d], "det_category_ids": c["det_cats"][d],
+            "det_scores": c["det_scores"][d], "det_fp": det_fp[d],
+            "num_missed": int(np.sum(~gt_matched[g] & ~c["gt_ignore"][g])),
             "top_fp_score": float(fp_scores.max()) if fp_scores.size else 0.0,
         }
     return failures
